@@ -1,0 +1,48 @@
+"""Public names operators type (see DESIGN.md): task queue, search attributes, workflow ids."""
+
+from __future__ import annotations
+
+import re
+
+from temporalio.common import SearchAttributeKey
+
+TASK_QUEUE = "fleetops"
+"""The task queue every FleetOps workflow and activity runs on."""
+
+AGENT_ID_KEY = SearchAttributeKey.for_keyword("FleetOpsAgentId")
+STATE_KEY = SearchAttributeKey.for_keyword("FleetOpsState")
+SEVERITY_KEY = SearchAttributeKey.for_keyword("FleetOpsSeverity")
+AWAITING_APPROVAL_KEY = SearchAttributeKey.for_bool("FleetOpsAwaitingApproval")
+
+SEARCH_ATTRIBUTES: dict[str, str] = {
+    AGENT_ID_KEY.name: "Keyword",
+    STATE_KEY.name: "Keyword",
+    SEVERITY_KEY.name: "Keyword",
+    AWAITING_APPROVAL_KEY.name: "Bool",
+}
+"""Custom search attributes FleetOps registers: name -> Temporal indexed value type."""
+
+AGENT_ID_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+"""Agent ids are RFC 1123 DNS labels so they can name Kubernetes objects too."""
+
+_AGENT_ID_RE = re.compile(AGENT_ID_PATTERN)
+
+
+def agent_workflow_id(agent_id: str) -> str:
+    """Workflow id of an agent's ``AgentLifecycle``.
+
+    Args:
+        agent_id: the agent's id (a DNS label).
+
+    Returns:
+        ``agent/<agent_id>``.
+
+    Raises:
+        ValueError: ``agent_id`` is not a DNS label.
+    """
+    if not _AGENT_ID_RE.match(agent_id):
+        raise ValueError(
+            f"agent_id {agent_id!r} must be a DNS label: lowercase letters, digits and '-', "
+            "at most 63 characters, starting and ending with a letter or digit"
+        )
+    return f"agent/{agent_id}"

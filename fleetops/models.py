@@ -1,0 +1,302 @@
+"""Pydantic models that cross process boundaries: workflow inputs, messages, activity payloads.
+
+Every model forbids unknown fields, so a typo in ``temporal workflow start --input`` is an error
+that names the field instead of a silently ignored setting. JSON field names are the ones
+operators type (see the README).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fleetops.constants import AGENT_ID_PATTERN
+
+SAMPLE_AGENT_COMMAND = ["fleetops-sample-agent"]
+"""Default ``AgentSpec.command``: the sample agent shipped in ``infra/sample_agent``."""
+
+
+class StrictModel(BaseModel):
+    """Base for FleetOps models: unknown fields are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class FrozenModel(StrictModel):
+    """Base for immutable value objects."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- agent specification -------------------------------------------------------------------
+
+
+class Resources(StrictModel):
+    """CPU and memory of one replica (Kubernetes requests and limits)."""
+
+    cpu_request_millicores: int = Field(250, ge=1, description="CPU request, millicores.")
+    cpu_limit_millicores: int = Field(1000, ge=1, description="CPU limit, millicores.")
+    memory_request_mib: int = Field(256, ge=1, description="Memory request, MiB.")
+    memory_limit_mib: int = Field(512, ge=1, description="Memory limit, MiB.")
+
+    @model_validator(mode="after")
+    def _limits_cover_requests(self) -> Resources:
+        if self.cpu_limit_millicores < self.cpu_request_millicores:
+            raise ValueError("resources.cpu_limit_millicores must be >= cpu_request_millicores")
+        if self.memory_limit_mib < self.memory_request_mib:
+            raise ValueError("resources.memory_limit_mib must be >= memory_request_mib")
+        return self
+
+
+class HealthCheck(StrictModel):
+    """How replicas are probed (HTTP GET ``path`` on each replica every ``interval_seconds``).
+
+    Semantics follow Kubernetes probes: ``failure_threshold`` consecutive failures mark a replica
+    unhealthy.
+    """
+
+    path: str = Field("/health", pattern=r"^/", description="HTTP path probed on each replica.")
+    interval_seconds: float = Field(10.0, gt=0, description="Seconds between health rounds.")
+    timeout_seconds: float = Field(2.0, gt=0, description="Seconds before one probe fails.")
+    failure_threshold: int = Field(
+        3, ge=1, description="Consecutive failed probes before a replica is unhealthy."
+    )
+    startup_timeout_seconds: float = Field(
+        120.0, gt=0, description="Seconds for new replicas to become healthy before ERROR."
+    )
+    recovery_timeout_seconds: float = Field(
+        300.0, gt=0, description="Seconds DEGRADED may last (self-heal included) before ERROR."
+    )
+
+
+class AgentSpec(StrictModel):
+    """Input of ``AgentLifecycle``: what to run and how to keep it healthy.
+
+    Exactly one of ``command`` (local platform) or ``image`` (Kubernetes) is normally used; with
+    neither, ``command`` defaults to the sample agent.
+    """
+
+    agent_id: str = Field(pattern=AGENT_ID_PATTERN, description="DNS-label id of the agent.")
+    command: list[str] | None = Field(None, description="argv of one replica (local platform).")
+    image: str | None = Field(None, min_length=1, description="Container image (Kubernetes).")
+    version: str = Field("v1", min_length=1, max_length=63, description="Version label.")
+    replicas: int = Field(1, ge=1, description="Desired replicas.")
+    min_replicas: int = Field(1, ge=1, description="Lowest replica count `scale` accepts.")
+    max_replicas: int = Field(10, ge=1, description="Highest replica count `scale` accepts.")
+    resources: Resources = Field(default_factory=Resources)
+    env: dict[str, str] = Field(default_factory=dict, description="Environment of each replica.")
+    health: HealthCheck = Field(default_factory=HealthCheck)
+    health_rounds_per_run: int = Field(
+        500, ge=1, description="Health rounds before continue-as-new (bounds history)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AgentSpec:
+        if self.command is not None and (not self.command or not all(self.command)):
+            raise ValueError("command must be a non-empty list of non-empty strings")
+        if self.command is None and self.image is None:
+            self.command = list(SAMPLE_AGENT_COMMAND)
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must be <= max_replicas")
+        if not self.min_replicas <= self.replicas <= self.max_replicas:
+            raise ValueError(
+                f"replicas={self.replicas} is outside "
+                f"[min_replicas={self.min_replicas}, max_replicas={self.max_replicas}]"
+            )
+        return self
+
+
+# --- lifecycle ------------------------------------------------------------------------------
+
+
+class AgentState(StrEnum):
+    """Operational state of an agent (one ``AgentLifecycle`` workflow)."""
+
+    INITIALIZING = "INITIALIZING"
+    READY = "READY"
+    PROCESSING = "PROCESSING"
+    PAUSED = "PAUSED"
+    DEGRADED = "DEGRADED"
+    ERROR = "ERROR"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    TERMINATED = "TERMINATED"
+
+
+Action = Literal["pause", "resume", "scale", "shutdown"]
+
+
+class Transition(FrozenModel):
+    """One recorded state change."""
+
+    at: datetime
+    from_state: AgentState
+    to_state: AgentState
+    reason: str
+
+
+class ScaleRequest(StrictModel):
+    """Payload of the ``scale`` signal: ``{"replicas": n}``."""
+
+    replicas: int = Field(ge=1, description="New desired replica count.")
+
+
+class OperatorRequest(StrictModel):
+    """Payload of ``pause`` / ``resume`` / ``shutdown`` signals (all fields optional)."""
+
+    reason: str = Field("", max_length=500, description="Why; kept in the transition record.")
+    requested_by: str = Field("", max_length=200, description="Who asked.")
+
+
+class TransitionRequest(StrictModel):
+    """Payload of the ``transition`` update: an operator action answered synchronously."""
+
+    action: Action
+    replicas: int | None = Field(None, ge=1, description="Required for `scale`.")
+    reason: str = Field("", max_length=500)
+    requested_by: str = Field("", max_length=200)
+
+    @model_validator(mode="after")
+    def _replicas_for_scale(self) -> TransitionRequest:
+        if (self.action == "scale") != (self.replicas is not None):
+            raise ValueError("replicas is required for action 'scale' and only for it")
+        return self
+
+
+class TransitionResult(FrozenModel):
+    """Answer of the ``transition`` update once the action has been carried out."""
+
+    action: Action
+    state: AgentState
+    replicas: int
+    message: str
+
+
+class Replica(FrozenModel):
+    """One running (or expected) replica as the platform reports it."""
+
+    index: int = Field(ge=0)
+    endpoint: str = Field(description="Base URL, e.g. http://127.0.0.1:18000.")
+    pid: int | None = None
+    running: bool = True
+
+
+class ProbeResult(FrozenModel):
+    """Outcome of one HTTP health probe against one replica."""
+
+    endpoint: str
+    healthy: bool
+    status_code: int | None = None
+    latency_seconds: float | None = None
+    in_flight: int = Field(0, ge=0, description="Requests the replica is executing right now.")
+    error: str | None = None
+
+
+class ReplicaHealth(FrozenModel):
+    """A replica as shown by the ``status`` query."""
+
+    index: int
+    endpoint: str
+    pid: int | None
+    healthy: bool
+    consecutive_failures: int
+    in_flight: int = 0
+    last_error: str | None = None
+
+
+class AgentCounters(StrictModel):
+    """Running totals, carried across continue-as-new."""
+
+    health_rounds: int = 0
+    failed_probes: int = 0
+    replica_restarts: int = 0
+    transitions: int = 0
+    rejected_requests: int = 0
+    continued_as_new: int = 0
+
+
+class AgentStatus(FrozenModel):
+    """Answer of the ``status`` query."""
+
+    agent_id: str
+    version: str
+    state: AgentState
+    desired_replicas: int
+    min_replicas: int
+    max_replicas: int
+    replicas: list[ReplicaHealth]
+    transitions: list[Transition]
+    counters: AgentCounters
+    last_rejection: str | None = None
+
+
+class AgentReport(FrozenModel):
+    """Result of a completed ``AgentLifecycle``: the final status."""
+
+    agent_id: str
+    version: str
+    final_state: AgentState
+    started_at: datetime
+    ended_at: datetime
+    transitions: list[Transition]
+    counters: AgentCounters
+
+
+class LifecycleCarry(FrozenModel):
+    """What ``AgentLifecycle`` hands to its next run on continue-as-new."""
+
+    state: AgentState
+    desired_replicas: int
+    started_at: datetime
+    replicas: list[Replica]
+    failures: dict[int, int] = Field(default_factory=dict)
+    degraded_since: datetime | None = None
+    phase_deadline: datetime | None = None
+    transitions: list[Transition]
+    counters: AgentCounters
+    last_rejection: str | None = None
+
+
+class AgentLifecycleInput(AgentSpec):
+    """Workflow input of ``AgentLifecycle``: an :class:`AgentSpec`, plus the state carried over
+    continue-as-new (the pattern of Temporal's safe-message-handlers sample). Operators never set
+    ``carry``."""
+
+    carry: LifecycleCarry | None = Field(None, description="Internal: set by continue-as-new.")
+
+    def spec(self) -> AgentSpec:
+        """The :class:`AgentSpec` part, without ``carry``."""
+        return AgentSpec.model_validate(self.model_dump(exclude={"carry"}))
+
+
+# --- activity payloads ----------------------------------------------------------------------
+
+
+class ProvisionRequest(FrozenModel):
+    """Converge an agent to ``replicas`` running replicas (idempotent)."""
+
+    spec: AgentSpec
+    replicas: int = Field(ge=0)
+
+
+class RestartRequest(FrozenModel):
+    """Restart the replicas at ``indices`` (stop if running, start again on the same endpoint)."""
+
+    spec: AgentSpec
+    indices: list[int]
+
+
+class DeprovisionRequest(FrozenModel):
+    """Stop and forget every replica of an agent."""
+
+    agent_id: str
+
+
+class ProbeRequest(FrozenModel):
+    """Probe each endpoint with ``GET <endpoint><path>``."""
+
+    endpoints: list[str]
+    path: str = "/health"
+    timeout_seconds: float = Field(2.0, gt=0)

