@@ -1,0 +1,108 @@
+"""Temporal activities over the platform seam: provision, restart, deprovision, list replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.platform.base import Platform, PlatformError
+from fleetops.models import DeprovisionRequest, ProvisionRequest, Replica, RestartRequest
+
+T = TypeVar("T")
+
+_HEARTBEAT_SECONDS = 1.0
+"""Seconds between heartbeats while a platform call runs (the SDK throttles what it sends)."""
+
+
+@contextlib.asynccontextmanager
+async def _heartbeating() -> AsyncIterator[None]:
+    """Heartbeat every second while the body runs, when inside an activity."""
+    if not activity.in_activity():
+        yield
+        return
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(_HEARTBEAT_SECONDS)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _call(op: Awaitable[T]) -> T:
+    """Await a platform call, heartbeating; PlatformError becomes a non-retryable failure."""
+    try:
+        async with _heartbeating():
+            return await op
+    except PlatformError as e:
+        raise ApplicationError(str(e), type="PlatformError", non_retryable=True) from e
+
+
+class PlatformActivities:
+    """Activities that start, stop and list agent replicas on whichever platform runs them.
+
+    Every activity is idempotent (the platform converges), so Temporal may retry any of them.
+    They heartbeat every second while waiting on processes or rollouts; set ``heartbeat_timeout``.
+
+    Args:
+        platform: the platform implementation (see :func:`activities.platform.build_platform`).
+    """
+
+    def __init__(self, platform: Platform) -> None:
+        self._platform = platform
+
+    @activity.defn(name="provision_replicas")
+    async def provision_replicas(self, req: ProvisionRequest) -> list[Replica]:
+        """Converge the agent to ``req.replicas`` running replicas of ``req.spec``.
+
+        Returns:
+            The replicas, ordered by index.
+
+        Raises:
+            ApplicationError: type ``PlatformError``, non-retryable: the spec cannot run here.
+        """
+        return await _call(self._platform.ensure(req.spec, req.replicas))
+
+    @activity.defn(name="restart_replicas")
+    async def restart_replicas(self, req: RestartRequest) -> list[Replica]:
+        """Restart the replicas at ``req.indices`` on their endpoints.
+
+        Returns:
+            All replicas, ordered by index.
+
+        Raises:
+            ApplicationError: type ``PlatformError``, non-retryable: the spec cannot run here.
+        """
+        return await _call(self._platform.restart(req.spec, req.indices))
+
+    @activity.defn(name="deprovision_agent")
+    async def deprovision_agent(self, req: DeprovisionRequest) -> int:
+        """Stop every replica of ``req.agent_id`` and forget it.
+
+        Returns:
+            How many replicas were running.
+
+        Raises:
+            ApplicationError: type ``PlatformError``, non-retryable: e.g. an invalid agent id.
+        """
+        return await _call(self._platform.stop_all(req.agent_id))
+
+    @activity.defn(name="list_replicas")
+    async def list_replicas(self, agent_id: str) -> list[Replica]:
+        """The agent's replicas with ``running`` checked now, ordered by index.
+
+        Raises:
+            ApplicationError: type ``PlatformError``, non-retryable: e.g. an invalid agent id.
+        """
+        return await _call(self._platform.list_replicas(agent_id))
