@@ -1,0 +1,121 @@
+"""The composition root: read settings, build clients and activities, run the FleetOps worker.
+
+Run it on its own against any Temporal cluster with ``python worker.py`` (or ``fleetops worker``);
+``fleetops up`` runs the same worker next to an embedded dev server. SIGINT/SIGTERM stop it
+cleanly: polling stops, running activities finish or are cancelled after the graceful timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+
+import httpx
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.platform import Platform, PlatformActivities, build_platform
+from activities.probes import ProbeActivities
+from fleetops.client import connect
+from fleetops.settings import Settings, get_settings
+from workflows.agent_lifecycle import AgentLifecycle
+
+log = logging.getLogger("fleetops.worker")
+
+WORKFLOWS: Sequence[type] = (AgentLifecycle,)
+"""Every workflow the FleetOps worker runs."""
+
+
+@contextlib.asynccontextmanager
+async def fleetops_worker(
+    client: Client,
+    settings: Settings,
+    *,
+    platform: Platform | None = None,
+    task_queue: str | None = None,
+) -> AsyncIterator[Worker]:
+    """Build the worker with every FleetOps workflow and activity, and run it while in the block.
+
+    Args:
+        client: a connected client (see :func:`fleetops.client.connect`).
+        settings: FleetOps settings (platform, concurrency).
+        platform: platform to use instead of the one ``settings.platform.kind`` names.
+        task_queue: task queue instead of ``settings.temporal.task_queue``.
+
+    Yields:
+        The running worker.
+
+    Raises:
+        activities.platform.PlatformError: the configured platform is unavailable.
+    """
+    platform = platform or build_platform(settings)
+    # Temporal owns retries, so the HTTP client makes exactly one attempt per call.
+    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=0)) as http:
+        probes = ProbeActivities(http)
+        platform_activities = PlatformActivities(platform)
+        worker = Worker(
+            client,
+            task_queue=task_queue or settings.temporal.task_queue,
+            workflows=list(WORKFLOWS),
+            activities=[
+                platform_activities.provision_replicas,
+                platform_activities.restart_replicas,
+                platform_activities.deprovision_agent,
+                platform_activities.list_replicas,
+                probes.probe_replicas,
+            ],
+            max_concurrent_activities=settings.max_concurrent_activities,
+            graceful_shutdown_timeout=timedelta(seconds=10),
+        )
+        async with worker:
+            yield worker
+
+
+async def run_worker(
+    settings: Settings, *, client: Client | None = None, stop: asyncio.Event | None = None
+) -> None:
+    """Run the worker until ``stop`` is set or the process gets SIGINT/SIGTERM.
+
+    Args:
+        settings: FleetOps settings (``temporal.*`` says where to connect).
+        client: an existing client; by default one is made from settings, serving SDK metrics on
+            ``telemetry.metrics_bind_address``.
+        stop: an event that ends the worker; by default SIGINT/SIGTERM set it.
+
+    Raises:
+        RuntimeError: Temporal cannot be reached.
+    """
+    client = client or await connect(settings, with_metrics=True)
+    stop = stop or _stop_on_signals()
+    async with fleetops_worker(client, settings) as worker:
+        log.info(
+            "worker polling task queue %r on %s (namespace %s)",
+            worker.task_queue,
+            settings.temporal.address,
+            settings.temporal.namespace,
+        )
+        await stop.wait()
+        log.info("stopping worker")
+    log.info("worker stopped")
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def main() -> None:
+    """Entry point of ``python worker.py``: run the worker with settings from the environment."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(run_worker(get_settings()))
+
+
+if __name__ == "__main__":
+    main()
