@@ -169,6 +169,8 @@ async def test_pause_and_resume_by_update(env, worker, platform) -> None:
     res = await h.execute_update(AgentLifecycle.transition, TransitionRequest(action="pause"))
     assert res.state == S.PAUSED
     assert s.agent_id not in platform.replicas
+    st = await status(h)
+    assert st.state == S.PAUSED and st.replicas == [] and st.desired_replicas == 2
     res = await h.execute_update(AgentLifecycle.transition, TransitionRequest(action="resume"))
     assert res.state == S.INITIALIZING
     await wait_state(h, S.READY)
