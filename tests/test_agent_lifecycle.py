@@ -220,8 +220,17 @@ async def test_scale_within_bounds_only(env, worker, platform) -> None:
     await h.signal(AgentLifecycle.scale, ScaleRequest(replicas=2))
     await assert_eventually(lambda: _desired(h, 2))
     assert len(platform.replicas[s.agent_id]) == 2
-    await h.signal(AgentLifecycle.shutdown)
-    await h.result()
+    # Malformed and out-of-bounds signals are recorded as rejections, never applied.
+    await h.signal("scale", {"replicas": "many"})
+    st = await assert_eventually(lambda: _rejections(h, 1))
+    assert "scale signal ignored" in (st.last_rejection or "")
+    assert "replicas" in (st.last_rejection or "")
+    await h.signal("scale", {"replicas": 7})
+    st = await assert_eventually(lambda: _rejections(h, 2))
+    assert "max_replicas=3" in (st.last_rejection or "") and st.desired_replicas == 2
+    res = await h.execute_update(AgentLifecycle.transition, TransitionRequest(action="shutdown"))
+    assert res.state == S.TERMINATED
+    assert (await h.result()).final_state == S.TERMINATED
 
 
 async def _desired(h: WorkflowHandle, n: int) -> None:

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
     from activities.platform.activities import PlatformActivities
     from activities.probes import ProbeActivities
     from fleetops.constants import AGENT_ID_KEY, STATE_KEY
@@ -112,6 +114,7 @@ class AgentLifecycle:
             while self._commands:
                 await self._apply(self._commands.popleft())
             if self._state == S.TERMINATED:
+                await workflow.wait_condition(workflow.all_handlers_finished)
                 return self._report()
             if self._state == S.INITIALIZING:
                 await self._bring_up()
@@ -136,25 +139,28 @@ class AgentLifecycle:
 
     # --- operator messages ----------------------------------------------------------------
 
-    @workflow.signal
-    def pause(self, req: OperatorRequest | None = None) -> None:
-        """Stop all replicas, keeping spec and state (PAUSED). Payload: ``{"reason", ...}``."""
-        self._enqueue_signal("pause", None, req or OperatorRequest())
+    # Signal payloads arrive raw and are decoded here, so a malformed one is recorded as a
+    # rejection in `status` instead of being dropped by the SDK with only a worker log line.
 
     @workflow.signal
-    def resume(self, req: OperatorRequest | None = None) -> None:
+    def pause(self, req: RawValue = None) -> None:  # type: ignore[assignment]
+        """Stop all replicas, keeping spec and state (PAUSED). Payload: ``{"reason": ...}``."""
+        self._on_signal("pause", req)
+
+    @workflow.signal
+    def resume(self, req: RawValue = None) -> None:  # type: ignore[assignment]
         """Provision again from PAUSED or ERROR (-> INITIALIZING -> READY)."""
-        self._enqueue_signal("resume", None, req or OperatorRequest())
+        self._on_signal("resume", req)
 
     @workflow.signal
-    def scale(self, req: ScaleRequest) -> None:
+    def scale(self, req: RawValue = None) -> None:  # type: ignore[assignment]
         """Set the desired replica count: ``{"replicas": n}``, within [min, max]_replicas."""
-        self._enqueue_signal("scale", req.replicas, OperatorRequest())
+        self._on_signal("scale", req)
 
     @workflow.signal
-    def shutdown(self, req: OperatorRequest | None = None) -> None:
+    def shutdown(self, req: RawValue = None) -> None:  # type: ignore[assignment]
         """Deprovision and complete the workflow with its final report."""
-        self._enqueue_signal("shutdown", None, req or OperatorRequest())
+        self._on_signal("shutdown", req)
 
     @workflow.update
     async def transition(self, req: TransitionRequest) -> TransitionResult:
@@ -214,12 +220,26 @@ class AgentLifecycle:
             last_rejection=self._last_rejection,
         )
 
-    def _enqueue_signal(self, action: Action, replicas: int | None, req: OperatorRequest) -> None:
+    def _on_signal(self, action: Action, raw: RawValue | None) -> None:
+        model: type[ScaleRequest | OperatorRequest] = (
+            ScaleRequest if action == "scale" else OperatorRequest
+        )
+        try:
+            if raw is None:
+                req = model.model_validate({})
+            else:
+                req = workflow.payload_converter().from_payload(raw.payload, model)
+        except (ApplicationError, ValidationError) as err:
+            self._reject(f"{action} signal ignored: {err}")
+            return
+        replicas = req.replicas if isinstance(req, ScaleRequest) else None
+        reason = req.reason if isinstance(req, OperatorRequest) else ""
+        who = req.requested_by if isinstance(req, OperatorRequest) else ""
         error = action_error(self._state, self._spec, action, replicas)
         if error is not None:
             self._reject(error)
             return
-        self._commands.append(_Command(action, replicas, req.reason, req.requested_by))
+        self._commands.append(_Command(action, replicas, reason, who))
 
     def _reject(self, error: str) -> None:
         workflow.logger.warning("rejected operator request: %s", error)
