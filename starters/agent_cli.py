@@ -1,0 +1,263 @@
+"""``fleetops agent ...``: start and steer agents from a shell, built on :mod:`starters.agents`.
+
+Exit codes: 0 done, 1 Temporal or the agent said no (not running, action not allowed, server
+unreachable), 2 bad input (spec, settings) caught before anything is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.markup import escape
+from rich.table import Table
+from temporalio.client import Client
+
+from fleetops.constants import agent_workflow_id
+from fleetops.converter import describe_validation_error
+from fleetops.models import AgentReport, AgentSpec, AgentState, AgentStatus
+from starters import agents
+from starters.cli_common import current_user, fail, load_settings, out, run
+
+T = TypeVar("T")
+
+agent_app = typer.Typer(
+    help="Start and steer agents (AgentLifecycle workflows).", no_args_is_help=True
+)
+
+
+def _valid_agent_id(agent_id: str) -> str:
+    try:
+        agent_workflow_id(agent_id)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    return agent_id
+
+
+AgentId = Annotated[
+    str, typer.Argument(help="The agent's id (a DNS label).", callback=_valid_agent_id)
+]
+Reason = Annotated[str, typer.Option(help="Why; kept in the agent's transition record.")]
+RequestedBy = Annotated[
+    str, typer.Option("--as", help="Who asks (default: your OS user name).", show_default=False)
+]
+
+
+def _build_spec(
+    agent_id: str,
+    *,
+    spec_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    env: list[str] | None = None,
+    health_interval: float | None = None,
+) -> AgentSpec:
+    """Merge a JSON spec file with command-line values (which win); exit 2 if invalid."""
+    data: dict[str, Any] = {}
+    if spec_file is not None:
+        try:
+            data = json.loads(spec_file.read_text())
+        except (OSError, ValueError) as err:
+            fail(f"cannot read spec file {spec_file}: {err}", 2)
+        if not isinstance(data, dict):
+            fail(f"spec file {spec_file} must hold a JSON object of AgentSpec fields", 2)
+    data["agent_id"] = agent_id
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if env:
+        pairs = _dict(data.get("env"))
+        for item in env:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                fail(f"--env {item!r} must be KEY=VALUE", 2)
+            pairs[key] = value
+        data["env"] = pairs
+    if health_interval is not None:
+        data["health"] = {**_dict(data.get("health")), "interval_seconds": health_interval}
+    try:
+        return AgentSpec.model_validate(data)
+    except ValidationError as err:
+        fail(describe_validation_error(err), 2)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    # A non-object in the spec file is replaced by the flags, which win anyway.
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _split(command: str) -> list[str]:
+    try:
+        return shlex.split(command)
+    except ValueError as err:  # e.g. an unclosed quote
+        fail(f"--command {command!r}: {err}", 2)
+
+
+@agent_app.command()
+def start(
+    agent_id: AgentId,
+    replicas: Annotated[int | None, typer.Option(help="Desired replicas (default 1).")] = None,
+    min_replicas: Annotated[int | None, typer.Option(help="Lowest count `scale` accepts.")] = None,
+    max_replicas: Annotated[int | None, typer.Option(help="Highest count `scale` accepts.")] = None,
+    version: Annotated[str | None, typer.Option(help="Version label (default v1).")] = None,
+    command: Annotated[
+        str | None, typer.Option(help="argv of one replica, shell-quoted (local platform).")
+    ] = None,
+    image: Annotated[str | None, typer.Option(help="Container image (Kubernetes).")] = None,
+    env: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE for each replica; repeatable.")
+    ] = None,
+    health_interval: Annotated[
+        float | None, typer.Option(help="Seconds between health rounds.")
+    ] = None,
+    spec: Annotated[
+        Path | None, typer.Option(help="JSON file of AgentSpec fields; flags override it.")
+    ] = None,
+) -> None:
+    """Start an agent: its replicas come up and are kept healthy until `stop`."""
+    overrides = {
+        "replicas": replicas,
+        "min_replicas": min_replicas,
+        "max_replicas": max_replicas,
+        "version": version,
+        "command": _split(command) if command is not None else None,
+        "image": image,
+    }
+    agent_spec = _build_spec(
+        agent_id, spec_file=spec, overrides=overrides, env=env, health_interval=health_interval
+    )
+    settings = load_settings()
+
+    async def go(client: Client) -> tuple[str, str | None]:
+        h = await agents.start_agent(client, agent_spec, task_queue=settings.temporal.task_queue)
+        return h.id, h.result_run_id
+
+    workflow_id, run_id = run(go, settings)
+    out.print(f"started agent [bold]{agent_id}[/bold]")
+    out.print(f"  workflow id: {escape(workflow_id)}\n  run id:      {run_id}")
+    out.print(f"follow it with: fleetops agent status {agent_id}", highlight=False)
+
+
+def _done(agent_id: str, state: AgentState, replicas: int, message: str) -> None:
+    out.print(
+        f"agent {agent_id}: {state}, {replicas} desired replicas ({escape(message)})",
+        highlight=False,
+    )
+
+
+@agent_app.command()
+def pause(agent_id: AgentId, reason: Reason = "", requested_by: RequestedBy = "") -> None:
+    """Stop all replicas, keeping spec and state (PAUSED)."""
+    who = requested_by or current_user()
+    r = run(lambda c: agents.pause(c, agent_id, reason=reason, requested_by=who))
+    _done(agent_id, r.state, r.replicas, r.message)
+
+
+@agent_app.command()
+def resume(agent_id: AgentId, reason: Reason = "", requested_by: RequestedBy = "") -> None:
+    """Provision a PAUSED or ERROR agent again (INITIALIZING, then READY)."""
+    who = requested_by or current_user()
+    r = run(lambda c: agents.resume(c, agent_id, reason=reason, requested_by=who))
+    _done(agent_id, r.state, r.replicas, r.message)
+
+
+@agent_app.command()
+def scale(
+    agent_id: AgentId,
+    replicas: Annotated[int, typer.Argument(min=1, help="New desired replica count.")],
+    reason: Reason = "",
+    requested_by: RequestedBy = "",
+) -> None:
+    """Set the desired replica count, between the agent's min_replicas and max_replicas."""
+    who = requested_by or current_user()
+    r = run(lambda c: agents.scale(c, agent_id, replicas, reason=reason, requested_by=who))
+    _done(agent_id, r.state, r.replicas, r.message)
+
+
+@agent_app.command()
+def stop(
+    agent_id: AgentId,
+    reason: Reason = "",
+    requested_by: RequestedBy = "",
+    wait: Annotated[bool, typer.Option(help="Wait for the workflow to complete.")] = True,
+) -> None:
+    """Shut an agent down: stop every replica and complete its workflow."""
+    who = requested_by or current_user()
+    r = run(lambda c: agents.shutdown(c, agent_id, reason=reason, requested_by=who, wait=wait))
+    if isinstance(r, AgentReport):
+        out.print(
+            f"agent {agent_id}: {r.final_state} after {r.ended_at - r.started_at} "
+            f"({r.counters.transitions} transitions, {r.counters.replica_restarts} restarts)",
+            highlight=False,
+        )
+        return
+    _done(agent_id, r.state, r.replicas, r.message)
+    if r.state == AgentState.ERROR:
+        fail(f"agent {agent_id} could not be stopped; see `fleetops agent status {agent_id}`", 1)
+
+
+@agent_app.command()
+def status(
+    agent_id: AgentId,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Show an agent: state, replicas with health, counters, recent transitions."""
+    st = run(lambda c: agents.status(c, agent_id))
+    if as_json:
+        typer.echo(st.model_dump_json(indent=2))
+        return
+    _print_status(st)
+
+
+def _print_status(st: AgentStatus) -> None:
+    out.print(
+        f"[bold]{st.agent_id}[/bold] {escape(st.version)}: [bold]{st.state}[/bold], "
+        f"{len(st.replicas)}/{st.desired_replicas} replicas "
+        f"(min {st.min_replicas}, max {st.max_replicas})"
+    )
+    if st.last_rejection:
+        out.print(f"last rejected request: {escape(st.last_rejection)}", style="yellow")
+    table = Table("index", "endpoint", "pid", "healthy", "failures", "in-flight", "last error")
+    for r in st.replicas:
+        table.add_row(
+            str(r.index),
+            escape(r.endpoint),
+            str(r.pid) if r.pid is not None else "-",
+            "[green]yes[/green]" if r.healthy else "[red]no[/red]",
+            str(r.consecutive_failures),
+            str(r.in_flight),
+            escape(r.last_error or ""),
+        )
+    out.print(table)
+    counters = ", ".join(f"{k}={v}" for k, v in st.counters.model_dump().items())
+    out.print(f"counters: {counters}", highlight=False)
+    transitions = Table("at", "from", "to", "reason", title="last transitions")
+    for t in st.transitions[-10:]:
+        at = t.at.isoformat(timespec="seconds")
+        transitions.add_row(at, str(t.from_state), str(t.to_state), escape(t.reason))
+    out.print(transitions)
+
+
+@agent_app.command("list")
+def list_(
+    state: Annotated[
+        AgentState | None, typer.Option(case_sensitive=False, help="Only agents in this state.")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Include completed agents too.")] = False,
+) -> None:
+    """List agents (from Temporal visibility, which may lag a second behind)."""
+    rows = run(lambda c: agents.list_agents(c, state=state, include_closed=all_))
+    table = Table("agent", "state", "status", "started", "workflow id", "run id")
+    for a in rows:
+        table.add_row(
+            a.agent_id,
+            str(a.state or "-"),
+            a.status,
+            a.start_time.isoformat(timespec="seconds"),
+            escape(a.workflow_id),
+            a.run_id,
+        )
+    out.print(table)
+    if not rows:
+        out.print("no agents" + (f" in state {state}" if state else ""), highlight=False)
