@@ -18,15 +18,19 @@ import httpx
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.deployments import DeploymentActivities
+from activities.metrics import MetricsActivities
+from activities.notify import NotifyActivities
 from activities.platform import Platform, PlatformActivities, build_platform
 from activities.probes import ProbeActivities
 from fleetops.client import connect
 from fleetops.settings import Settings, get_settings
 from workflows.agent_lifecycle import AgentLifecycle
+from workflows.blue_green import BlueGreenDeployment
 
 log = logging.getLogger("fleetops.worker")
 
-WORKFLOWS: Sequence[type] = (AgentLifecycle,)
+WORKFLOWS: Sequence[type] = (AgentLifecycle, BlueGreenDeployment)
 """Every workflow the FleetOps worker runs."""
 
 
@@ -57,6 +61,8 @@ async def fleetops_worker(
     async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=0)) as http:
         probes = ProbeActivities(http)
         platform_activities = PlatformActivities(platform)
+        notify = NotifyActivities(http, settings.approval)
+        metrics = MetricsActivities(http, settings.metrics)
         worker = Worker(
             client,
             task_queue=task_queue or settings.temporal.task_queue,
@@ -66,7 +72,16 @@ async def fleetops_worker(
                 platform_activities.restart_replicas,
                 platform_activities.deprovision_agent,
                 platform_activities.list_replicas,
+                platform_activities.scale_down_color,
+                platform_activities.switch_traffic,
+                platform_activities.describe_service,
                 probes.probe_replicas,
+                probes.wait_healthy,
+                probes.run_smoke_tests,
+                DeploymentActivities(client).claim_agent,
+                notify.send_notification,
+                notify.approver_roles,
+                metrics.measure_metric,
             ],
             max_concurrent_activities=settings.max_concurrent_activities,
             graceful_shutdown_timeout=timedelta(seconds=10),

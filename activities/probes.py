@@ -8,7 +8,9 @@ from typing import Any
 
 import httpx
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from fleetops.checks import SmokeRequest, SmokeResult, SmokeTest, WaitHealthyRequest
 from fleetops.models import ProbeRequest, ProbeResult
 
 _MAX_ERROR_CHARS = 200
@@ -87,4 +89,82 @@ class ProbeActivities:
             latency_seconds=time.perf_counter() - started,
             in_flight=0,
             error=_short(error),
+        )
+
+    @activity.defn(name="wait_healthy")
+    async def wait_healthy(self, req: WaitHealthyRequest) -> list[ProbeResult]:
+        """Probe until every endpoint is healthy, heartbeating each round.
+
+        Args:
+            req: endpoints, path, overall timeout and interval (seconds).
+
+        Returns:
+            The last (all healthy) probe results.
+
+        Raises:
+            ApplicationError: ``ReplicasNotReady`` (non-retryable) when ``req.timeout_seconds``
+                pass first; the message lists the unhealthy endpoints and their last errors.
+        """
+        deadline = time.monotonic() + req.timeout_seconds
+        probe = ProbeRequest(
+            endpoints=req.endpoints, path=req.path, timeout_seconds=req.probe_timeout_seconds
+        )
+        while True:
+            results = await self.probe_replicas(probe)
+            if all(r.healthy for r in results):
+                return results
+            bad = "; ".join(f"{r.endpoint}: {r.error}" for r in results if not r.healthy)
+            if activity.in_activity():
+                activity.heartbeat(bad)
+            if time.monotonic() >= deadline:
+                raise ApplicationError(
+                    f"replicas not healthy within {req.timeout_seconds:g}s: {_short(bad)}",
+                    type="ReplicasNotReady",
+                    non_retryable=True,
+                )
+            await asyncio.sleep(req.interval_seconds)
+
+    @activity.defn(name="run_smoke_tests")
+    async def run_smoke_tests(self, req: SmokeRequest) -> list[SmokeResult]:
+        """Run every smoke test against every endpoint concurrently.
+
+        A test passes iff the response status equals ``expect_status`` within its timeout.
+        Failures are results, never exceptions.
+
+        Returns:
+            One result per (test, endpoint), tests in order, endpoints in order within a test.
+        """
+        checks = [self._smoke(t, e) for t in req.tests for e in req.endpoints]
+        return list(await asyncio.gather(*checks))
+
+    async def _smoke(self, test: SmokeTest, endpoint: str) -> SmokeResult:
+        url = endpoint.rstrip("/") + test.path
+        try:
+            async with asyncio.timeout(test.timeout_seconds):
+                response = await self._client.request(
+                    test.method, url, json=test.body, timeout=test.timeout_seconds
+                )
+        except TimeoutError:
+            return SmokeResult(
+                test=test.name, endpoint=endpoint, passed=False,
+                error=f"timed out after {test.timeout_seconds:g}s",
+            )  # fmt: skip
+        except (httpx.HTTPError, httpx.InvalidURL) as e:
+            return SmokeResult(
+                test=test.name,
+                endpoint=endpoint,
+                passed=False,
+                error=_short(f"{type(e).__name__}: {e}"),
+            )
+        passed = response.status_code == test.expect_status
+        return SmokeResult(
+            test=test.name,
+            endpoint=endpoint,
+            passed=passed,
+            status_code=response.status_code,
+            error=None
+            if passed
+            else _short(
+                f"expected {test.expect_status}, got {response.status_code}: {response.text}"
+            ),
         )

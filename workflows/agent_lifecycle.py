@@ -26,10 +26,13 @@ with workflow.unsafe.imports_passed_through():
     from fleetops.models import (
         Action,
         AgentCounters,
+        AgentDeploymentView,
         AgentLifecycleInput,
         AgentReport,
         AgentState,
         AgentStatus,
+        DeploymentClaim,
+        DeploymentOutcome,
         DeprovisionRequest,
         LifecycleCarry,
         OperatorRequest,
@@ -38,18 +41,32 @@ with workflow.unsafe.imports_passed_through():
         ProvisionRequest,
         ReplicaHealth,
         RestartRequest,
+        ScaleDownRequest,
         ScaleRequest,
+        ServiceInfo,
         Transition,
         TransitionRequest,
         TransitionResult,
     )
-    from workflows.lifecycle_rules import PROBED_STATES, action_error, check_transition
+    from workflows.lifecycle_rules import (
+        PROBED_STATES,
+        action_error,
+        check_transition,
+        deployment_error,
+    )
 
 S = AgentState
 MAX_TRANSITIONS = 50
 """Transitions kept in state (older ones are counted, not kept) so history stays bounded."""
 STARTUP_PROBE_SECONDS = 2.0
 """Probe interval while waiting for new replicas, capped by ``health.interval_seconds``."""
+STARTUP_GRACE_PATCH = "startup-grace-for-new-replicas"
+"""Patch id: failures of a new or restarted replica count only once it has been healthy, or
+once ``startup_timeout_seconds`` passed (the rule of a Kubernetes startupProbe)."""
+PAUSE_SCALES_DOWN_PATCH = "pause-scales-down-active-color"
+"""Patch id: pause stops the active colour only, keeping the agent's service (gateway URL)."""
+FETCH_SERVICE_PATCH = "fetch-service-after-bring-up"
+"""Patch id: since blue-green deployments, bring-up also reads the agent's service (gateway URL)."""
 PLATFORM_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=6)
 
 
@@ -91,10 +108,14 @@ class AgentLifecycle:
         self._replicas = list(carry.replicas)
         self._failures = dict(carry.failures)
         self._degraded_since = carry.degraded_since
+        self._starting = dict(carry.starting)
         self._phase_deadline = carry.phase_deadline
         self._transitions = list(carry.transitions)
         self._counters = carry.counters.model_copy()
         self._last_rejection = carry.last_rejection
+        self._active_color = carry.active_color
+        self._service = carry.service
+        self._deployment_id = carry.deployment_id
 
     @workflow.run
     async def run(self, input: AgentLifecycleInput) -> AgentReport:
@@ -186,7 +207,7 @@ class AgentLifecycle:
     @transition.validator
     def _validate_transition(self, req: TransitionRequest) -> None:
         """Reject, before anything is written to history, an action the state does not allow."""
-        error = action_error(self._state, self._spec, req.action, req.replicas)
+        error = action_error(self._state, self._spec, req.action, req.replicas, self._deployment_id)
         if error is not None:
             raise ApplicationError(error, type="InvalidTransition", non_retryable=True)
 
@@ -201,6 +222,8 @@ class AgentLifecycle:
                     index=r.index,
                     endpoint=r.endpoint,
                     pid=r.pid,
+                    color=r.color,
+                    version=r.version,
                     healthy=probe.healthy if probe else False,
                     consecutive_failures=self._failures.get(r.index, 0),
                     in_flight=probe.in_flight if probe else 0,
@@ -218,7 +241,64 @@ class AgentLifecycle:
             transitions=list(self._transitions),
             counters=self._counters,
             last_rejection=self._last_rejection,
+            active_color=self._active_color,
+            service=self._service,
+            deployment_id=self._deployment_id,
         )
+
+    # --- deployments (BlueGreenDeployment talks to the agent through these) --------------
+
+    @workflow.update
+    def begin_deployment(self, claim: DeploymentClaim) -> AgentDeploymentView:
+        """Hold the agent for deployment ``claim.deployment_id``; answer the running spec.
+
+        While held, operator actions are refused, and a second deployment is refused by the
+        validator. Claiming again with the same id is allowed (a retried activity).
+
+        Returns:
+            The running spec, state, active colour, its replicas and the service.
+        """
+        self._deployment_id = claim.deployment_id
+        return AgentDeploymentView(
+            spec=self._spec,
+            state=self._state,
+            active_color=self._active_color,
+            replicas=self._replicas,
+            service=self._service,
+        )
+
+    @begin_deployment.validator
+    def _validate_begin_deployment(self, claim: DeploymentClaim) -> None:
+        """Refuse a deployment while another runs or the agent is not serving."""
+        error = deployment_error(
+            self._state, self._spec.agent_id, self._deployment_id, claim.deployment_id
+        )
+        if error is not None:
+            raise ApplicationError(error, type="DeploymentRefused", non_retryable=True)
+
+    @workflow.signal
+    def end_deployment(self, outcome: DeploymentOutcome) -> None:
+        """Release the agent. When promoted, adopt the new spec, colour, replicas and service."""
+        if outcome.deployment_id != self._deployment_id:
+            self._reject(f"end_deployment from {outcome.deployment_id}, which does not hold it")
+            return
+        self._deployment_id = None
+        self._counters.deployments += 1
+        if outcome.service is not None:
+            self._service = outcome.service
+        if outcome.promoted and outcome.spec is not None:
+            workflow.logger.info(
+                "agent %s now runs %s on %s",
+                self._spec.agent_id,
+                outcome.spec.version,
+                outcome.active_color,
+            )
+            self._spec = outcome.spec
+            self._desired = outcome.spec.replicas
+            self._active_color = outcome.active_color
+            self._replicas = list(outcome.replicas)
+            self._failures = {}
+            self._probes = {}
 
     def _on_signal(self, action: Action, raw: RawValue | None) -> None:
         model: type[ScaleRequest | OperatorRequest] = (
@@ -235,7 +315,7 @@ class AgentLifecycle:
         replicas = req.replicas if isinstance(req, ScaleRequest) else None
         reason = req.reason if isinstance(req, OperatorRequest) else ""
         who = req.requested_by if isinstance(req, OperatorRequest) else ""
-        error = action_error(self._state, self._spec, action, replicas)
+        error = action_error(self._state, self._spec, action, replicas, self._deployment_id)
         if error is not None:
             self._reject(error)
             return
@@ -249,7 +329,7 @@ class AgentLifecycle:
     # --- the main loop's steps -------------------------------------------------------------
 
     async def _apply(self, cmd: _Command) -> None:
-        error = action_error(self._state, self._spec, cmd.action, cmd.replicas)
+        error = action_error(self._state, self._spec, cmd.action, cmd.replicas, self._deployment_id)
         if error is not None:
             self._reject(error)
             cmd.error = error
@@ -258,7 +338,10 @@ class AgentLifecycle:
         reason = f"{cmd.action}{who}" + (f": {cmd.reason}" if cmd.reason else "")
         if cmd.action == "pause":
             self._set_state(S.PAUSED, reason)
-            await self._deprovision(on_failure="pause could not stop the replicas")
+            await self._deprovision(
+                on_failure="pause could not stop the replicas",
+                keep_service=workflow.patched(PAUSE_SCALES_DOWN_PATCH),
+            )
         elif cmd.action == "resume":
             self._enter_initializing(reason)
         elif cmd.action == "scale":
@@ -284,7 +367,10 @@ class AgentLifecycle:
             results = await self._probe()
             if results and all(p.healthy for p in results):
                 self._failures = {}
+                self._starting = {}
                 self._set_state(self._serving_state(results), f"{len(results)} replicas healthy")
+                if self._service is None and workflow.patched(FETCH_SERVICE_PATCH):
+                    self._service = await self._describe_service()
                 return
             if workflow.now() >= self._phase_deadline:
                 self._set_state(S.ERROR, "replicas not healthy within startup_timeout_seconds")
@@ -297,28 +383,33 @@ class AgentLifecycle:
         if len(results) != len(self._replicas):
             return  # the probe activity itself failed: no evidence about the agent this round
         threshold = self._spec.health.failure_threshold
+        now = workflow.now()
         for r, p in zip(self._replicas, results, strict=True):
-            self._failures[r.index] = 0 if p.healthy else self._failures.get(r.index, 0) + 1
             self._counters.failed_probes += 0 if p.healthy else 1
+            if p.healthy or self._starting.get(r.index, now) <= now:
+                self._starting.pop(r.index, None)  # started, or out of startup time
+            elif workflow.patched(STARTUP_GRACE_PATCH):
+                continue  # still starting: not a failure yet
+            self._failures[r.index] = 0 if p.healthy else self._failures.get(r.index, 0) + 1
         failing = sorted(i for i, n in self._failures.items() if n >= threshold)
-        if not failing:
+        if not failing and len(results) == self._desired and all(p.healthy for p in results):
             self._degraded_since = None
-            if len(results) == self._desired and all(p.healthy for p in results):
-                self._set_state(self._serving_state(results), f"{len(results)} replicas healthy")
+            self._set_state(self._serving_state(results), f"{len(results)} replicas healthy")
             return
-        if self._state in (S.READY, S.PROCESSING):
-            self._degraded_since = workflow.now()
+        if failing and self._state in (S.READY, S.PROCESSING):
             self._set_state(
                 S.DEGRADED, f"replicas {failing} failed {threshold} consecutive health probes"
             )
         if self._state != S.DEGRADED:
             return
-        assert self._degraded_since is not None
+        if self._degraded_since is None:
+            self._degraded_since = now
         limit = timedelta(seconds=self._spec.health.recovery_timeout_seconds)
-        if workflow.now() - self._degraded_since >= limit:
-            self._set_state(S.ERROR, f"replicas {failing} did not recover within {limit}")
+        if now - self._degraded_since >= limit:
+            self._set_state(S.ERROR, f"agent did not recover within {limit}")
             return
-        await self._restart(failing)
+        if failing:
+            await self._restart(failing)
 
     async def _probe(self) -> list[ProbeResult]:
         health = self._spec.health
@@ -340,10 +431,11 @@ class AgentLifecycle:
         return results
 
     async def _provision(self) -> bool:
+        known = {r.index for r in self._replicas}
         try:
             self._replicas = await workflow.execute_activity_method(
                 PlatformActivities.provision_replicas,
-                ProvisionRequest(spec=self._spec, replicas=self._desired),
+                ProvisionRequest(spec=self._spec, replicas=self._desired, color=self._active_color),
                 start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=timedelta(seconds=60),
                 retry_policy=PLATFORM_RETRY,
@@ -353,13 +445,14 @@ class AgentLifecycle:
             return False
         live = {r.index for r in self._replicas}
         self._failures = {i: n for i, n in self._failures.items() if i in live}
+        self._mark_starting(live - known)
         return True
 
     async def _restart(self, indices: list[int]) -> None:
         try:
             self._replicas = await workflow.execute_activity_method(
                 PlatformActivities.restart_replicas,
-                RestartRequest(spec=self._spec, indices=indices),
+                RestartRequest(spec=self._spec, indices=indices, color=self._active_color),
                 start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=timedelta(seconds=60),
                 retry_policy=PLATFORM_RETRY,
@@ -370,22 +463,55 @@ class AgentLifecycle:
         self._counters.replica_restarts += len(indices)
         for i in indices:
             self._failures[i] = 0
+        self._mark_starting(set(indices))
 
-    async def _deprovision(self, *, on_failure: str) -> bool:
+    def _mark_starting(self, indices: set[int]) -> None:
+        """Give new or restarted replicas ``startup_timeout_seconds`` before failures count."""
+        deadline = workflow.now() + timedelta(seconds=self._spec.health.startup_timeout_seconds)
+        for i in indices:
+            self._starting[i] = deadline
+
+    async def _describe_service(self) -> ServiceInfo | None:
         try:
-            await workflow.execute_activity_method(
-                PlatformActivities.deprovision_agent,
-                DeprovisionRequest(agent_id=self._spec.agent_id),
-                start_to_close_timeout=timedelta(minutes=5),
-                heartbeat_timeout=timedelta(seconds=60),
+            return await workflow.execute_activity_method(
+                PlatformActivities.describe_service,
+                self._spec.agent_id,
+                start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=PLATFORM_RETRY,
             )
+        except ActivityError as err:
+            workflow.logger.warning("could not read the agent's service: %s", _cause(err))
+            return None
+
+    async def _deprovision(self, *, on_failure: str, keep_service: bool = False) -> bool:
+        """Stop the replicas: only the active colour if ``keep_service``, else the whole agent."""
+        agent_id = self._spec.agent_id
+        timeout, heartbeat = timedelta(minutes=5), timedelta(seconds=60)
+        try:
+            if keep_service:
+                await workflow.execute_activity_method(
+                    PlatformActivities.scale_down_color,
+                    ScaleDownRequest(agent_id=agent_id, color=self._active_color),
+                    start_to_close_timeout=timeout,
+                    heartbeat_timeout=heartbeat,
+                    retry_policy=PLATFORM_RETRY,
+                )
+            else:
+                await workflow.execute_activity_method(
+                    PlatformActivities.deprovision_agent,
+                    DeprovisionRequest(agent_id=agent_id),
+                    start_to_close_timeout=timeout,
+                    heartbeat_timeout=heartbeat,
+                    retry_policy=PLATFORM_RETRY,
+                )
         except ActivityError as err:
             self._set_state(S.ERROR, f"{on_failure}: {_cause(err)}")
             return False
         self._replicas = []
         self._probes = {}
         self._failures = {}
+        if not keep_service:
+            self._service = None  # stop_all removes the service
         return True
 
     async def _wait_for_command(self, timeout: timedelta | None) -> None:
@@ -442,10 +568,14 @@ class AgentLifecycle:
             replicas=self._replicas,
             failures=self._failures,
             degraded_since=self._degraded_since,
+            starting=self._starting,
             phase_deadline=self._phase_deadline,
             transitions=self._transitions,
             counters=self._counters,
             last_rejection=self._last_rejection,
+            active_color=self._active_color,
+            service=self._service,
+            deployment_id=self._deployment_id,
         )
 
     def _report(self) -> AgentReport:

@@ -53,7 +53,11 @@ def check_transition(current: AgentState, target: AgentState) -> None:
 
 
 def action_error(
-    state: AgentState, spec: AgentSpec, action: Action, replicas: int | None
+    state: AgentState,
+    spec: AgentSpec,
+    action: Action,
+    replicas: int | None,
+    deployment_id: str | None = None,
 ) -> str | None:
     """Why an operator action cannot be taken now, or None when it can.
 
@@ -62,12 +66,18 @@ def action_error(
         spec: the agent's spec (for the scale bounds).
         action: ``pause`` | ``resume`` | ``scale`` | ``shutdown``.
         replicas: the requested count for ``scale``.
+        deployment_id: the workflow id of a deployment in progress; actions wait for it.
 
     Returns:
         A message that says what is wrong and what the operator can do, or None.
     """
     if state in (S.SHUTTING_DOWN, S.TERMINATED):
         return f"agent {spec.agent_id} is {state}; it accepts no further actions"
+    if deployment_id is not None:
+        return (
+            f"deployment {deployment_id} of agent {spec.agent_id} is in progress; wait for it "
+            f"or abort it first (fleetops abort {deployment_id})"
+        )
     if action == "scale":
         if replicas is None:
             return "scale needs replicas"
@@ -82,4 +92,28 @@ def action_error(
     if target not in TRANSITIONS[state]:
         hint = " (use resume)" if state == S.PAUSED else ""
         return f"cannot {action} agent {spec.agent_id} while it is {state}{hint}"
+    return None
+
+
+DEPLOYABLE_STATES = frozenset({S.READY, S.PROCESSING, S.DEGRADED, S.ERROR})
+"""States in which a deployment may start (replicas are supposed to be up)."""
+
+
+def deployment_error(
+    state: AgentState, agent_id: str, current: str | None, requested: str
+) -> str | None:
+    """Why deployment ``requested`` cannot start now, or None when it can.
+
+    A deployment already holding the agent may claim it again (a retried activity).
+    """
+    if current is not None and current != requested:
+        return (
+            f"deployment {current} of agent {agent_id} is in progress; two deployments of one "
+            f"agent cannot run at once (abort it first: fleetops abort {current})"
+        )
+    if state not in DEPLOYABLE_STATES:
+        return (
+            f"agent {agent_id} is {state}; deployments start from "
+            "READY, PROCESSING, DEGRADED or ERROR"
+        )
     return None

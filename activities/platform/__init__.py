@@ -14,7 +14,9 @@ def build_platform(settings: Settings) -> Platform:
     """The platform ``settings.platform.kind`` names.
 
     Args:
-        settings: FleetOps settings; ``local`` uses ``platform.local`` and ``state_dir``.
+        settings: FleetOps settings; ``local`` uses ``platform.local``, ``platform.gateway``
+            and ``state_dir``, ``kubernetes`` uses ``platform.kubernetes`` (in-cluster config or
+            a kubeconfig).
 
     Returns:
         A ready platform.
@@ -23,7 +25,14 @@ def build_platform(settings: Settings) -> Platform:
         PlatformError: the kind is not available, or its settings are unusable.
     """
     if settings.platform.kind == "local":
-        return LocalPlatform(settings.platform.local, settings.state_dir)
+        return LocalPlatform(
+            settings.platform.local, settings.state_dir, gateway=settings.platform.gateway
+        )
+    if settings.platform.kind == "kubernetes":
+        from activities.platform.kubernetes import KubernetesPlatform
+
+        return KubernetesPlatform.from_settings(settings.platform.kubernetes)
     raise PlatformError(
-        f"{settings.platform.kind} platform not available yet; set FLEETOPS_PLATFORM__KIND=local"
+        f"unknown platform {settings.platform.kind!r}; set FLEETOPS_PLATFORM__KIND=local or "
+        "kubernetes"
     )

@@ -1,14 +1,20 @@
-"""Replica state files of the local platform, and the lock files that guard them.
+"""State files of the local platform, and the lock files that guard them.
 
-Layout under ``<state_dir>/agents``::
+Layout under ``<state_dir>``::
 
-    .ports.lock                  serialises port allocation across worker processes
-    <agent_id>/state.json        the replicas: pid, start time, host, port, version, command hash
-    <agent_id>/lock              held while one worker changes this agent's replicas
-    <agent_id>/replica-<i>.log   stdout and stderr of replica i (appended across restarts)
+    agents/.ports.lock                   serialises port allocation across worker processes
+    agents/<agent_id>/state.json         the replicas of both colours: colour, index, pid, start
+                                         time, host, port, version, command hash
+    agents/<agent_id>/service.json       the agent's routing entry (see :class:`ServiceRecord`)
+    agents/<agent_id>/lock               held while one worker changes this agent
+    agents/<agent_id>/replica-<i>.log    stdout and stderr of blue replica i (appended)
+    agents/<agent_id>/green-replica-<i>.log   likewise for green replica i
+    gateway.json                         written by a running gateway: admin URL and pid
+    prometheus/targets.json              Prometheus file_sd targets: every running replica
 
-``state.json`` is replaced atomically (temp file, fsync, ``os.replace``), so readers never need
-a lock: they see the old or the new file, never half of one.
+Every JSON file is replaced atomically (temp file, fsync, ``os.replace``), so readers never need
+a lock: they see the old or the new file, never half of one. A ``state.json`` written before
+colours existed has no ``color`` fields: its replicas are blue, and the next save adds them.
 """
 
 from __future__ import annotations
@@ -22,12 +28,19 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from activities.platform.base import PlatformError
 from fleetops.constants import AGENT_ID_PATTERN
+from fleetops.models import Color
 
 _AGENT_ID_RE = re.compile(AGENT_ID_PATTERN)
 _LOCK_POLL_SECONDS = 0.05
+STATE_FORMAT = 2
+"""``format`` of ``state.json``: 1 (absent) had no colours, 2 records each replica's colour."""
+
+Key = tuple[Color, int]
+"""A replica slot: (colour, index)."""
 
 
 @dataclass(frozen=True)
@@ -35,13 +48,14 @@ class ReplicaRecord:
     """One replica as persisted in ``state.json``.
 
     Attributes:
-        index: replica index within the agent.
+        index: replica index within its colour.
         pid: process id, also its process-group id (replicas start in their own session).
         host: address the replica was told to bind.
         port: port the replica was told to bind.
         start_time: ``/proc/<pid>/stat`` start time (clock ticks since boot); None without /proc.
         version: the spec version it runs.
         command_hash: hash of the spec's command and env it runs.
+        color: its colour slot; ``blue`` for records written before colours existed.
     """
 
     index: int
@@ -51,11 +65,48 @@ class ReplicaRecord:
     start_time: int | None
     version: str
     command_hash: str
+    color: Color = "blue"
+
+    @property
+    def key(self) -> Key:
+        """``(color, index)``."""
+        return (self.color, self.index)
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    """An agent's routing entry (``service.json``): what the local gateway serves.
+
+    Attributes:
+        active_color: colour the active port routes to.
+        preview_color: colour the preview port routes to; None: the preview port answers 503.
+        active_port: gateway port of the active service (stable while the agent exists).
+        preview_port: gateway port of the preview service (stable while the agent exists).
+        generation: bumped by every switch that changes the colours.
+    """
+
+    active_color: Color
+    preview_color: Color | None
+    active_port: int
+    preview_port: int
+    generation: int = 0
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace ``path`` with ``data`` as JSON: temp file in the same directory, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 @contextlib.asynccontextmanager
 async def file_lock(path: Path) -> AsyncIterator[None]:
     """Exclusive ``flock`` on ``path``, polled so the event loop never blocks on another process."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         while True:
@@ -70,7 +121,7 @@ async def file_lock(path: Path) -> AsyncIterator[None]:
 
 
 class StateStore:
-    """Reads and writes ``<agents_dir>/<agent_id>/state.json``.
+    """Reads and writes ``<agents_dir>/<agent_id>/{state,service}.json``.
 
     Args:
         agents_dir: ``<state_dir>/agents``.
@@ -89,13 +140,21 @@ class StateStore:
             raise PlatformError(f"invalid agent id {agent_id!r}: it must be a DNS label")
         return self.agents_dir / agent_id
 
+    def agent_ids(self) -> list[str]:
+        """Every agent with a directory, sorted (directories that are not agent ids are skipped)."""
+        if not self.agents_dir.is_dir():
+            return []
+        return sorted(
+            d.name for d in self.agents_dir.iterdir() if _AGENT_ID_RE.match(d.name) and d.is_dir()
+        )
+
     def ports_lock(self) -> Path:
         """Path of the lock file that serialises port allocation."""
         self.agents_dir.mkdir(parents=True, exist_ok=True)
         return self.agents_dir / ".ports.lock"
 
-    def load(self, agent_id: str) -> dict[int, ReplicaRecord]:
-        """The agent's replicas by index; empty if it has no state file.
+    def load(self, agent_id: str) -> dict[Key, ReplicaRecord]:
+        """The agent's replicas by ``(color, index)``; empty if it has no state file.
 
         Raises:
             PlatformError: the state file is unreadable.
@@ -110,33 +169,53 @@ class StateStore:
             raise PlatformError(
                 f"unreadable replica state {path}: {e}; stop its processes by hand and delete it"
             ) from e
-        return {r.index: r for r in records}
+        return {r.key: r for r in records}
 
-    def save(self, agent_id: str, records: dict[int, ReplicaRecord]) -> None:
-        """Replace the agent's state file atomically."""
-        path = self.agent_dir(agent_id) / "state.json"
+    def save(self, agent_id: str, records: dict[Key, ReplicaRecord]) -> None:
+        """Replace the agent's state file atomically (replicas ordered by colour, index)."""
         data = {
             "agent_id": agent_id,
-            "replicas": [asdict(r) for r in sorted(records.values(), key=lambda r: r.index)],
+            "format": STATE_FORMAT,
+            "replicas": [asdict(records[k]) for k in sorted(records)],
         }
-        tmp = path.with_name(f".state.json.{os.getpid()}.tmp")
-        with tmp.open("w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_json_atomic(self.agent_dir(agent_id) / "state.json", data)
 
     def remove(self, agent_id: str) -> None:
-        """Delete the agent's state file (logs and the lock file stay)."""
+        """Delete the agent's state and service files (logs and the lock file stay)."""
         (self.agent_dir(agent_id) / "state.json").unlink(missing_ok=True)
+        (self.agent_dir(agent_id) / "service.json").unlink(missing_ok=True)
+
+    def load_service(self, agent_id: str) -> ServiceRecord | None:
+        """The agent's routing entry, or None if it has none.
+
+        Raises:
+            PlatformError: the service file is unreadable.
+        """
+        path = self.agent_dir(agent_id) / "service.json"
+        try:
+            return ServiceRecord(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError) as e:
+            raise PlatformError(f"unreadable service {path}: {e}; delete it to recreate") from e
+
+    def save_service(self, agent_id: str, service: ServiceRecord) -> None:
+        """Replace the agent's ``service.json`` atomically."""
+        write_json_atomic(self.agent_dir(agent_id) / "service.json", asdict(service))
 
     def ports_of_other_agents(self, agent_id: str) -> set[int]:
-        """Ports recorded by every agent but ``agent_id`` (unreadable state files are skipped)."""
+        """Replica and service ports recorded by every agent but ``agent_id``.
+
+        Unreadable files are skipped: their agent needs repair by hand anyway.
+        """
         ports: set[int] = set()
-        if not self.agents_dir.is_dir():
-            return ports
-        for other in self.agents_dir.iterdir():
-            if other.name != agent_id and (other / "state.json").is_file():
-                with contextlib.suppress(PlatformError):
-                    ports.update(r.port for r in self.load(other.name).values())
+        for other in self.agent_ids():
+            if other == agent_id:
+                continue
+            with contextlib.suppress(PlatformError):
+                ports.update(r.port for r in self.load(other).values())
+            with contextlib.suppress(PlatformError):
+                service = self.load_service(other)
+                if service is not None:
+                    ports.update((service.active_port, service.preview_port))
         return ports

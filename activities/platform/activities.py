@@ -11,7 +11,15 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.platform.base import Platform, PlatformError
-from fleetops.models import DeprovisionRequest, ProvisionRequest, Replica, RestartRequest
+from fleetops.models import (
+    DeprovisionRequest,
+    ProvisionRequest,
+    Replica,
+    RestartRequest,
+    ScaleDownRequest,
+    ServiceInfo,
+    SwitchTrafficRequest,
+)
 
 T = TypeVar("T")
 
@@ -72,7 +80,7 @@ class PlatformActivities:
         Raises:
             ApplicationError: type ``PlatformError``, non-retryable: the spec cannot run here.
         """
-        return await _call(self._platform.ensure(req.spec, req.replicas))
+        return await _call(self._platform.ensure(req.spec, req.replicas, req.color))
 
     @activity.defn(name="restart_replicas")
     async def restart_replicas(self, req: RestartRequest) -> list[Replica]:
@@ -84,7 +92,7 @@ class PlatformActivities:
         Raises:
             ApplicationError: type ``PlatformError``, non-retryable: the spec cannot run here.
         """
-        return await _call(self._platform.restart(req.spec, req.indices))
+        return await _call(self._platform.restart(req.spec, req.indices, req.color))
 
     @activity.defn(name="deprovision_agent")
     async def deprovision_agent(self, req: DeprovisionRequest) -> int:
@@ -106,3 +114,34 @@ class PlatformActivities:
             ApplicationError: type ``PlatformError``, non-retryable: e.g. an invalid agent id.
         """
         return await _call(self._platform.list_replicas(agent_id))
+
+    @activity.defn(name="scale_down_color")
+    async def scale_down_color(self, req: ScaleDownRequest) -> int:
+        """Stop every replica of one colour of the agent (the other colour keeps serving).
+
+        Returns:
+            How many replicas were running.
+
+        Raises:
+            ApplicationError: type ``PlatformError``, non-retryable: e.g. an invalid agent id.
+        """
+        return await _call(self._platform.scale_down(req.agent_id, req.color))
+
+    @activity.defn(name="switch_traffic")
+    async def switch_traffic(self, req: SwitchTrafficRequest) -> ServiceInfo:
+        """Point the agent's active service at ``req.active_color`` (preview at the other).
+
+        Returns:
+            The service after the switch.
+
+        Raises:
+            ApplicationError: type ``PlatformError``, non-retryable: the agent has no service.
+        """
+        return await _call(
+            self._platform.switch_traffic(req.agent_id, req.active_color, req.preview_color)
+        )
+
+    @activity.defn(name="describe_service")
+    async def describe_service(self, agent_id: str) -> ServiceInfo | None:
+        """The agent's service (active/preview colours and URLs), or None if it has none."""
+        return await _call(self._platform.describe_service(agent_id))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from fleetops.models import AgentSpec, Replica
+from fleetops.models import AgentSpec, Color, Replica, ServiceInfo
 
 
 class PlatformError(Exception):
@@ -14,11 +14,12 @@ class PlatformError(Exception):
 class Platform(Protocol):
     """What a platform must do. Every method is idempotent: a retry converges, never duplicates."""
 
-    async def ensure(self, spec: AgentSpec, replicas: int) -> list[Replica]:
-        """Converge to exactly ``replicas`` running replicas of ``spec``.
+    async def ensure(self, spec: AgentSpec, replicas: int, color: Color = "blue") -> list[Replica]:
+        """Converge colour ``color`` of the agent to exactly ``replicas`` replicas of ``spec``.
 
         Running replicas with indices ``< replicas`` are kept (adopted after a worker restart),
-        missing ones are started, higher indices are stopped.
+        missing ones are started, higher indices are stopped. The other colour is untouched. The
+        first ``ensure`` of an agent also creates its service with ``color`` active.
 
         Returns:
             The replicas, ordered by index.
@@ -28,14 +29,41 @@ class Platform(Protocol):
         """
         ...
 
-    async def restart(self, spec: AgentSpec, indices: list[int]) -> list[Replica]:
-        """Stop (if running) and start again the replicas at ``indices``; returns all replicas."""
+    async def restart(
+        self, spec: AgentSpec, indices: list[int], color: Color = "blue"
+    ) -> list[Replica]:
+        """Stop (if running) and start again replicas ``indices`` of ``color``; returns them all."""
+        ...
+
+    async def scale_down(self, agent_id: str, color: Color) -> int:
+        """Stop every replica of one colour, keeping the service; returns how many were running."""
         ...
 
     async def stop_all(self, agent_id: str) -> int:
-        """Stop every replica of ``agent_id`` and forget its state; returns how many ran."""
+        """Stop every replica of every colour, remove the service and forget the agent.
+
+        Returns:
+            How many replicas were running.
+        """
         ...
 
-    async def list_replicas(self, agent_id: str) -> list[Replica]:
-        """The agent's known replicas with ``running`` checked now, ordered by index."""
+    async def list_replicas(self, agent_id: str, color: Color | None = None) -> list[Replica]:
+        """Known replicas (of ``color``, or all) with ``running`` checked now, by colour, index."""
+        ...
+
+    async def switch_traffic(
+        self, agent_id: str, active_color: Color, preview_color: Color | None = None
+    ) -> ServiceInfo:
+        """Atomically route the active service to ``active_color`` (and preview to the other).
+
+        Idempotent. In-flight requests to the previous colour complete; new ones go to the new
+        colour. Returns once the switch is in effect.
+
+        Raises:
+            PlatformError: the agent has no service (never provisioned).
+        """
+        ...
+
+    async def describe_service(self, agent_id: str) -> ServiceInfo | None:
+        """The agent's service, or None if it has none."""
         ...

@@ -1,35 +1,30 @@
 """The ``local`` platform: agent replicas are OS subprocesses listening on loopback ports.
 
-Replicas start in their own session, so they outlive the worker; their pids, ports and versions
-are persisted under ``<state_dir>/agents`` (see :mod:`activities.platform._state`), and a new
-worker over the same state directory adopts them instead of starting duplicates.
+Each agent has two colour slots (blue, green) of replicas and one service: a local routing entry
+that the local gateway (``fleetops gateway``) serves on two stable ports, active and preview (see
+:mod:`activities.platform._routing`). Replicas start in their own session, so they outlive the
+worker; their pids, ports and versions are persisted under ``<state_dir>/agents`` (see
+:mod:`activities.platform._state`), and a new worker over the same state directory adopts them
+instead of starting duplicates. ``<state_dir>/prometheus/targets.json`` lists every running
+replica for Prometheus ``file_sd``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import itertools
-import json
 import logging
-import os
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
-from activities.platform import _process
-from activities.platform._state import ReplicaRecord, StateStore, file_lock
+from activities.platform import _routing
+from activities.platform._replicas import ReplicaRunner, argv_of, command_hash, to_replicas
+from activities.platform._state import ServiceRecord, StateStore, file_lock
 from activities.platform.base import PlatformError
-from fleetops.models import AgentSpec, Replica
-from fleetops.settings import LocalPlatformSettings
+from fleetops.models import AgentSpec, Color, Replica, ServiceInfo
+from fleetops.settings import GatewaySettings, LocalPlatformSettings
 
 logger = logging.getLogger(__name__)
-
-
-def _command_hash(spec: AgentSpec) -> str:
-    payload = json.dumps({"command": spec.command, "env": spec.env}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 class LocalPlatform:
@@ -42,80 +37,115 @@ class LocalPlatform:
     Args:
         settings: bind host, port range and the SIGTERM-to-SIGKILL grace period (seconds).
         state_dir: FleetOps state directory; replica state and logs live in ``state_dir/agents``.
+        gateway: the local gateway's host and port range, for service ports and URLs
+            (default: :class:`~fleetops.settings.GatewaySettings` defaults).
 
     Raises:
-        PlatformError: the port range is empty.
+        PlatformError: the replica or gateway port range is empty.
     """
 
-    def __init__(self, settings: LocalPlatformSettings, state_dir: Path) -> None:
-        if settings.port_range_end < settings.port_range_start:
-            raise PlatformError(
-                f"platform.local port range [{settings.port_range_start}, "
-                f"{settings.port_range_end}] is empty; set port_range_end >= port_range_start"
-            )
-        self._settings = settings
-        self._store = StateStore(Path(state_dir) / "agents")
+    def __init__(
+        self,
+        settings: LocalPlatformSettings,
+        state_dir: Path,
+        gateway: GatewaySettings | None = None,
+    ) -> None:
+        gateway = gateway or GatewaySettings()
+        for name, first, last in (
+            ("platform.local", settings.port_range_start, settings.port_range_end),
+            ("platform.gateway", gateway.port_range_start, gateway.port_range_end),
+        ):
+            if last < first:
+                raise PlatformError(
+                    f"{name} port range [{first}, {last}] is empty; "
+                    "set port_range_end >= port_range_start"
+                )
+        self._gateway = gateway
+        self._state_dir = Path(state_dir)
+        self._store = StateStore(self._state_dir / "agents")
+        self._runner = ReplicaRunner(settings, self._store)
         self._locks: dict[str, asyncio.Lock] = {}
 
-    # --- Platform protocol ---------------------------------------------------------------------
+    # --- Platform protocol: replicas -----------------------------------------------------------
 
-    async def ensure(self, spec: AgentSpec, replicas: int) -> list[Replica]:
-        """Converge ``spec.agent_id`` to exactly ``replicas`` running replicas of ``spec``.
+    async def ensure(self, spec: AgentSpec, replicas: int, color: Color = "blue") -> list[Replica]:
+        """Converge colour ``color`` of ``spec.agent_id`` to exactly ``replicas`` replicas.
 
         Live replicas with index ``< replicas`` and the same command, env and version are kept
         (also when started by an earlier worker); changed or dead ones are restarted on their
-        port; indices ``>= replicas`` are stopped.
+        port; indices ``>= replicas`` are stopped. The other colour is untouched. The agent's
+        first ``ensure`` also creates its service, with ``color`` active and no preview.
 
         Args:
             spec: what to run; ``spec.command`` is required when ``replicas > 0``.
             replicas: desired count (>= 0).
+            color: the colour slot.
 
         Returns:
-            All replicas, ordered by index.
+            The colour's replicas, ordered by index.
 
         Raises:
-            PlatformError: no ``command``, executable not found, or no free port in the range.
+            PlatformError: no ``command``, executable not found, or no free (gateway) port.
         """
         if replicas < 0:
             raise PlatformError(f"replicas must be >= 0, got {replicas}")
-        argv = self._argv(spec) if replicas else []
-        async with self._locked(spec.agent_id):
+        argv = argv_of(spec) if replicas else []
+        async with self._changing(spec.agent_id):
+            await _routing.ensure_service(self._store, spec.agent_id, color, self._gateway)
             records = self._store.load(spec.agent_id)
-            for index in sorted(i for i in records if i >= replicas):
-                await self._stop(records.pop(index))
-                self._store.save(spec.agent_id, records)
-            digest = _command_hash(spec)
+            doomed = sorted(k for k in records if k[0] == color and k[1] >= replicas)
+            await self._runner.stop_and_forget(spec.agent_id, records, doomed)
+            digest = command_hash(spec)
             for index in range(replicas):
-                record = records.get(index)
-                if record is not None and self._current(record, spec, digest):
-                    continue
-                await self._replace(spec, argv, index, records)
-            return self._replicas(records)
+                record = records.get((color, index))
+                if record is None or not self._runner.current(record, spec, digest):
+                    await self._runner.replace(spec, argv, (color, index), records)
+            return to_replicas(records, color)
 
-    async def restart(self, spec: AgentSpec, indices: list[int]) -> list[Replica]:
-        """Stop (if running) and start again the replicas at ``indices``, each on its old port.
+    async def restart(
+        self, spec: AgentSpec, indices: list[int], color: Color = "blue"
+    ) -> list[Replica]:
+        """Stop (if running) and start again replicas ``indices`` of ``color``, on their ports.
 
         Args:
             spec: what to run; ``spec.command`` is required.
             indices: replica indices (>= 0); an unknown index is simply started.
+            color: the colour slot.
 
         Returns:
-            All replicas, ordered by index.
+            The colour's replicas, ordered by index.
 
         Raises:
             PlatformError: negative index, no ``command``, executable not found, or no free port.
         """
         if any(i < 0 for i in indices):
             raise PlatformError(f"replica indices must be >= 0, got {indices}")
-        argv = self._argv(spec)
-        async with self._locked(spec.agent_id):
+        argv = argv_of(spec)
+        async with self._changing(spec.agent_id):
             records = self._store.load(spec.agent_id)
             for index in dict.fromkeys(indices):
-                await self._replace(spec, argv, index, records)
-            return self._replicas(records)
+                await self._runner.replace(spec, argv, (color, index), records)
+            return to_replicas(records, color)
+
+    async def scale_down(self, agent_id: str, color: Color) -> int:
+        """Stop every replica of ``color``; the other colour and the service stay.
+
+        Returns:
+            How many of them were running.
+
+        Raises:
+            PlatformError: ``agent_id`` is not a valid agent id, or its state file is unreadable.
+            TimeoutError: a replica survived SIGKILL (retryable).
+        """
+        if not self._store.agent_dir(agent_id).is_dir():
+            return 0
+        async with self._changing(agent_id):
+            records = self._store.load(agent_id)
+            doomed = sorted(k for k in records if k[0] == color)
+            return await self._runner.stop_and_forget(agent_id, records, doomed)
 
     async def stop_all(self, agent_id: str) -> int:
-        """Stop every replica of ``agent_id`` and delete its ``state.json`` (logs are kept).
+        """Stop every replica of ``agent_id``, delete its state and service (logs are kept).
 
         Returns:
             How many replicas were running.
@@ -126,114 +156,75 @@ class LocalPlatform:
         """
         if not self._store.agent_dir(agent_id).is_dir():
             return 0
-        async with self._locked(agent_id):
+        async with self._changing(agent_id):
             records = self._store.load(agent_id)
-            running = 0
-            for index in sorted(records):
-                running += await self._stop(records.pop(index))
-                self._store.save(agent_id, records)
+            running = await self._runner.stop_and_forget(agent_id, records, sorted(records))
             self._store.remove(agent_id)
             return running
 
-    async def list_replicas(self, agent_id: str) -> list[Replica]:
-        """The agent's recorded replicas, ``running`` checked now; empty for an unknown agent.
+    async def list_replicas(self, agent_id: str, color: Color | None = None) -> list[Replica]:
+        """The agent's recorded replicas (of ``color``, or all by colour then index), ``running``
+        checked now; empty for an unknown agent.
 
         Raises:
             PlatformError: ``agent_id`` is not a valid agent id, or its state file is unreadable.
         """
-        return self._replicas(self._store.load(agent_id))
+        return to_replicas(self._store.load(agent_id), color)
 
-    # --- replicas -----------------------------------------------------------------------------
+    # --- Platform protocol: the service --------------------------------------------------------
 
-    def _argv(self, spec: AgentSpec) -> list[str]:
-        if spec.command is None:
-            raise PlatformError(
-                f"agent {spec.agent_id!r}: the local platform needs `command` (argv of one "
-                f"replica), but the spec only gives image {spec.image!r}"
-            )
-        return [_process.resolve_executable(spec.command[0]), *spec.command[1:]]
+    async def switch_traffic(
+        self, agent_id: str, active_color: Color, preview_color: Color | None = None
+    ) -> ServiceInfo:
+        """Route the active port to ``active_color`` and the preview port to ``preview_color``.
 
-    def _current(self, record: ReplicaRecord, spec: AgentSpec, digest: str) -> bool:
-        return (
-            record.command_hash == digest
-            and record.version == spec.version
-            and _process.is_alive(record.pid, record.start_time)
-        )
+        Rewrites ``service.json`` atomically with ``generation + 1``; a no-op when it already
+        routes so (a retried activity converges). Then, if a gateway runs on this state
+        directory, waits (up to 5 s, then a logged warning) until it serves the new generation:
+        from then on new requests go to the new colour, while in-flight ones finish where they
+        started.
 
-    async def _stop(self, record: ReplicaRecord) -> bool:
-        grace = self._settings.stop_grace_seconds
-        was_running = await _process.terminate(record.pid, record.start_time, grace)
-        if was_running:
-            logger.info("stopped replica %d (pid %d)", record.index, record.pid)
-        return was_running
+        Args:
+            agent_id: the agent.
+            active_color: colour behind the active port.
+            preview_color: colour behind the preview port; None or ``active_color``: no preview
+                (the preview port answers 503).
 
-    async def _replace(
-        self, spec: AgentSpec, argv: list[str], index: int, records: dict[int, ReplicaRecord]
-    ) -> None:
-        """Stop replica ``index`` if recorded, start it again (same port if free), persist."""
-        agent_id = spec.agent_id
-        old = records.get(index)
-        if old is not None:
-            await self._stop(old)
-        async with file_lock(self._store.ports_lock()):
-            # No await from here to save(): the port is recorded before anyone else can look.
-            port = self._allocate_port(agent_id, records, index, old.port if old else None)
-            records[index] = self._start(spec, argv, index, port)
-            self._store.save(agent_id, records)
+        Returns:
+            The service after the switch.
 
-    def _start(self, spec: AgentSpec, argv: list[str], index: int, port: int) -> ReplicaRecord:
-        host = self._settings.host
-        env = {
-            **os.environ,
-            **spec.env,
-            "HOST": host,
-            "PORT": str(port),
-            "AGENT_ID": spec.agent_id,
-            "AGENT_VERSION": spec.version,
-            "REPLICA_INDEX": str(index),
-        }
-        log_path = self._store.agent_dir(spec.agent_id) / f"replica-{index}.log"
-        banner = f"--- {datetime.now(UTC).isoformat()} fleetops: starting {argv} on {host}:{port}"
-        pid = _process.spawn(argv, env, log_path, banner)
-        logger.info("started replica %d of %s (pid %d, port %d)", index, spec.agent_id, pid, port)
-        return ReplicaRecord(
-            index=index,
-            pid=pid,
-            host=host,
-            port=port,
-            start_time=_process.start_time(pid),
-            version=spec.version,
-            command_hash=_command_hash(spec),
-        )
+        Raises:
+            PlatformError: the agent has no service (never provisioned), or an invalid id.
+        """
+        preview = preview_color if preview_color != active_color else None
+        async with self._locked(agent_id):
+            service = self._store.load_service(agent_id)
+            if service is None:
+                raise PlatformError(f"agent {agent_id!r} has no service; run ensure first")
+            if (service.active_color, service.preview_color) != (active_color, preview):
+                service = ServiceRecord(
+                    active_color=active_color,
+                    preview_color=preview,
+                    active_port=service.active_port,
+                    preview_port=service.preview_port,
+                    generation=service.generation + 1,
+                )
+                self._store.save_service(agent_id, service)
+                logger.info("%s: active %s, preview %s", agent_id, active_color, preview)
+        want = (service.active_color, service.preview_color, service.generation)
+        await _routing.wait_for_gateway(self._state_dir, agent_id, want)
+        return _routing.service_info(agent_id, service, self._gateway.host)
 
-    def _replicas(self, records: dict[int, ReplicaRecord]) -> list[Replica]:
-        return [
-            Replica(
-                index=r.index,
-                endpoint=f"http://{f'[{r.host}]' if ':' in r.host else r.host}:{r.port}",
-                pid=r.pid,
-                running=_process.is_alive(r.pid, r.start_time),
-            )
-            for r in sorted(records.values(), key=lambda r: r.index)
-        ]
+    async def describe_service(self, agent_id: str) -> ServiceInfo | None:
+        """The agent's service (colours, gateway URLs, generation), or None if it has none.
 
-    # --- ports --------------------------------------------------------------------------------
-
-    def _allocate_port(
-        self, agent_id: str, records: dict[int, ReplicaRecord], index: int, preferred: int | None
-    ) -> int:
-        """A port in the range no recorded replica uses and that is bindable now."""
-        used = {r.port for i, r in records.items() if i != index}
-        used |= self._store.ports_of_other_agents(agent_id)
-        start, end = self._settings.port_range_start, self._settings.port_range_end
-        first = [preferred] if preferred is not None and start <= preferred <= end else []
-        for port in itertools.chain(first, range(start, end + 1)):
-            if port not in used and _process.port_bindable(self._settings.host, port):
-                return port
-        raise PlatformError(
-            f"no free port in [{start}, {end}] on {self._settings.host}; widen "
-            "platform.local.port_range_start/port_range_end or stop unused agents"
-        )
+        Raises:
+            PlatformError: an invalid agent id, or an unreadable ``service.json``.
+        """
+        service = self._store.load_service(agent_id)
+        if service is None:
+            return None
+        return _routing.service_info(agent_id, service, self._gateway.host)
 
     # --- locking ------------------------------------------------------------------------------
 
@@ -246,3 +237,15 @@ class LocalPlatform:
             file_lock(agent_dir / "lock"),
         ):
             yield
+
+    @contextlib.asynccontextmanager
+    async def _changing(self, agent_id: str) -> AsyncIterator[None]:
+        """Hold the agent's lock; afterwards (also on failure) rewrite the Prometheus targets."""
+        try:
+            async with self._locked(agent_id):
+                yield
+        finally:
+            try:
+                await _routing.write_targets(self._store, self._state_dir)
+            except OSError as e:  # monitoring must not fail a platform operation
+                logger.warning("could not write Prometheus targets: %s", e)

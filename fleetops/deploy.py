@@ -1,0 +1,183 @@
+"""Models of a blue-green deployment: the ``BlueGreenDeployment`` input, status and report.
+
+Semantics follow Argo Rollouts' BlueGreen strategy (active/preview services, pre/post-promotion
+analysis, manual or timed promotion, scale-down delay, abort), with its ambiguities removed: a
+promotion setting that does not apply to the chosen mode is an error, not ignored.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from fleetops.analysis import Analysis, AnalysisResult
+from fleetops.approvals import ApprovalDecision, AuditEntry, PendingApproval, TimeoutOutcome
+from fleetops.checks import SmokeTest
+from fleetops.constants import AGENT_ID_PATTERN
+from fleetops.models import (
+    Color,
+    FrozenModel,
+    ServiceInfo,
+    StrictModel,
+)
+
+DAY = 86400.0
+
+Phase = Literal[
+    "CLAIMING",
+    "DEPLOYING_PREVIEW",
+    "WAITING_READY",
+    "SMOKE_TESTS",
+    "PRE_PROMOTION_ANALYSIS",
+    "AWAITING_PROMOTION",
+    "SCALING_UP",
+    "SWITCHING_TRAFFIC",
+    "POST_PROMOTION_ANALYSIS",
+    "SCALING_DOWN_OLD",
+    "SUCCEEDED",
+    "ROLLING_BACK",
+    "ROLLED_BACK",
+]
+"""Phases of a deployment, in order; each is also the workflow's ``FleetOpsState``."""
+
+Outcome = Literal["promoted", "rolled_back", "aborted", "rejected"]
+
+
+class Promotion(StrictModel):
+    """How the new colour gets promoted (Argo's autoPromotionEnabled/autoPromotionSeconds).
+
+    ``manual`` (default) waits for an approval from ``approvers``/``roles`` until
+    ``approval_timeout_seconds``, then applies ``timeout_outcome``. ``auto`` promotes after
+    ``auto_promote_after_seconds`` (default 0: at once) unless aborted. Fields of the other mode
+    are rejected.
+    """
+
+    mode: Literal["manual", "auto"] = "manual"
+    approvers: list[str] = Field(default_factory=list)
+    roles: list[str] = Field(default_factory=list)
+    auto_promote_after_seconds: float | None = Field(None, ge=0)
+    approval_timeout_seconds: float = Field(3 * DAY, gt=0)
+    timeout_outcome: TimeoutOutcome = "reject"
+    reminder_interval_seconds: float | None = Field(4 * 3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Promotion:
+        # Compared with the defaults, not `model_fields_set`: a request that went through the
+        # data converter has every field set.
+        manual_only = {
+            "approvers": bool(self.approvers),
+            "roles": bool(self.roles),
+            "approval_timeout_seconds": self.approval_timeout_seconds != 3 * DAY,
+            "timeout_outcome": self.timeout_outcome != "reject",
+        }
+        if self.mode == "auto":
+            given = [name for name, changed in manual_only.items() if changed]
+            if given:
+                raise ValueError(
+                    f"promotion.{given[0]} applies only to mode 'manual'; remove it or use "
+                    "mode 'manual'"
+                )
+        elif self.auto_promote_after_seconds is not None:
+            raise ValueError(
+                "promotion.auto_promote_after_seconds applies only to mode 'auto'; "
+                "set mode 'auto' or remove it"
+            )
+        return self
+
+
+class DeploymentRequest(StrictModel):
+    """Input of ``BlueGreenDeployment`` (workflow id ``deploy/<agent_id>/<version>``).
+
+    ``command``/``image``/``env``/``replicas`` default to the running spec's. Delays are seconds.
+    """
+
+    agent_id: str = Field(pattern=AGENT_ID_PATTERN)
+    version: str = Field(min_length=1, max_length=63)
+    command: list[str] | None = None
+    image: str | None = Field(None, min_length=1)
+    env: dict[str, str] | None = None
+    replicas: int | None = Field(None, ge=1)
+    preview_replicas: int | None = Field(None, ge=1)
+    smoke_tests: list[SmokeTest] = Field(default_factory=list)
+    pre_promotion_analysis: Analysis | None = None
+    post_promotion_analysis: Analysis | None = None
+    promotion: Promotion = Field(default_factory=Promotion)
+    scale_down_delay_seconds: float = Field(30.0, ge=0, description="Old colour kept this long.")
+    abort_scale_down_delay_seconds: float = Field(
+        30.0, ge=0, description="New colour kept this long after a rollback."
+    )
+    ready_timeout_seconds: float = Field(300.0, gt=0, description="Bound on WAITING_READY.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DeploymentRequest:
+        if self.command is not None and (not self.command or not all(self.command)):
+            raise ValueError("command must be a non-empty list of non-empty strings")
+        if (
+            self.replicas is not None
+            and self.preview_replicas is not None
+            and self.preview_replicas > self.replicas
+        ):
+            raise ValueError("preview_replicas must be <= replicas")
+        return self
+
+
+class AbortRequest(StrictModel):
+    """Payload of the ``abort`` signal."""
+
+    reason: str = Field("", max_length=500)
+    requested_by: str = Field("", max_length=200)
+
+
+class PhaseRecord(FrozenModel):
+    """One phase as it ran."""
+
+    phase: Phase
+    started_at: datetime
+    ended_at: datetime | None = None
+    detail: str = ""
+
+
+class DeploymentStatus(FrozenModel):
+    """Answer of the deployment's ``status`` query."""
+
+    deployment_id: str
+    agent_id: str
+    version: str
+    stable_version: str | None
+    phase: Phase
+    outcome: Outcome | None
+    stable_color: Color | None
+    new_color: Color | None
+    active_color: Color | None
+    service: ServiceInfo | None
+    phases: list[PhaseRecord]
+    analyses: dict[str, AnalysisResult]
+    pending_approval: PendingApproval | None
+    approvals: list[ApprovalDecision]
+    audit: list[AuditEntry]
+    message: str = ""
+
+
+class DeploymentReport(FrozenModel):
+    """Result of a finished ``BlueGreenDeployment``.
+
+    The ``*_at`` times are the workflow's clock; bench/blue_green.py derives its latencies from
+    them.
+    """
+
+    deployment_id: str
+    agent_id: str
+    version: str
+    outcome: Outcome
+    active_version: str
+    active_color: Color
+    message: str
+    phases: list[PhaseRecord]
+    analyses: dict[str, AnalysisResult]
+    approvals: list[ApprovalDecision]
+    promoted_at: datetime | None = None
+    switched_at: datetime | None = None
+    rollback_started_at: datetime | None = None
+    switched_back_at: datetime | None = None

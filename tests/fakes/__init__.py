@@ -1,0 +1,1 @@
+"""Wire-level fakes of systems that cannot run in tests (Kubernetes API, ...)."""

@@ -1,0 +1,311 @@
+"""A small fake of the Kubernetes API server: exactly the subset ``KubernetesPlatform`` uses.
+
+It speaks real HTTP + JSON on loopback, so the official ``kubernetes`` client runs unmodified
+against it: ``apps/v1`` deployments and ``v1`` services (GET, list with ``labelSelector``, PATCH as
+server-side apply or JSON merge / strategic merge patch, DELETE) and ``v1`` pods (GET, list,
+DELETE). Errors are ``Status`` objects as the API conventions describe. A tiny controller stands
+in for the Deployment and ReplicaSet controllers: ``controller_delay`` seconds after a write it
+converges the pods (podIP 127.0.0.1) and ``observedGeneration``; each pod turns ready
+``ready_delay`` seconds after it was created. State advances lazily on each request (no timers).
+
+Every request is recorded (method, path, query, content type, parsed body, response status) so
+tests can assert that server-side apply was used and derive the RBAC the platform needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+import yaml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+_PATH = re.compile(
+    r"^/(?:api/v1|apis/(?P<group>apps)/v1)/namespaces/(?P<ns>[^/]+)/"
+    r"(?P<resource>deployments|services|pods)(?:/(?P<name>[^/]+))?$"
+)
+_KINDS = {"deployments": "Deployment", "services": "Service", "pods": "Pod"}
+APPLY = "application/apply-patch+yaml"
+MERGE_TYPES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the fake served."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    content_type: str
+    body: Any
+    status: int
+    group: str  # API group, "" for the core group
+    resource: str
+    name: str | None  # None for a collection
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (``None`` deletes a key; lists are replaced)."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def status(code: int, reason: str, message: str) -> JSONResponse:
+    """A ``Status`` object (Kubernetes API conventions) with HTTP status ``code``."""
+    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}}
+    body["status"] = "Failure"
+    body |= {"message": message, "reason": reason, "code": code}
+    return JSONResponse(body, status_code=code)
+
+
+class FakeKubernetes:
+    """The fake API server; use as a context manager or call :meth:`start` / :meth:`stop`.
+
+    Args:
+        controller_delay: seconds between a write and the simulated controllers acting on it.
+        ready_delay: seconds between a pod's creation and its Ready condition.
+    """
+
+    def __init__(self, *, controller_delay: float = 0.05, ready_delay: float = 0.2) -> None:
+        self.controller_delay = controller_delay
+        self.ready_delay = ready_delay
+        self.objects: dict[str, dict[Key, dict[str, Any]]] = {r: {} for r in _KINDS}
+        self.requests: list[RecordedRequest] = []
+        self.lock = threading.RLock()
+        self._failures: list[tuple[int, str | None, str | None]] = []
+        self._due: dict[Key, float] = {}  # deployments awaiting the controller
+        self._ready_at: dict[Key, float] = {}  # pods not ready yet
+        self._owner: dict[Key, str] = {}  # pod -> deployment name
+        self._seq = itertools.count(1)
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    # --- test helpers ---------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Base URL for ``kubernetes.client.Configuration(host=...)``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def fail_next(
+        self, code: int, *, method: str | None = None, resource: str | None = None
+    ) -> None:
+        """Answer the next matching request with a ``Status`` of HTTP ``code``."""
+        with self.lock:
+            self._failures.append((code, method, resource))
+
+    def get(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None:
+        """The stored object, after letting the controllers catch up."""
+        with self.lock:
+            self._tick()
+            return self.objects[resource].get((namespace, name))
+
+    def names(self, resource: str) -> list[str]:
+        """Names of the stored objects of ``resource``, sorted."""
+        with self.lock:
+            self._tick()
+            return sorted(name for _, name in self.objects[resource])
+
+    # --- server ---------------------------------------------------------------------------------
+
+    def start(self) -> FakeKubernetes:
+        """Serve on a free loopback port in a background thread; returns self once listening."""
+        app = Starlette(
+            routes=[Route("/{path:path}", self._handle, methods=["GET", "PATCH", "DELETE", "POST"])]
+        )
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # Without TCP_NODELAY, Nagle + delayed ACK add ~40 ms to every keep-alive request.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise TimeoutError("fake Kubernetes API did not start within 10 s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and join the server thread."""
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> FakeKubernetes:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _handle(self, request: Request) -> JSONResponse:
+        raw = await request.body()
+        content_type = request.headers.get("content-type", "").split(";")[0].strip()
+        # JSON is valid YAML, so one parser serves apply-patch+yaml and the JSON patch types.
+        body = yaml.safe_load(raw) if raw else None
+        query = dict(request.query_params)
+        match = _PATH.match(request.url.path)
+        with self.lock:
+            response = self._dispatch(request.method, match, query, content_type, body)
+            self.requests.append(
+                RecordedRequest(
+                    method=request.method,
+                    path=request.url.path,
+                    query=query,
+                    content_type=content_type,
+                    body=body,
+                    status=response.status_code,
+                    group=(match and match["group"]) or "",
+                    resource=match["resource"] if match else "",
+                    name=match["name"] if match else None,
+                )
+            )
+        return response
+
+    # --- API ------------------------------------------------------------------------------------
+
+    def _dispatch(
+        self, method: str, match: re.Match[str] | None, query: dict[str, str], ctype: str, body: Any
+    ) -> JSONResponse:
+        if match is None:
+            return status(404, "NotFound", "the server could not find the requested resource")
+        resource, ns, name = match["resource"], match["ns"], match["name"]
+        for i, (code, m, r) in enumerate(self._failures):
+            if m in (None, method) and r in (None, resource):
+                del self._failures[i]
+                return status(code, "Injected", f"injected failure {code} for {method} {resource}")
+        self._tick()
+        store, kind = self.objects[resource], _KINDS[resource]
+        if name is None:
+            if method != "GET":
+                return status(405, "MethodNotAllowed", f"{method} on a collection is not faked")
+            wanted = dict(p.split("=", 1) for p in query.get("labelSelector", "").split(",") if p)
+            items = [
+                o
+                for (n, _), o in sorted(store.items())
+                if n == ns and wanted.items() <= o["metadata"].get("labels", {}).items()
+            ]
+            meta = {"resourceVersion": str(next(self._seq))}
+            return JSONResponse(
+                {"kind": f"{kind}List", "apiVersion": "apps/v1" if match["group"] else "v1"}
+                | {"metadata": meta, "items": items}
+            )
+        key, obj = (ns, name), store.get((ns, name))
+        if method == "PATCH" and ctype == APPLY:
+            if not query.get("fieldManager"):
+                return status(
+                    422, "Invalid", "PatchOptions.meta.k8s.io: fieldManager is required for apply"
+                )
+            new = self._write(resource, key, merge_patch(obj or {}, body))
+            return JSONResponse(new, status_code=200 if obj else 201)
+        if obj is None:
+            return status(404, "NotFound", f'{resource} "{name}" not found')
+        if method == "GET":
+            return JSONResponse(obj)
+        if method == "PATCH" and ctype in MERGE_TYPES:
+            return JSONResponse(self._write(resource, key, merge_patch(obj, body)))
+        if method == "DELETE":
+            del store[key]
+            if resource == "pods" and (owner := self._owner.pop(key, None)):
+                self._due[(ns, owner)] = time.monotonic() + self.controller_delay
+            if resource == "deployments":
+                self._due[key] = time.monotonic()  # the garbage collector removes its pods
+                self._tick()
+                ok = {"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}
+                return JSONResponse(ok | {"details": {"name": name, "kind": resource}})
+            return JSONResponse(obj)
+        return status(415, "UnsupportedMediaType", f"{method} with {ctype!r} is not faked")
+
+    def _write(self, resource: str, key: Key, obj: dict[str, Any]) -> dict[str, Any]:
+        """Store ``obj`` with server-set metadata; a Deployment spec change bumps generation."""
+        old = self.objects[resource].get(key)
+        meta = obj.setdefault("metadata", {})
+        meta |= {"namespace": key[0], "name": key[1], "resourceVersion": str(next(self._seq))}
+        meta.setdefault("uid", f"uid-{next(self._seq)}")
+        meta.setdefault("creationTimestamp", "2025-01-01T00:00:00Z")
+        if resource == "deployments":
+            changed = old is None or old.get("spec") != obj.get("spec")
+            meta["generation"] = meta.get("generation", 0) + (1 if changed else 0)
+            obj.setdefault("status", {})
+            self._due[key] = time.monotonic() + self.controller_delay
+        if resource == "services":
+            obj["spec"].setdefault("clusterIP", f"10.96.0.{len(self.objects['services']) + 10}")
+        self.objects[resource][key] = obj
+        return obj
+
+    # --- controllers ----------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, due in self._due.items() if due <= now]:
+            del self._due[key]
+            self._reconcile(key)
+        pods = self.objects["pods"]
+        for key in [k for k, at in self._ready_at.items() if at <= now]:
+            del self._ready_at[key]
+            if key in pods:
+                pods[key]["status"] = {
+                    "phase": "Running",
+                    "podIP": "127.0.0.1",
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                }
+        for key, dep in self.objects["deployments"].items():
+            if "observedGeneration" in dep["status"]:
+                owned = [pods[k] for k, o in self._owner.items() if (k[0], o) == key and k in pods]
+                ready = sum(p["status"]["phase"] == "Running" for p in owned)
+                counts = {"replicas": len(owned), "updatedReplicas": len(owned)}
+                dep["status"] |= counts | {"readyReplicas": ready, "availableReplicas": ready}
+
+    def _pod_hash(self, key: Key) -> str | None:
+        pod = self.objects["pods"].get(key)
+        return pod["metadata"]["labels"].get("pod-template-hash") if pod else None
+
+    def _reconcile(self, key: Key) -> None:
+        """Deployment + ReplicaSet controllers: pods of the current template, ``replicas`` many."""
+        ns, name = key
+        dep = self.objects["deployments"].get(key)
+        spec = dep["spec"] if dep else {}
+        template, want = spec.get("template", {}), spec.get("replicas", 1) if dep else 0
+        digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+        owned = sorted(k for k, o in self._owner.items() if (k[0], o) == key)
+        current = [k for k in owned if self._pod_hash(k) == digest][:want]
+        for k in owned:
+            if k not in current:  # old template or surplus: delete (no surge, no grace period)
+                self.objects["pods"].pop(k, None)
+                self._owner.pop(k, None)
+        for _ in range(want - len(current)):
+            pod_name = f"{name}-{digest}-{next(self._seq):05d}"
+            labels = {**template.get("metadata", {}).get("labels", {}), "pod-template-hash": digest}
+            meta = {"name": pod_name, "namespace": ns, "labels": labels, "uid": f"uid-{pod_name}"}
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template["spec"]}
+            pod["status"] = {"phase": "Pending", "podIP": "127.0.0.1"}
+            self.objects["pods"][(ns, pod_name)] = pod
+            self._owner[(ns, pod_name)] = name
+            self._ready_at[(ns, pod_name)] = time.monotonic() + self.ready_delay
+        if dep is not None:
+            dep["status"]["observedGeneration"] = dep["metadata"]["generation"]

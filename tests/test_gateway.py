@@ -1,0 +1,275 @@
+"""The local gateway in front of real replicas started by LocalPlatform (sample agent, echo app).
+
+Every test runs a :class:`Gateway` over the platform's state directory in this event loop, and
+real replica processes tagged for cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from activities.platform import LocalPlatform, _process
+from fleetops.models import AgentSpec, Color, Replica, ServiceInfo
+from fleetops.settings import Settings
+from starters.gateway import Gateway, GatewayError
+from tests.e2e_support import TAG_VAR, port_block, tag
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+
+__all__ = ["tag"]  # the fixture
+
+ECHO_APP = r"""
+import hashlib, json, os, uvicorn
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/blob":  # GET /blob?size=N: N bytes, streamed in 64 KiB chunks
+        size = int(scope["query_string"].decode().split("=")[1])
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(size).encode())]})
+        while size:
+            n = min(size, 65536)
+            await send({"type": "http.response.body", "body": b"x" * n, "more_body": True})
+            size -= n
+        await send({"type": "http.response.body", "body": b""})
+        return
+    digest, size, more = hashlib.sha256(), 0, True  # anything else: describe the request
+    while more:
+        message = await receive()
+        digest.update(message.get("body", b""))
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = json.dumps({"size": size, "sha256": digest.hexdigest(),
+                       "headers": {k.decode(): v.decode() for k, v in scope["headers"]}}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+uvicorn.run(app, host=os.environ["HOST"], port=int(os.environ["PORT"]), log_level="warning")
+"""
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def make_settings(tmp_path: Path, **gateway: Any) -> Settings:
+    local, ports = port_block(), port_block(10)
+    return Settings.model_validate(
+        {
+            "state_dir": tmp_path,
+            "platform": {
+                "local": {
+                    "port_range_start": local[0],
+                    "port_range_end": local[1],
+                    "stop_grace_seconds": 5.0,
+                },
+                "gateway": {
+                    "port_range_start": ports[0],
+                    "port_range_end": ports[1],
+                    "reload_seconds": 0.05,
+                    **gateway,
+                },
+            },
+        }
+    )
+
+
+def platform_for(settings: Settings) -> LocalPlatform:
+    p = settings.platform
+    return LocalPlatform(p.local, settings.state_dir, p.gateway)
+
+
+def agent(tag: str, **kwargs: Any) -> AgentSpec:
+    return AgentSpec.model_validate(
+        {"agent_id": f"g-{tag[:10]}", "env": {TAG_VAR: tag}, "max_replicas": 4, **kwargs}
+    )
+
+
+async def answers(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(url, timeout=1.0)).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def start(
+    platform: LocalPlatform, spec: AgentSpec, n: int, color: Color = "blue"
+) -> list[Replica]:
+    replicas = await platform.ensure(spec, n, color)
+    for r in replicas:
+        await eventually(lambda r=r: answers(f"{r.endpoint}/health"), f"{r.endpoint} healthy")
+    return replicas
+
+
+async def service(platform: LocalPlatform, agent_id: str) -> ServiceInfo:
+    info = await platform.describe_service(agent_id)
+    assert info is not None
+    return info
+
+
+async def test_switch_under_load_fails_no_request(tmp_path: Path, tag: str) -> None:
+    settings = make_settings(tmp_path)
+    platform = platform_for(settings)
+    spec = agent(tag)
+    [blue] = await start(platform, spec, 1)
+    await start(platform, spec.model_copy(update={"version": "v2"}), 1, "green")
+    ports = json.loads((tmp_path / "agents" / spec.agent_id / "service.json").read_text())
+    async with Gateway(settings) as gateway, httpx.AsyncClient(timeout=10) as client:
+        info = await service(platform, spec.agent_id)
+        assert info.preview_url is None
+        no_preview = await client.get(f"http://127.0.0.1:{ports['preview_port']}/health")
+        assert no_preview.status_code == 503
+        assert (await client.get(f"{info.active_url}/health")).headers["x-fleetops-color"] == "blue"
+
+        info = await platform.switch_traffic(spec.agent_id, "blue", "green")
+        assert info.preview_url is not None
+        preview = await client.get(f"{info.preview_url}/health")
+        assert (preview.headers["x-fleetops-color"], preview.json()["version"]) == ("green", "v2")
+
+        # Blue answers slowly, so requests are in flight on blue when traffic switches to green.
+        await client.post(f"{blue.endpoint}/faults", json={"latency_seconds": 1.0})
+        results: list[tuple[float, int | str, str | None, str | None]] = []
+        deadline = time.monotonic() + 2.0
+
+        async def load() -> None:
+            async with httpx.AsyncClient(timeout=10) as c:
+                while time.monotonic() < deadline and len(results) < 400:
+                    began = time.monotonic()
+                    try:
+                        r = await c.post(f"{info.active_url}/execute", json={"prompt": "hello"})
+                        outcome: int | str = r.status_code
+                        color, version = r.headers.get("x-fleetops-color"), r.json()["version"]
+                    except httpx.HTTPError as e:
+                        outcome, color, version = repr(e), None, None
+                    results.append((began, outcome, color, version))
+
+        async def blue_in_flight() -> bool:
+            routes = (await client.get(f"{gateway.admin_url}/routes")).json()
+            return bool(routes[spec.agent_id]["upstreams"]["blue"][0]["in_flight"])
+
+        loaders = [asyncio.create_task(load()) for _ in range(4)]
+        await eventually(blue_in_flight, "requests in flight on blue")
+        switched = await platform.switch_traffic(spec.agent_id, "green", "blue")
+        switch_done = time.monotonic()
+        await asyncio.gather(*loaders)
+
+    assert [r for r in results if r[1] != 200] == []
+    assert switched.generation == 2 and switched.active_url == info.active_url
+    assert {(c, v) for *_, c, v in results} == {("blue", "v1"), ("green", "v2")}
+    assert sum(c == "blue" for *_, c, _ in results) >= 4  # the in-flight ones finished on blue
+    assert all(r[2] == "green" for r in results if r[0] > switch_done)
+    assert switched.preview_url is not None
+
+
+async def test_least_connections_prefers_the_idle_replica(tmp_path: Path, tag: str) -> None:
+    settings = make_settings(tmp_path, balancing="least_connections")
+    platform = platform_for(settings)
+    spec = agent(tag)
+    slow, _ = await start(platform, spec, 2)
+    async with Gateway(settings), httpx.AsyncClient(timeout=10) as client:
+        await client.post(f"{slow.endpoint}/faults", json={"latency_seconds": 1.5})
+        url = f"{(await service(platform, spec.agent_id)).active_url}/execute"
+        calls = []
+        for _ in range(10):
+            calls.append(asyncio.create_task(client.post(url, json={"prompt": "hi"})))
+            await asyncio.sleep(0.1)
+        replies = await asyncio.gather(*calls)
+
+    served = [r.json()["replica"] for r in replies]
+    assert all(r.status_code == 200 for r in replies)
+    assert served.count(slow.index) <= 2, served  # round robin would send it 5
+
+
+async def test_killed_replica_is_skipped_after_one_failure(tmp_path: Path, tag: str) -> None:
+    settings = make_settings(tmp_path)
+    platform = platform_for(settings)
+    spec = agent(tag)
+    victim, _ = await start(platform, spec, 2)
+    async with Gateway(settings) as gateway, httpx.AsyncClient(timeout=10) as client:
+        url = f"{(await service(platform, spec.agent_id)).active_url}/health"
+        assert {(await client.get(url)).json()["replica"] for _ in range(4)} == {0, 1}
+
+        os.kill(victim.pid or 0, signal.SIGKILL)
+        await eventually(
+            lambda: asyncio.sleep(0, not _process.is_alive(victim.pid or 0, None)), "victim dead"
+        )
+        replies = [await client.get(url) for _ in range(20)]
+
+        assert [(r.status_code, r.json()["replica"]) for r in replies] == [(200, 1)] * 20
+        routes = (await client.get(f"{gateway.admin_url}/routes")).json()
+        by_replica = {u["replica"]: u for u in routes[spec.agent_id]["upstreams"]["blue"]}
+        assert (by_replica[0]["down"], by_replica[0]["failures"]) == (True, 1)
+        assert (by_replica[1]["down"], by_replica[1]["failures"]) == (False, 0)
+
+
+async def test_ports_follow_agents_and_large_bodies_stream(tmp_path: Path, tag: str) -> None:
+    settings = make_settings(tmp_path)
+    platform = platform_for(settings)
+    spec = agent(tag, command=[sys.executable, "-c", ECHO_APP])
+    async with Gateway(settings) as gateway, httpx.AsyncClient(timeout=30) as client:
+        # Another live process announced as the gateway of this state directory: refuse.
+        gateway_file = tmp_path / "gateway.json"
+        ours = gateway_file.read_text()
+        gateway_file.write_text(json.dumps({"admin_url": "http://x:1", "pid": os.getppid()}))
+        with pytest.raises(GatewayError, match="already serves"):
+            await Gateway(settings).start()
+        gateway_file.write_text(ours)
+        await platform.ensure(spec, 1)  # the running gateway opens the new agent's ports
+        info = await service(platform, spec.agent_id)
+        await eventually(lambda: answers(f"{info.active_url}/echo"), "echo through the gateway")
+
+        payload = os.urandom(5 * 1024 * 1024)
+        reply = await client.post(
+            f"{info.active_url}/echo?x=1",
+            content=payload,
+            headers={
+                "Connection": "keep-alive, x-hop",
+                "X-Hop": "1",
+                "X-Forwarded-For": "10.1.2.3",
+            },
+        )
+        echoed = reply.json()
+        assert (echoed["size"], echoed["sha256"]) == (
+            len(payload),
+            hashlib.sha256(payload).hexdigest(),
+        )
+        assert echoed["headers"]["x-forwarded-for"] == "10.1.2.3, 127.0.0.1"
+        assert "x-hop" not in echoed["headers"] and "connection" not in echoed["headers"]
+        blob = await client.get(f"{info.active_url}/blob?size={4 * 1024 * 1024}")
+        assert len(blob.content) == 4 * 1024 * 1024
+        assert blob.headers["x-fleetops-color"] == "blue"
+
+        await platform.stop_all(spec.agent_id)
+        await eventually(lambda: _refused(info.active_url), "the agent's port closed")
+        assert (await client.get(f"{gateway.admin_url}/routes")).json() == {}
+    assert not (tmp_path / "gateway.json").exists()
+
+
+async def _refused(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient() as client:
+            await client.get(url, timeout=1.0)
+    except httpx.ConnectError:
+        return True
+    return False

@@ -1,0 +1,408 @@
+"""The human-approval gate every FleetOps workflow uses (deterministic workflow code).
+
+A workflow inherits :class:`ApprovalHandlers` (signals ``approve``/``reject``, update ``decide``,
+query ``pending_approval``; the SDK collects handlers from base classes), creates an
+:class:`ApprovalGate` as ``self._approval_gate`` in its ``__init__``, and awaits
+``self._approval_gate.request(ApprovalRequest(...))``. The worker must register
+``NotifyActivities.send_notification`` and ``NotifyActivities.approver_roles``.
+
+Semantics follow Spinnaker's manual judgment stage and StackStorm inquiries: a question with
+context, allowed approvers and roles, reminders, a timeout with an explicit outcome, escalation,
+and an audit trail of who decided what, when, and why. While a request is pending the workflow
+has ``FleetOpsAwaitingApproval=true``, so ``temporal workflow list --query
+'FleetOpsAwaitingApproval=true'`` is the approvers' inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RawValue, RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.notify import NotifyActivities
+    from fleetops.approvals import (
+        ApprovalDecision,
+        ApprovalOutcome,
+        ApprovalRequest,
+        ApprovalSignal,
+        AuditEntry,
+        AuditKind,
+        DecisionRequest,
+        Notification,
+        NotificationKind,
+        PendingApproval,
+        decision_text,
+        request_text,
+    )
+    from fleetops.constants import AWAITING_APPROVAL_KEY
+
+APPROVAL_REFUSED = "ApprovalRefused"
+"""``ApplicationError.type`` of a refused decision (nothing pending, empty or unknown approver)."""
+MAX_AUDIT_ENTRIES = 100
+"""Audit entries kept (oldest dropped) so history and query answers stay bounded."""
+MAX_DECISIONS = 100
+"""Decisions kept (oldest dropped)."""
+NOTIFY_TIMEOUT = timedelta(seconds=30)
+NOTIFY_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
+ROLES_TIMEOUT = timedelta(seconds=10)
+_MIN_WAIT = timedelta(milliseconds=1)
+_AUDIT_KIND: dict[NotificationKind, AuditKind] = {
+    "request": "requested",
+    "reminder": "reminded",
+    "escalation": "escalated",
+    "decision": "decided",
+}
+
+
+class ApprovalGate:
+    """Waits for one human decision at a time and keeps the audit trail.
+
+    ``request`` runs in the workflow's main coroutine; the message handlers call ``check``,
+    ``decide`` and ``cancel`` on the same gate, which wakes the pending ``request``.
+    """
+
+    def __init__(self) -> None:
+        """Create an idle gate (nothing pending, empty audit trail)."""
+        self._req: ApprovalRequest | None = None
+        self._pending: PendingApproval | None = None
+        self._request_id = ""
+        self._slot = 0  # reminder schedule slots passed (sent, or skipped by an escalation)
+        self._roles: dict[str, list[str]] = {}
+        self._resolved: ApprovalDecision | None = None
+        self._count = 0
+        self._audit: list[AuditEntry] = []
+        self._decisions: list[ApprovalDecision] = []
+        self._tasks: set[asyncio.Task[None]] = set()  # notifications in flight
+
+    @property
+    def pending(self) -> PendingApproval | None:
+        """The open request as approvers see it, or None."""
+        return self._pending
+
+    @property
+    def audit(self) -> list[AuditEntry]:
+        """The most recent audit entries (at most ``MAX_AUDIT_ENTRIES``), oldest first."""
+        return list(self._audit)
+
+    @property
+    def decisions(self) -> list[ApprovalDecision]:
+        """How past requests ended (at most ``MAX_DECISIONS``), oldest first."""
+        return list(self._decisions)
+
+    async def request(self, req: ApprovalRequest) -> ApprovalDecision:
+        """Ask a human and wait for the decision, the timeout, or :meth:`cancel`.
+
+        Reads the role map (local activity ``approver_roles``) for this request, sets
+        ``FleetOpsAwaitingApproval=true``, notifies, reminds every
+        ``req.reminder_interval_seconds`` seconds, and applies ``req.timeout_outcome`` after
+        ``req.timeout_seconds`` seconds. Notification failures are logged and audited; they never
+        fail the gate.
+
+        Args:
+            req: the question, context, who may decide, and the timing (seconds).
+
+        Returns:
+            The decision; ``approved`` is its effect (a ``proceed`` timeout approves).
+
+        Raises:
+            RuntimeError: another request is already pending on this gate (a workflow bug).
+        """
+        if self._req is not None:
+            raise RuntimeError("an approval is already pending on this gate; await it first")
+        self._count += 1
+        self._request_id = f"approval-{self._count}"
+        self._roles = await self._fetch_roles()
+        now = workflow.now()
+        self._req, self._resolved, self._slot = req, None, 0
+        self._pending = PendingApproval(
+            request_id=self._request_id,
+            question=req.question,
+            context=req.context,
+            approvers=req.approvers,
+            roles=req.roles,
+            requested_at=now,
+            deadline=now + timedelta(seconds=req.timeout_seconds),
+            timeout_outcome=req.timeout_outcome,
+        )
+        workflow.upsert_search_attributes([AWAITING_APPROVAL_KEY.value_set(True)])
+        self._record("requested", None, req.question)
+        self._spawn("request", "*Approval needed*")
+        try:
+            decision = await self._wait(req)
+        finally:
+            self.cancel("the workflow was cancelled")  # no-op unless cancelled while waiting
+            workflow.upsert_search_attributes([AWAITING_APPROVAL_KEY.value_set(False)])
+        text = decision_text(decision, workflow.info().workflow_id)
+        await self._send(self._notification("decision", text))
+        return decision
+
+    def allowed(self, approver: str) -> bool:
+        """Whether ``approver`` may decide the pending request (False if nothing is pending)."""
+        req, name = self._req, approver.strip()
+        if req is None or not name:
+            return False
+        if not req.approvers and not req.roles:
+            return True
+        return name in req.approvers or bool(set(self._roles.get(name, [])) & set(req.roles))
+
+    def check(self, approver: str, *, approved: bool) -> None:
+        """Refuse a decision that may not be taken now (the ``decide`` update validator).
+
+        Args:
+            approver: who wants to decide.
+            approved: whether they approve (only used in the message).
+
+        Raises:
+            ApplicationError: ``ApprovalRefused`` (non-retryable) when nothing is pending, the
+                approver is empty, or the approver is neither listed nor holds a listed role.
+        """
+        verb = "approve" if approved else "reject"
+        req, name = self._req, approver.strip()
+        if req is None:
+            raise _refused(f"nothing to {verb}: no approval is pending (query pending_approval)")
+        if not name:
+            raise _refused(f"cannot {verb} {self._request_id}: pass your user name as approver")
+        if not self.allowed(name):
+            theirs = sorted(self._roles.get(name, [])) or "none"
+            raise _refused(
+                f"{name!r} may not {verb} {self._request_id}: allowed approvers "
+                f"{req.approvers or 'none'}, roles {req.roles or 'none'}; {name!r} has roles "
+                f"{theirs} (setting approval.roles). Ask an allowed approver."
+            )
+
+    def decide(self, approver: str, *, approved: bool, comment: str = "") -> ApprovalDecision:
+        """Record a human decision on the pending request and wake :meth:`request`.
+
+        Args:
+            approver: who decides.
+            approved: True approves, False rejects.
+            comment: why (kept in the decision and the audit trail).
+
+        Returns:
+            The recorded decision (the approver's roles, workflow time).
+
+        Raises:
+            ApplicationError: ``ApprovalRefused``, see :meth:`check`.
+        """
+        self.check(approver, approved=approved)
+        name = approver.strip()
+        outcome: ApprovalOutcome = "approved" if approved else "rejected"
+        self._record("decided", name, outcome + (f": {comment}" if comment else ""))
+        return self._resolve(outcome, approved, comment, approver=name)
+
+    def cancel(self, reason: str) -> bool:
+        """End a pending wait with outcome ``cancelled`` (``approved=False``), e.g. on abort.
+
+        Args:
+            reason: why; kept as the decision's comment.
+
+        Returns:
+            Whether a request was pending.
+        """
+        if self._req is None:
+            return False
+        self._record("cancelled", None, reason)
+        self._resolve("cancelled", False, reason)
+        return True
+
+    def refuse(self, actor: str | None, detail: str) -> None:
+        """Audit a refused signal (a signal cannot be answered with an error)."""
+        workflow.logger.warning("approval signal refused: %s", detail)
+        self._record("refused", actor, detail)
+
+    # --- waiting ---------------------------------------------------------------------------
+
+    async def _wait(self, req: ApprovalRequest) -> ApprovalDecision:
+        if await self._wait_until_deadline(req):
+            return self._decided()
+        if req.timeout_outcome != "escalate":
+            return self._time_out(req.timeout_outcome == "proceed")
+        p = self._pending
+        assert p is not None
+        # From the original deadline, not from now: the timer fires a little late.
+        deadline = p.deadline + timedelta(seconds=req.escalation_wait_seconds)
+        self._pending = p.model_copy(update={"escalated": True, "deadline": deadline})
+        self._record("escalated", None, f"no decision in time; rejecting at {deadline}")
+        self._spawn("escalation", "*Approval escalated*", escalation=True)
+        if req.reminder_interval_seconds is not None:  # the escalation replaces a due reminder
+            waited = (workflow.now() - p.requested_at).total_seconds()
+            self._slot = int(waited // req.reminder_interval_seconds)
+        if await self._wait_until_deadline(req):
+            return self._decided()
+        return self._time_out(False)
+
+    async def _wait_until_deadline(self, req: ApprovalRequest) -> bool:
+        """Wait for a decision until the pending deadline, reminding on schedule."""
+        interval = req.reminder_interval_seconds
+        while (p := self._pending) is not None:
+            now = workflow.now()
+            if now >= p.deadline:
+                return False
+            wake = p.deadline
+            if interval is not None:
+                due = p.requested_at + timedelta(seconds=interval * (self._slot + 1))
+                if due <= now:
+                    self._slot += 1
+                    sent = p.reminders_sent + 1
+                    self._pending = p.model_copy(update={"reminders_sent": sent})
+                    self._record("reminded", None, f"reminder {sent}")
+                    self._spawn("reminder", f"*Reminder {sent}: approval pending*")
+                    continue
+                wake = min(wake, due)
+            try:
+                await workflow.wait_condition(
+                    lambda: self._resolved is not None, timeout=max(wake - now, _MIN_WAIT)
+                )
+            except TimeoutError:
+                continue
+        return True
+
+    def _decided(self) -> ApprovalDecision:
+        assert self._resolved is not None
+        return self._resolved
+
+    def _time_out(self, approved: bool) -> ApprovalDecision:
+        deadline = self._pending.deadline if self._pending else workflow.now()
+        detail = f"no decision by {deadline}: " + ("proceeding" if approved else "rejected")
+        self._record("timed_out", None, detail)
+        return self._resolve("timed_out", approved, detail)
+
+    def _resolve(
+        self, outcome: ApprovalOutcome, approved: bool, comment: str, *, approver: str | None = None
+    ) -> ApprovalDecision:
+        decision = ApprovalDecision(
+            request_id=self._request_id,
+            approved=approved,
+            outcome=outcome,
+            approver=approver,
+            approver_roles=sorted(self._roles.get(approver, [])) if approver else [],
+            at=workflow.now(),
+            comment=comment,
+            escalated=self._pending.escalated if self._pending else False,
+        )
+        self._resolved, self._req, self._pending = decision, None, None
+        self._decisions.append(decision)
+        del self._decisions[:-MAX_DECISIONS]
+        return decision
+
+    # --- activities ------------------------------------------------------------------------
+
+    async def _fetch_roles(self) -> dict[str, list[str]]:
+        try:
+            return await workflow.execute_local_activity_method(
+                NotifyActivities.approver_roles,
+                start_to_close_timeout=ROLES_TIMEOUT,
+                retry_policy=RetryPolicy(maximum_attempts=3),
+            )
+        except ActivityError as err:
+            detail = f"approver roles unavailable ({err.cause or err}); only listed names decide"
+            workflow.logger.warning(detail)
+            self._record("requested", None, detail)
+            return {}
+
+    def _notification(
+        self, kind: NotificationKind, text: str, *, escalation: bool = False
+    ) -> Notification:
+        info = workflow.info()
+        n = self._pending.reminders_sent if self._pending and kind == "reminder" else 0
+        suffix = f"-{n}" if n else ""
+        return Notification(
+            kind=kind,
+            workflow_id=info.workflow_id,
+            text=text,
+            dedupe_key=f"{info.workflow_id}/{info.run_id}/{self._request_id}/{kind}{suffix}",
+            escalation=escalation,
+        )
+
+    def _spawn(self, kind: NotificationKind, title: str, *, escalation: bool = False) -> None:
+        # Sent in the background so a slow webhook never delays the wait. In-flight sends are
+        # not cancelled once decided: that would race the activity's completion for nothing.
+        text = request_text(title, self._pending, workflow.info().workflow_id)
+        task = asyncio.create_task(
+            self._send(self._notification(kind, text, escalation=escalation))
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, n: Notification) -> None:
+        try:
+            sent = await workflow.execute_activity_method(
+                NotifyActivities.send_notification,
+                n,
+                start_to_close_timeout=NOTIFY_TIMEOUT,
+                retry_policy=NOTIFY_RETRY,
+            )
+        except ActivityError as err:
+            detail = f"{n.kind} notification failed: {err.cause or err}"
+            workflow.logger.warning(detail)
+            self._record(_AUDIT_KIND[n.kind], None, detail)
+            return
+        if not sent:
+            workflow.logger.info("%s notification not sent: no approval webhook", n.kind)
+
+    def _record(self, kind: AuditKind, actor: str | None, detail: str) -> None:
+        self._audit.append(AuditEntry(at=workflow.now(), kind=kind, actor=actor, detail=detail))
+        del self._audit[:-MAX_AUDIT_ENTRIES]
+
+
+class ApprovalHandlers:
+    """Mixin of the public approval messages; the workflow sets ``self._approval_gate``.
+
+    Handlers defined on a base class are registered by ``@workflow.defn`` (it collects members
+    with ``inspect.getmembers``, which includes inherited ones).
+    """
+
+    _approval_gate: ApprovalGate
+
+    @workflow.signal(name="approve")
+    def approve(self, raw: RawValue = None) -> None:  # type: ignore[assignment]
+        """Approve: ``{"approver": str, "comment": str}``. Refusals are audited, not raised."""
+        _on_signal(self._approval_gate, raw, approved=True)
+
+    @workflow.signal(name="reject")
+    def reject(self, raw: RawValue = None) -> None:  # type: ignore[assignment]
+        """Reject: ``{"approver": str, "comment": str}``. Refusals are audited, not raised."""
+        _on_signal(self._approval_gate, raw, approved=False)
+
+    @workflow.update(name="decide")
+    async def decide(self, d: DecisionRequest) -> ApprovalDecision:
+        """Decide the pending request and return the recorded decision.
+
+        Raises:
+            ApplicationError: ``ApprovalRefused`` (from the validator, before history) or
+                ``InvalidInput`` (bad payload, e.g. an empty approver).
+        """
+        return self._approval_gate.decide(d.approver, approved=d.approved, comment=d.comment)
+
+    @decide.validator
+    def _validate_decide(self, d: DecisionRequest) -> None:
+        self._approval_gate.check(d.approver, approved=d.approved)
+
+    @workflow.query(name="pending_approval")
+    def pending_approval(self) -> PendingApproval | None:
+        """The request waiting for a decision, or null."""
+        return self._approval_gate.pending
+
+
+def _on_signal(gate: ApprovalGate, raw: RawValue | None, *, approved: bool) -> None:
+    # Decoded here so a malformed payload is audited instead of dropped with a worker log line.
+    verb = "approve" if approved else "reject"
+    try:
+        if raw is None:
+            raise ValueError('payload required: {"approver": "<you>", "comment": "..."}')
+        sig = workflow.payload_converter().from_payload(raw.payload, ApprovalSignal)
+    except Exception as err:
+        gate.refuse(None, f"{verb} signal ignored: {err}")
+        return
+    try:
+        gate.decide(sig.approver, approved=approved, comment=sig.comment)
+    except ApplicationError as err:
+        gate.refuse(sig.approver, f"{verb} signal refused: {err.message}")
+
+
+def _refused(message: str) -> ApplicationError:
+    return ApplicationError(message, type=APPROVAL_REFUSED, non_retryable=True)
