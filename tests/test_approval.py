@@ -27,9 +27,10 @@ with workflow.unsafe.imports_passed_through():
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
     from temporalio.api.enums.v1 import EventType
-    from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
-    from temporalio.exceptions import ApplicationError
+    from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+    from temporalio.exceptions import ApplicationError, CancelledError
     from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+    from temporalio.worker import Replayer
 
     from activities.notify import NotifyActivities, redact_url
     from fleetops.approvals import (
@@ -305,6 +306,18 @@ async def test_cancel_ends_the_wait(env: WorkflowEnvironment, receiver: Receiver
         assert await awaiting(handle) is False
 
 
+async def test_workflow_cancellation_clears_the_gate(
+    env: WorkflowEnvironment, receiver: Receiver
+) -> None:
+    async with started(env, settings_for(receiver)) as handle:
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as info:
+            await handle.result()
+        assert isinstance(info.value.cause, CancelledError)
+        assert await awaiting(handle) is False
+        assert [e.kind for e in await audit(handle)] == ["requested", "cancelled"]
+
+
 # --- timeouts, reminders, escalation ----------------------------------------------------------
 
 TIMING = {"timeout_seconds": 3600, "reminder_interval_seconds": 600}
@@ -348,6 +361,10 @@ async def test_timeout_escalates_then_rejects(env: WorkflowEnvironment, receiver
         assert await awaiting(handle) is True
         d = await handle.result()
         assert (d.approved, d.outcome, d.escalated) == (False, "timed_out", True)
+        # Deterministic: the recorded history replays without nondeterminism errors.
+        await Replayer(
+            workflows=[ApprovalProbe], data_converter=env.client.data_converter
+        ).replay_workflow(await handle.fetch_history())
     assert len(receiver.texts("oncall")) == 1
     assert "escalated" in receiver.texts("oncall")[0]
     assert len(receiver.texts("main")) == 9  # request, 7 reminders (to 4800 s), decision

@@ -25,10 +25,11 @@ from temporalio.worker import Worker
 from activities.deployments import DeploymentActivities
 from activities.notify import NotifyActivities
 from fleetops.approvals import ApprovalDecision, DecisionRequest
+from fleetops.converter import data_converter
 from fleetops.deploy import AbortRequest, DeploymentReport, DeploymentRequest
 from fleetops.models import AgentLifecycleInput, AgentSpec, AgentStatus
 from fleetops.settings import ApprovalSettings
-from tests.conftest import assert_eventually, new_worker
+from tests.conftest import BIN, assert_eventually, new_worker, register_search_attributes
 from tests.standins import ColorPlatform
 from workflows.agent_lifecycle import AgentLifecycle
 from workflows.blue_green import BlueGreenDeployment
@@ -36,6 +37,19 @@ from workflows.blue_green import BlueGreenDeployment
 DAY = 86400
 OPENED: list[WorkflowHandle] = []
 """Workflows the current test started (the test server cannot list them)."""
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    """A fresh time-skipping server per test: what one test leaves running (activities of a
+    stopped worker, timers of open workflows) would otherwise hold the next test's clock."""
+    e = await WorkflowEnvironment.start_time_skipping(
+        data_converter=data_converter(),
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+    )
+    await register_search_attributes(e.client)
+    yield e
+    await e.shutdown()
 
 
 @pytest.fixture
@@ -257,8 +271,8 @@ async def test_abort_in_phase_rolls_back(env, worker, platform, phase) -> None:
     await h.signal(
         BlueGreenDeployment.abort, AbortRequest(reason="pager went off", requested_by="carol")
     )
+    report: DeploymentReport = await h.result()  # the hung activity is cancelled by the abort
     platform.release.set()
-    report: DeploymentReport = await h.result()
     assert report.outcome == "aborted" and "carol" in report.message and phase in report.message
     await assert_rolled_back(platform, agent, lifecycle, report)
 
