@@ -90,7 +90,12 @@ class AgentSpec(StrictModel):
     env: dict[str, str] = Field(default_factory=dict, description="Environment of each replica.")
     health: HealthCheck = Field(default_factory=HealthCheck)
     health_rounds_per_run: int = Field(
-        500, ge=1, description="Health rounds before continue-as-new (bounds history)."
+        300,
+        ge=1,
+        description=(
+            "Health rounds before continue-as-new (bounds history; ~11 events per round, so the"
+            " server's own suggestion at ~4K events comes later)."
+        ),
     )
 
     @model_validator(mode="after")

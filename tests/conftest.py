@@ -88,6 +88,23 @@ async def env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironme
     await e.shutdown()
 
 
+@pytest.fixture
+async def isolated_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A fresh time-skipping server for one test.
+
+    What a test leaves behind on a shared server (activities of a stopped worker, timers of open
+    workflows) holds the clock of later tests; tests that skip far ahead or cancel activities
+    use this instead of ``env``.
+    """
+    e = await WorkflowEnvironment.start_time_skipping(
+        data_converter=data_converter(),
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+    )
+    await register_search_attributes(e.client)
+    yield e
+    await e.shutdown()
+
+
 @pytest.fixture(scope="session")
 async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     e = await start_dev_server()

@@ -498,7 +498,8 @@ async def test_configuration_error_fails_the_workflow(env: WorkflowEnvironment) 
     assert cause.cause.type == "AnalysisConfigError"
 
 
-async def test_cancellation_stops_measurements(env: WorkflowEnvironment) -> None:
+async def test_cancellation_stops_measurements(isolated_env: WorkflowEnvironment) -> None:
+    env = isolated_env  # a cancelled activity on a shared test server can stall other tests
     fake = Scripted({"errors": ["hang"], "rate": [1.0]})
     rate = {"name": "rate", "builtin": "request_rate", "interval_seconds": 600, "count": 1000}
     inp = ProbeInput(analysis=Analysis.model_validate({"metrics": [ERRORS, rate]}))

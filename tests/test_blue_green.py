@@ -25,11 +25,10 @@ from temporalio.worker import Worker
 from activities.deployments import DeploymentActivities
 from activities.notify import NotifyActivities
 from fleetops.approvals import ApprovalDecision, DecisionRequest
-from fleetops.converter import data_converter
 from fleetops.deploy import AbortRequest, DeploymentReport, DeploymentRequest
 from fleetops.models import AgentLifecycleInput, AgentSpec, AgentStatus
 from fleetops.settings import ApprovalSettings
-from tests.conftest import BIN, assert_eventually, new_worker, register_search_attributes
+from tests.conftest import assert_eventually, new_worker
 from tests.standins import ColorPlatform
 from workflows.agent_lifecycle import AgentLifecycle
 from workflows.blue_green import BlueGreenDeployment
@@ -40,16 +39,8 @@ OPENED: list[WorkflowHandle] = []
 
 
 @pytest.fixture
-async def env() -> AsyncIterator[WorkflowEnvironment]:
-    """A fresh time-skipping server per test: what one test leaves running (activities of a
-    stopped worker, timers of open workflows) would otherwise hold the next test's clock."""
-    e = await WorkflowEnvironment.start_time_skipping(
-        data_converter=data_converter(),
-        test_server_existing_path=str(BIN / "temporal-test-server"),
-    )
-    await register_search_attributes(e.client)
-    yield e
-    await e.shutdown()
+def env(isolated_env: WorkflowEnvironment) -> WorkflowEnvironment:
+    return isolated_env
 
 
 @pytest.fixture
