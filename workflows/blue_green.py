@@ -22,11 +22,10 @@ from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from fleetops.analysis import Analysis, AnalysisResult
-
     from activities.deployments import DeploymentActivities
     from activities.platform.activities import PlatformActivities
     from activities.probes import ProbeActivities
+    from fleetops.analysis import Analysis, AnalysisResult
     from fleetops.checks import SmokeRequest, WaitHealthyRequest
     from fleetops.constants import AGENT_ID_KEY, STATE_KEY, agent_workflow_id
     from fleetops.deploy import (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fleetops.analysis import AnalysisResult
 from fleetops.approvals import ApprovalRequest
-
 from fleetops.deploy import DeploymentRequest
 
 
