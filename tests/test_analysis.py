@@ -13,6 +13,7 @@ import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from temporalio import activity, workflow
@@ -20,8 +21,8 @@ from temporalio import activity, workflow
 with workflow.unsafe.imports_passed_through():
     import pytest
     from pydantic import ValidationError
-    from temporalio.api.enums.v1 import EventType
-    from temporalio.client import WorkflowFailureError
+    from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
+    from temporalio.client import WorkflowFailureError, WorkflowHistory
     from temporalio.exceptions import ActivityError, ApplicationError
     from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Replayer, UnsandboxedWorkflowRunner, Worker
@@ -41,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from fleetops.conditions import ConditionError, parse_condition
     from fleetops.converter import data_converter
     from fleetops.models import FrozenModel
-    from tests.conftest import new_worker
+    from tests.conftest import assert_eventually, new_worker
     from workflows.analysis_run import run_analysis
 
 OK, BAD, INC, ERR = "Successful", "Failed", "Inconclusive", "Error"
@@ -364,12 +365,15 @@ class AnalysisProbe:
 
 @dataclass
 class Scripted:
-    """Stand-in ``measure_metric``: values per metric (str: error; Exception: raised)."""
+    """Stand-in ``measure_metric``: values per metric (str: error; Exception: raised;
+    ``"hang"``: until cancelled; ``"block"``: 1.0 once ``release`` is set)."""
 
     script: dict[str, list[Any]]
     calls: list[tuple[str, datetime]] = field(default_factory=list)
     requests: list[MeasureRequest] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    blocked: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
     @activity.defn(name="measure_metric")
     async def measure(self, req: MeasureRequest) -> Measurement:
@@ -382,6 +386,10 @@ class Scripted:
             while True:  # until cancelled (heartbeats deliver the cancellation)
                 activity.heartbeat()
                 await asyncio.sleep(0.05)
+        if item == "block":
+            self.blocked.set()
+            await self.release.wait()
+            item = 1.0
         if isinstance(item, Exception):
             raise item
         if isinstance(item, str):
@@ -512,9 +520,78 @@ async def test_cancellation_stops_measurements(isolated_env: WorkflowEnvironment
         assert await handle.result() is None
         history = await handle.fetch_history()
     events = [e.event_type for e in history.events]
-    assert EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED not in events
+    # UNHANDLED_COMMAND is the server asking for another task because an event (a measurement
+    # completing) arrived while the workflow task ran; any other cause is a bug.
+    failed = [
+        e.workflow_task_failed_event_attributes
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+        and e.workflow_task_failed_event_attributes.cause
+        != WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND
+    ]
+    assert not failed, failed
     signalled = events.index(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
     after = events[signalled:]
     assert EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED in after  # the hanging measurement
     assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in after  # and nothing new
     assert after[-1] == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
+
+
+async def test_a_measurement_racing_the_cancellation_does_not_resume_the_analysis(
+    isolated_env: WorkflowEnvironment,
+) -> None:
+    # The abort signal and a measurement's completion reach the workflow in one workflow task:
+    # the workflow worker is away while both happen. The metric loop must stop, not sleep and
+    # measure again (which would go on for 1000 rounds of 10 minutes).
+    env = isolated_env
+    fake = Scripted({"errors": ["hang"], "rate": ["block", 1.0]})
+    rate = {"name": "rate", "builtin": "request_rate", "interval_seconds": 600, "count": 1000}
+    inp = ProbeInput(analysis=Analysis.model_validate({"metrics": [ERRORS, rate]}))
+    queue = f"tq-{uuid.uuid4()}"
+
+    def workflow_worker() -> Worker:
+        return new_worker(
+            env.client,
+            workflows=[AnalysisProbe],
+            task_queue=queue,
+            workflow_runner=UnsandboxedWorkflowRunner(),
+            max_cached_workflows=0,  # no sticky queue: the next task goes to the next worker
+        )
+
+    async with new_worker(env.client, activities=[fake.measure], task_queue=queue):
+        async with workflow_worker():
+            handle = await env.client.start_workflow(
+                AnalysisProbe.run, inp, id=f"analysis-{uuid.uuid4()}", task_queue=queue
+            )
+            await asyncio.wait_for(fake.started.wait(), timeout=10)
+            await asyncio.wait_for(fake.blocked.wait(), timeout=10)
+        await handle.signal(AnalysisProbe.abort)
+        fake.release.set()
+
+        async def measured() -> None:
+            events = [e.event_type async for e in handle.fetch_history_events()]
+            assert EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED in events
+
+        await assert_eventually(measured)
+        async with workflow_worker():
+            # Measuring on would take 1000 time-skipped rounds: minutes of real time.
+            assert await asyncio.wait_for(handle.result(), timeout=20) is None
+        history = await handle.fetch_history()
+    events = [e.event_type for e in history.events]
+    after = events[events.index(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED) :]
+    assert EventType.EVENT_TYPE_TIMER_STARTED not in after
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in after
+    assert sorted(n for n, _ in fake.calls) == ["errors", "rate"]  # one measurement each
+
+
+async def test_histories_recorded_before_the_cancel_race_fix_still_replay() -> None:
+    # Recorded by the race test above before CANCEL_RACE_PATCH (count 3): the loop measured on
+    # after the abort. Running executions like it must replay unchanged.
+    history_file = Path(__file__).parent / "histories" / "analysis_cancel_race.json"
+    history = WorkflowHistory.from_json("analysis-cancel-race", history_file.read_text())
+    events = [e.event_type for e in history.events]
+    after = events[events.index(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED) :]
+    assert EventType.EVENT_TYPE_TIMER_STARTED in after  # the old behaviour is in the history
+    await Replayer(workflows=[AnalysisProbe], data_converter=data_converter()).replay_workflow(
+        history
+    )

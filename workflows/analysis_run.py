@@ -35,6 +35,11 @@ MEASURE_RETRY = RetryPolicy(maximum_attempts=2)
 MEASURE_SLACK = timedelta(seconds=30)
 """Added to a measurement's window for its start-to-close timeout."""
 MEASURE_HEARTBEAT = timedelta(seconds=10)
+CANCEL_RACE_PATCH = "analysis-stops-when-a-result-races-its-cancel"
+"""Patch id: a metric loop whose measurement completed in the same workflow task as its
+cancellation stops instead of measuring on. Cancelling an asyncio task whose activity is being
+cancelled only requests the activity's cancellation; if the activity's result arrives in that
+same activation, the task resumes with the result and the cancellation is lost."""
 
 
 async def run_analysis(
@@ -66,6 +71,7 @@ async def run_analysis(
         ActivityError: a metric cannot be measured as configured (``AnalysisConfigError``).
     """
     runs = [MetricRun(m) for m in analysis.metrics]
+    stopping: list[bool] = []  # set before the metric tasks are cancelled
 
     def notify() -> None:
         if on_update is not None:
@@ -80,7 +86,10 @@ async def run_analysis(
             endpoints=endpoints, window_seconds=metric.window,
         )  # fmt: skip
         while True:
-            run.add(await _measure(request))
+            measurement = await _measure(request)
+            if stopping and workflow.patched(CANCEL_RACE_PATCH):
+                raise asyncio.CancelledError()  # see CANCEL_RACE_PATCH
+            run.add(measurement)
             notify()
             if run.done:
                 return
@@ -102,6 +111,7 @@ async def run_analysis(
                     run.terminate(f"metric {ended[0].metric.name!r} is {ended[0].phase}")
                 break
     finally:
+        stopping.append(True)
         await _cancel(list(tasks))
     notify()
     return summarize([r.result() for r in runs])
