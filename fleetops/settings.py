@@ -110,6 +110,14 @@ class LocalPlatformSettings(BaseModel):
     stop_grace_seconds: float = Field(
         10.0, ge=0, description="Seconds between SIGTERM and SIGKILL when stopping a replica."
     )
+    drain_seconds: float = Field(
+        10.0,
+        ge=0,
+        description=(
+            "Seconds a replica about to stop waits for the gateway's requests in flight to it "
+            "(the gateway sends it no new ones meanwhile); then SIGTERM."
+        ),
+    )
 
 
 class KubernetesSettings(BaseModel):

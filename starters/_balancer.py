@@ -1,8 +1,16 @@
-"""Replica choice of the local gateway: balancing policies, in-flight counts, passive health.
+"""Replica choice of the local gateway: balancing policies, in-flight counts, readiness and
+passive health.
+
+A request goes to the first non-empty tier of the colour's replicas, never to a draining one:
+
+1. ready (its last readiness probe passed, see :mod:`starters._readiness`) and not marked down;
+2. not marked down (no replica is ready yet, e.g. all just started);
+3. any, since failing without trying helps nobody.
 
 Passive health follows nginx's ``max_fails=1 fail_timeout=5s``: a replica whose connection
-failed is skipped for :data:`DOWN_SECONDS`; when every replica of a colour is marked down they
-are all tried anyway, since failing without trying helps nobody.
+failed is marked down for :data:`DOWN_SECONDS`. Draining replicas are about to be stopped (the
+local platform marks them so first); like a terminating Pod left out of a Service's endpoints,
+they get no new requests while those in flight finish.
 """
 
 from __future__ import annotations
@@ -28,12 +36,16 @@ class Upstream:
         version: the version it runs.
         pid: its process id; a replica restarted on the same port is a new upstream, with
             a clean health record.
+        health_path: HTTP path probed for readiness.
+        draining: about to stop: sent no new requests.
     """
 
     url: str
     replica: int
     version: str
     pid: int | None = None
+    health_path: str = "/health"
+    draining: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,7 @@ class _Health:
     in_flight: int = 0
     down_until: float = 0.0
     failures: int = 0
+    ready: bool = False
 
 
 class Balancer:
@@ -74,15 +87,17 @@ class Balancer:
         self._turns: dict[tuple[str, str | None], itertools.count[int]] = {}
 
     def pick(self, target: Target, exclude: set[str]) -> Upstream | None:
-        """A replica of ``target`` not in ``exclude`` (URLs), preferring ones not marked down.
+        """A replica of ``target`` neither draining nor in ``exclude`` (URLs), from the first
+        non-empty tier: ready and up, up, any (see the module docstring).
 
         Returns:
-            The replica, or None if every replica is excluded.
+            The replica, or None if every replica is draining or excluded.
         """
         now = time.monotonic()
-        candidates = [u for u in target.upstreams if u.url not in exclude]
+        candidates = [u for u in target.upstreams if u.url not in exclude and not u.draining]
         up = [u for u in candidates if self._state(u).down_until <= now]
-        pool = up or candidates  # all down: try anyway rather than fail without trying
+        ready = [u for u in up if self._state(u).ready]
+        pool = ready or up or candidates
         if not pool:
             return None
         turn = next(self._turns.setdefault((target.agent_id, target.color), itertools.count()))
@@ -90,6 +105,19 @@ class Balancer:
         if self._policy == "least_connections":
             return min(rotated, key=lambda u: self._state(u).in_flight)
         return rotated[0]
+
+    def set_ready(self, upstream: Upstream, ready: bool) -> None:
+        """Record the outcome of ``upstream``'s readiness probing."""
+        self._state(upstream).ready = ready
+
+    def is_ready(self, upstream: Upstream) -> bool:
+        """Whether ``upstream`` is ready (False until its first probe passes)."""
+        return self._state(upstream).ready
+
+    def forget(self, keep: set[tuple[str, int | None]]) -> None:
+        """Drop the records of replicas not in ``keep`` (``(url, pid)``) and not in use."""
+        for key in [k for k, h in self._health.items() if k not in keep and not h.in_flight]:
+            del self._health[key]
 
     def mark_down(self, upstream: Upstream) -> None:
         """Skip ``upstream`` for :data:`DOWN_SECONDS` seconds."""
@@ -115,6 +143,8 @@ class Balancer:
             "replica": upstream.replica,
             "version": upstream.version,
             "pid": upstream.pid,
+            "ready": state.ready,
+            "draining": upstream.draining,
             "in_flight": state.in_flight,
             "down": state.down_until > time.monotonic(),
             "failures": state.failures,

@@ -161,6 +161,7 @@ class ProxyApp:
             logger.warning("%s: %s failed: %r", target.agent_id, upstream.url, error)
             if len(tried) > 1 or not _retryable(scope["method"], error, body):
                 break
+            target = self._route() or target  # the retry sees routes changed meanwhile
         if error is None:
             detail = f"no running {target.color} replicas of {target.agent_id}"
             await _error(send, 503, detail, target.color)

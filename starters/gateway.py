@@ -11,7 +11,9 @@ It polls the files' identity (inode, mtime, size) every ``platform.gateway.reloa
 on a change, builds a new route table and swaps it in one assignment: each request sees the old
 or the new routes, never a mix, and requests in flight keep the replica they started on. Ports
 open and close as agents appear and disappear, one ``uvicorn.Server`` per port in one event loop
-(why: :mod:`starters._listeners`). Proxying and passive health: :mod:`starters._proxy`.
+(why: :mod:`starters._listeners`). Proxying and passive health: :mod:`starters._proxy`; which
+replica gets a request (readiness, draining, balancing): :mod:`starters._balancer` and
+:mod:`starters._readiness`.
 
 The admin endpoint (``GET /routes``, ``GET /healthz``) listens on a free port of 127.0.0.1,
 announced with the gateway's pid in ``<state_dir>/gateway.json``; ``LocalPlatform.switch_traffic``
@@ -46,6 +48,7 @@ from fleetops.settings import Settings
 from starters._balancer import Balancer, Target, Upstream
 from starters._listeners import bind, serve
 from starters._proxy import ProxyApp
+from starters._readiness import ReadinessProber
 
 logger = logging.getLogger("fleetops.gateway")
 
@@ -100,6 +103,7 @@ class Gateway:
         self._signature: dict[Path, tuple[int, int, int] | None] | None = None
         self._client: httpx.AsyncClient | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
         self.admin_url = ""
 
     async def __aenter__(self) -> Gateway:
@@ -155,13 +159,16 @@ class Gateway:
         )
         self.reload()
         self._watcher = asyncio.create_task(self._watch())
+        prober = ReadinessProber(self._client, self._balancer, self._all_upstreams)
+        self._prober = asyncio.create_task(prober.run())
 
     async def stop(self) -> None:
         """Close every port (requests in flight finish, up to 10 s), remove ``gateway.json``."""
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._prober):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         mine = {"admin_url": self.admin_url, "pid": os.getpid()}
         if self.admin_url and read_gateway_file(self._state_dir) == mine:
             (self._state_dir / GATEWAY_FILE).unlink(missing_ok=True)
@@ -176,7 +183,8 @@ class Gateway:
 
     def routes(self) -> dict[str, Any]:
         """The route table as ``GET /routes`` shows it: per agent, colours, generation, ports
-        and every colour's replicas with their in-flight counts and down marks."""
+        and every colour's replicas with their readiness, draining mark, in-flight count and
+        down mark."""
         return {
             agent: {
                 "active_color": r.service.active_color,
@@ -210,8 +218,12 @@ class Gateway:
             ports[route.service.active_port] = (agent_id, "active")
             ports[route.service.preview_port] = (agent_id, "preview")
         self._routes, self._ports = routes, ports  # the switch: new requests see the new table
+        self._balancer.forget({(u.url, u.pid) for u in self._all_upstreams()})
         self._sync_listeners()
         return True
+
+    def _all_upstreams(self) -> list[Upstream]:
+        return [u for r in self._routes.values() for ups in r.upstreams.values() for u in ups]
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -229,7 +241,9 @@ class Gateway:
         for key in sorted(records):
             r = records[key]
             if _process.is_alive(r.pid, r.start_time):
-                upstream = Upstream(url(r.host, r.port), r.index, r.version, r.pid)
+                upstream = Upstream(
+                    url(r.host, r.port), r.index, r.version, r.pid, r.health_path, r.draining
+                )
                 upstreams[r.color].append(upstream)
         return AgentRoute(agent_id, service, {c: tuple(u) for c, u in upstreams.items()})
 

@@ -273,3 +273,88 @@ async def _refused(url: str) -> bool:
     except httpx.ConnectError:
         return True
     return False
+
+
+SLOW_SECOND_REPLICA = r"""
+import os, runpy, time
+if os.environ["REPLICA_INDEX"] != "0":
+    time.sleep(float(os.environ["START_DELAY_SECONDS"]))
+runpy.run_module("infra.sample_agent", run_name="__main__")
+"""
+
+
+async def _upstreams(client: httpx.AsyncClient, gateway: Gateway, agent_id: str) -> dict[int, Any]:
+    routes = (await client.get(f"{gateway.admin_url}/routes")).json()
+    return {u["replica"]: u for u in routes[agent_id]["upstreams"]["blue"]}
+
+
+async def test_a_starting_replica_gets_no_request_until_ready(tmp_path: Path, tag: str) -> None:
+    settings = make_settings(tmp_path)
+    platform = platform_for(settings)
+    spec = agent(
+        tag,
+        command=[sys.executable, "-c", SLOW_SECOND_REPLICA],
+        env={TAG_VAR: tag, "START_DELAY_SECONDS": "2"},
+    )
+    await start(platform, spec, 1)
+    async with Gateway(settings) as gateway, httpx.AsyncClient(timeout=10) as client:
+        url = f"{(await service(platform, spec.agent_id)).active_url}/execute"
+
+        async def ready(replica: int) -> bool:
+            upstream = (await _upstreams(client, gateway, spec.agent_id)).get(replica)
+            return bool(upstream and upstream["ready"])
+
+        await eventually(lambda: ready(0), "replica 0 ready")
+        await platform.ensure(spec, 2)  # replica 1 starts listening only after 2 s
+        served: list[tuple[int, int]] = []  # replies that ended while replica 1 was not ready
+        while True:
+            r = await client.post(url, json={"prompt": "hi"})
+            if await ready(1):
+                break
+            served.append((r.status_code, r.json()["replica"]))
+        upstream = (await _upstreams(client, gateway, spec.agent_id))[1]
+        after = [
+            (await client.post(url, json={"prompt": "hi"})).json()["replica"] for _ in range(6)
+        ]
+
+    assert len(served) >= 5 and set(served) == {(200, 0)}
+    assert upstream["failures"] == 0  # never tried before it listened
+    assert sorted(set(after)) == [0, 1]
+
+
+async def test_scale_in_drains_requests_in_flight(tmp_path: Path, tag: str) -> None:
+    # The replica's stop grace (0.5 s) is shorter than a request (1.5 s): only draining before
+    # SIGTERM lets the requests in flight to the removed replica finish.
+    settings = make_settings(tmp_path)
+    settings.platform.local.stop_grace_seconds = 0.5
+    platform = platform_for(settings)
+    spec = agent(tag, env={TAG_VAR: tag, "FAULT_LATENCY_SECONDS": "1.5"})
+    _, doomed = await start(platform, spec, 2)
+    async with Gateway(settings) as gateway, httpx.AsyncClient(timeout=30) as client:
+        url = f"{(await service(platform, spec.agent_id)).active_url}/execute"
+        results: list[tuple[int | str, int | None]] = []
+        stop = asyncio.Event()
+
+        async def load() -> None:
+            while not stop.is_set():
+                try:
+                    r = await client.post(url, json={"prompt": "hi"})
+                    results.append((r.status_code, r.json().get("replica")))
+                except httpx.HTTPError as e:
+                    results.append((repr(e), None))
+
+        async def doomed_busy() -> bool:
+            return bool((await _upstreams(client, gateway, spec.agent_id))[1]["in_flight"])
+
+        loaders = [asyncio.create_task(load()) for _ in range(4)]
+        await eventually(doomed_busy, "requests in flight to replica 1")
+        await platform.ensure(spec, 1)
+        stopped_at = len(results)
+        assert not _process.is_alive(doomed.pid or 0, None)
+        await eventually(lambda: asyncio.sleep(0, len(results) >= stopped_at + 4), "more replies")
+        stop.set()
+        await asyncio.gather(*loaders)
+
+    assert [r for r in results if r[0] != 200] == []
+    assert (200, 1) in results[:stopped_at]  # the in-flight ones finished on replica 1
+    assert {replica for _, replica in results[stopped_at:]} == {0}

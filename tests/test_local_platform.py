@@ -175,6 +175,26 @@ async def test_new_platform_adopts_running_replicas(
     assert tagged_pids(tag) == {r.pid for r in replicas}
 
 
+async def test_replica_left_draining_by_a_crash_is_replaced_not_adopted(
+    platform: LocalPlatform, settings: LocalPlatformSettings, tmp_path: Path, tag: str
+) -> None:
+    # A worker died between marking replica 1 draining (so no gateway routes to it) and
+    # stopping it: the next ensure must not keep a replica nobody would ever route to.
+    spec = make_spec(tag, command=SLEEPER)
+    replicas = await platform.ensure(spec, 2)
+    state_file = tmp_path / "agents" / spec.agent_id / "state.json"
+    state = json.loads(state_file.read_text())
+    state["replicas"][1]["draining"] = True
+    state_file.write_text(json.dumps(state))
+
+    again = await LocalPlatform(settings, tmp_path).ensure(spec, 2)
+
+    assert again[0] == replicas[0]
+    assert again[1].pid != replicas[1].pid and again[1].endpoint == replicas[1].endpoint
+    assert tagged_pids(tag) == {r.pid for r in again}
+    assert not any(r["draining"] for r in json.loads(state_file.read_text())["replicas"])
+
+
 async def test_replicas_survive_their_worker_process_and_are_adopted(
     settings: LocalPlatformSettings, tmp_path: Path, tag: str
 ) -> None:

@@ -6,6 +6,7 @@ lock is taken here, around choosing a port and recording it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -13,7 +14,7 @@ import logging
 import os
 from datetime import UTC, datetime
 
-from activities.platform import _process
+from activities.platform import _process, _routing
 from activities.platform._routing import url
 from activities.platform._state import Key, ReplicaRecord, StateStore, file_lock
 from activities.platform.base import PlatformError
@@ -72,9 +73,11 @@ class ReplicaRunner:
         self._store = store
 
     def current(self, record: ReplicaRecord, spec: AgentSpec, digest: str) -> bool:
-        """Whether ``record`` is alive and runs ``spec`` (command hash ``digest``, version)."""
+        """Whether ``record`` is alive, not draining (a stop that a crash interrupted), and runs
+        ``spec`` (command hash ``digest``, version)."""
         return (
-            record.command_hash == digest
+            not record.draining
+            and record.command_hash == digest
             and record.version == spec.version
             and _process.is_alive(record.pid, record.start_time)
         )
@@ -87,14 +90,44 @@ class ReplicaRunner:
             logger.info("stopped %s replica %d (pid %d)", record.color, record.index, record.pid)
         return was_running
 
+    async def drain(
+        self, agent_id: str, records: dict[Key, ReplicaRecord], keys: list[Key]
+    ) -> None:
+        """Take the live replicas among ``keys`` out of the gateway's rotation before a stop.
+
+        Marks them ``draining`` in ``state.json`` and waits, up to ``drain_seconds``, until a
+        running gateway sends them nothing and has no request in flight to them (see
+        :func:`~activities.platform._routing.wait_for_drain`). Without a gateway it returns at
+        once.
+        """
+        live = [
+            k
+            for k in keys
+            if k in records and _process.is_alive(records[k].pid, records[k].start_time)
+        ]
+        if not live:
+            return
+        for k in live:
+            records[k] = dataclasses.replace(records[k], draining=True)
+        self._store.save(agent_id, records)
+        if self._settings.drain_seconds > 0:
+            await _routing.wait_for_drain(
+                self._store.agents_dir.parent,
+                agent_id,
+                {records[k].pid for k in live},
+                self._settings.drain_seconds,
+            )
+
     async def stop_and_forget(
         self, agent_id: str, records: dict[Key, ReplicaRecord], keys: list[Key]
     ) -> int:
-        """Stop ``keys`` one by one, saving after each (a crash never forgets a live process).
+        """Drain ``keys``, then stop them one by one, saving after each (a crash never forgets
+        a live process).
 
         Returns:
             How many were running.
         """
+        await self.drain(agent_id, records, keys)
         running = 0
         for key in keys:
             running += await self.stop(records.pop(key))
@@ -104,9 +137,11 @@ class ReplicaRunner:
     async def replace(
         self, spec: AgentSpec, argv: list[str], key: Key, records: dict[Key, ReplicaRecord]
     ) -> None:
-        """Stop replica ``key`` if recorded, start it again (on its old port if free), save."""
+        """Drain and stop replica ``key`` if recorded, start it again (on its old port if free),
+        save."""
         old = records.get(key)
         if old is not None:
+            await self.drain(spec.agent_id, records, [key])
             await self.stop(old)
         async with file_lock(self._store.ports_lock()):
             # No await from here to save(): the port is recorded before anyone else can look.
@@ -143,6 +178,7 @@ class ReplicaRunner:
             version=spec.version,
             command_hash=command_hash(spec),
             color=color,
+            health_path=spec.health.path,
         )
 
     def _allocate_port(

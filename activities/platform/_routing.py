@@ -6,7 +6,8 @@ gateway``) serves: the active port routes to the active colour, the preview port
 colour, as Argo Rollouts' active and preview Services do for a BlueGreen rollout.
 
 A running gateway announces itself in ``<state_dir>/gateway.json`` (``admin_url``, ``pid``);
-:func:`wait_for_gateway` polls its ``GET /routes`` until it serves a given generation.
+:func:`wait_for_gateway` polls its ``GET /routes`` until it serves a given generation, and
+:func:`wait_for_drain` until replicas marked draining have no request in flight.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,26 @@ def read_gateway_file(state_dir: Path) -> dict[str, Any] | None:
     return {"pid": pid, "admin_url": admin_url}
 
 
+async def _poll_route(
+    admin_url: str, agent_id: str, done: Callable[[dict[str, Any]], bool], timeout: float
+) -> bool:
+    """Poll the gateway's ``GET /routes`` until ``done(<the agent's route>)`` (``{}`` when the
+    agent is not listed); False after ``timeout`` seconds. Unreachable or malformed answers
+    count as not done."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(
+        transport=httpx.AsyncHTTPTransport(retries=0), timeout=1.0
+    ) as client:
+        while True:
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
+                response = await client.get(f"{admin_url}/routes")
+                if done(response.json().get(agent_id) or {}):
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(_GATEWAY_POLL_SECONDS)
+
+
 async def wait_for_gateway(
     state_dir: Path,
     agent_id: str,
@@ -120,27 +142,67 @@ async def wait_for_gateway(
     info = read_gateway_file(state_dir)
     if info is None:
         return True
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(
-        transport=httpx.AsyncHTTPTransport(retries=0), timeout=1.0
-    ) as client:
-        while True:
-            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
-                response = await client.get(f"{info['admin_url']}/routes")
-                route = response.json().get(agent_id) or {}
-                served = (route["active_color"], route["preview_color"], route["generation"])
-                if served == want or served[2] > want[2]:
-                    return True
-            if time.monotonic() >= deadline:
-                logger.warning(
-                    "gateway %s did not serve generation %d of %s within %.1fs; continuing",
-                    info["admin_url"],
-                    want[2],
-                    agent_id,
-                    timeout,
-                )
-                return False
-            await asyncio.sleep(_GATEWAY_POLL_SECONDS)
+
+    def served(route: dict[str, Any]) -> bool:
+        got = (route["active_color"], route["preview_color"], route["generation"])
+        return got == want or got[2] > want[2]
+
+    if await _poll_route(info["admin_url"], agent_id, served, timeout):
+        return True
+    logger.warning(
+        "gateway %s did not serve generation %d of %s within %.1fs; continuing",
+        info["admin_url"],
+        want[2],
+        agent_id,
+        timeout,
+    )
+    return False
+
+
+async def wait_for_drain(state_dir: Path, agent_id: str, pids: set[int], timeout: float) -> bool:
+    """Wait until the gateway on ``state_dir`` (if any) has drained replicas ``pids``.
+
+    The caller has just saved them with ``draining`` set. Drained means the gateway has read
+    that (it lists each of them as draining, or no longer lists it) and has no request in
+    flight to any of them; it sends draining replicas no new requests. This is the local
+    counterpart of Kubernetes removing a terminating Pod from the Service's endpoints before
+    its containers get SIGTERM.
+
+    Args:
+        state_dir: FleetOps state directory.
+        agent_id: the agent.
+        pids: process ids of the replicas about to stop.
+        timeout: seconds before giving up with a logged warning (requests still in flight are
+            then cut off by the replica's shutdown).
+
+    Returns:
+        True once drained, or when no gateway runs or ``pids`` is empty; False after ``timeout``.
+    """
+    info = read_gateway_file(state_dir)
+    if info is None or not pids:
+        return True
+    busy: dict[int, int] = {}
+
+    def drained(route: dict[str, Any]) -> bool:
+        listed = {u["pid"]: u for ups in route.get("upstreams", {}).values() for u in ups}
+        busy.clear()
+        busy.update(
+            (pid, int(listed[pid]["in_flight"]))
+            for pid in pids
+            if pid in listed and (not listed[pid]["draining"] or listed[pid]["in_flight"])
+        )
+        return not busy
+
+    if await _poll_route(info["admin_url"], agent_id, drained, timeout):
+        return True
+    logger.warning(
+        "%s: replicas %s not drained within %.1fs (in flight: %s); stopping anyway",
+        agent_id,
+        sorted(pids),
+        timeout,
+        busy or "unknown: gateway unreachable",
+    )
+    return False
 
 
 async def write_targets(store: StateStore, state_dir: Path) -> None:

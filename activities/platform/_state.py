@@ -4,7 +4,8 @@ Layout under ``<state_dir>``::
 
     agents/.ports.lock                   serialises port allocation across worker processes
     agents/<agent_id>/state.json         the replicas of both colours: colour, index, pid, start
-                                         time, host, port, version, command hash
+                                         time, host, port, version, command hash, health path,
+                                         draining mark
     agents/<agent_id>/service.json       the agent's routing entry (see :class:`ServiceRecord`)
     agents/<agent_id>/lock               held while one worker changes this agent
     agents/<agent_id>/replica-<i>.log    stdout and stderr of blue replica i (appended)
@@ -56,6 +57,9 @@ class ReplicaRecord:
         version: the spec version it runs.
         command_hash: hash of the spec's command and env it runs.
         color: its colour slot; ``blue`` for records written before colours existed.
+        health_path: HTTP path the gateway probes for readiness (the spec's ``health.path``).
+        draining: set just before the replica is stopped: the gateway sends it no new
+            requests and lets those in flight finish.
     """
 
     index: int
@@ -66,6 +70,8 @@ class ReplicaRecord:
     version: str
     command_hash: str
     color: Color = "blue"
+    health_path: str = "/health"
+    draining: bool = False
 
     @property
     def key(self) -> Key:
