@@ -587,7 +587,7 @@ async def test_a_measurement_racing_the_cancellation_does_not_resume_the_analysi
 async def test_histories_recorded_before_the_cancel_race_fix_still_replay() -> None:
     # Recorded by the race test above before CANCEL_RACE_PATCH (count 3): the loop measured on
     # after the abort. Running executions like it must replay unchanged.
-    history_file = Path(__file__).parent / "histories" / "analysis_cancel_race.json"
+    history_file = Path(__file__).parent / "histories" / "analysis_probe" / "cancel_race.json"
     history = WorkflowHistory.from_json("analysis-cancel-race", history_file.read_text())
     events = [e.event_type for e in history.events]
     after = events[events.index(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED) :]

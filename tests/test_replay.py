@@ -4,6 +4,9 @@ A failure here means a change to a workflow is not replay-safe: running executio
 non-determinism error. Either make the change deterministic (``workflow.patched``) or, if the
 change is intended and no execution of the old code is running anywhere, record the histories
 again (``FLEETOPS_RECORD_HISTORIES=1 uv run pytest tests/test_e2e_lifecycle.py``).
+
+Histories of other workflows live in subdirectories and are replayed by their own tests
+(``analysis_probe/``: ``tests/test_analysis.py``).
 """
 
 from __future__ import annotations
