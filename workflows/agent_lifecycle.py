@@ -14,14 +14,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RawValue, RetryPolicy
+from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from activities.platform.activities import PlatformActivities
-    from activities.probes import ProbeActivities
     from fleetops.constants import AGENT_ID_KEY, STATE_KEY
     from fleetops.models import (
         Action,
@@ -33,21 +31,16 @@ with workflow.unsafe.imports_passed_through():
         AgentStatus,
         DeploymentClaim,
         DeploymentOutcome,
-        DeprovisionRequest,
         LifecycleCarry,
         OperatorRequest,
-        ProbeRequest,
         ProbeResult,
-        ProvisionRequest,
         ReplicaHealth,
-        RestartRequest,
-        ScaleDownRequest,
         ScaleRequest,
-        ServiceInfo,
         Transition,
         TransitionRequest,
         TransitionResult,
     )
+    from workflows import lifecycle_calls as calls
     from workflows.lifecycle_rules import (
         PROBED_STATES,
         action_error,
@@ -67,7 +60,6 @@ PAUSE_SCALES_DOWN_PATCH = "pause-scales-down-active-color"
 """Patch id: pause stops the active colour only, keeping the agent's service (gateway URL)."""
 FETCH_SERVICE_PATCH = "fetch-service-after-bring-up"
 """Patch id: since blue-green deployments, bring-up also reads the agent's service (gateway URL)."""
-PLATFORM_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=6)
 
 
 @dataclass
@@ -370,7 +362,7 @@ class AgentLifecycle:
                 self._starting = {}
                 self._set_state(self._serving_state(results), f"{len(results)} replicas healthy")
                 if self._service is None and workflow.patched(FETCH_SERVICE_PATCH):
-                    self._service = await self._describe_service()
+                    self._service = await calls.describe_service(self._spec.agent_id)
                 return
             if workflow.now() >= self._phase_deadline:
                 self._set_state(S.ERROR, "replicas not healthy within startup_timeout_seconds")
@@ -412,20 +404,8 @@ class AgentLifecycle:
             await self._restart(failing)
 
     async def _probe(self) -> list[ProbeResult]:
-        health = self._spec.health
-        try:
-            results = await workflow.execute_activity_method(
-                ProbeActivities.probe_replicas,
-                ProbeRequest(
-                    endpoints=[r.endpoint for r in self._replicas],
-                    path=health.path,
-                    timeout_seconds=health.timeout_seconds,
-                ),
-                start_to_close_timeout=timedelta(seconds=health.timeout_seconds + 10),
-                retry_policy=RetryPolicy(maximum_attempts=2),
-            )
-        except ActivityError as err:
-            workflow.logger.warning("health probe activity failed, round skipped: %s", err.cause)
+        results = await calls.probe(self._spec, self._replicas)
+        if results is None:
             return []
         self._probes = {r.index: p for r, p in zip(self._replicas, results, strict=True)}
         return results
@@ -433,15 +413,9 @@ class AgentLifecycle:
     async def _provision(self) -> bool:
         known = {r.index for r in self._replicas}
         try:
-            self._replicas = await workflow.execute_activity_method(
-                PlatformActivities.provision_replicas,
-                ProvisionRequest(spec=self._spec, replicas=self._desired, color=self._active_color),
-                start_to_close_timeout=timedelta(minutes=5),
-                heartbeat_timeout=timedelta(seconds=60),
-                retry_policy=PLATFORM_RETRY,
-            )
+            self._replicas = await calls.provision(self._spec, self._desired, self._active_color)
         except ActivityError as err:
-            self._set_state(S.ERROR, f"provisioning failed: {_cause(err)}")
+            self._set_state(S.ERROR, f"provisioning failed: {calls.cause(err)}")
             return False
         live = {r.index for r in self._replicas}
         self._failures = {i: n for i, n in self._failures.items() if i in live}
@@ -450,15 +424,9 @@ class AgentLifecycle:
 
     async def _restart(self, indices: list[int]) -> None:
         try:
-            self._replicas = await workflow.execute_activity_method(
-                PlatformActivities.restart_replicas,
-                RestartRequest(spec=self._spec, indices=indices, color=self._active_color),
-                start_to_close_timeout=timedelta(minutes=5),
-                heartbeat_timeout=timedelta(seconds=60),
-                retry_policy=PLATFORM_RETRY,
-            )
+            self._replicas = await calls.restart(self._spec, indices, self._active_color)
         except ActivityError as err:
-            workflow.logger.warning("self-heal restart failed: %s", _cause(err))
+            workflow.logger.warning("self-heal restart failed: %s", calls.cause(err))
             return
         self._counters.replica_restarts += len(indices)
         for i in indices:
@@ -471,41 +439,14 @@ class AgentLifecycle:
         for i in indices:
             self._starting[i] = deadline
 
-    async def _describe_service(self) -> ServiceInfo | None:
-        try:
-            return await workflow.execute_activity_method(
-                PlatformActivities.describe_service,
-                self._spec.agent_id,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=PLATFORM_RETRY,
-            )
-        except ActivityError as err:
-            workflow.logger.warning("could not read the agent's service: %s", _cause(err))
-            return None
-
     async def _deprovision(self, *, on_failure: str, keep_service: bool = False) -> bool:
         """Stop the replicas: only the active colour if ``keep_service``, else the whole agent."""
-        agent_id = self._spec.agent_id
-        timeout, heartbeat = timedelta(minutes=5), timedelta(seconds=60)
         try:
-            if keep_service:
-                await workflow.execute_activity_method(
-                    PlatformActivities.scale_down_color,
-                    ScaleDownRequest(agent_id=agent_id, color=self._active_color),
-                    start_to_close_timeout=timeout,
-                    heartbeat_timeout=heartbeat,
-                    retry_policy=PLATFORM_RETRY,
-                )
-            else:
-                await workflow.execute_activity_method(
-                    PlatformActivities.deprovision_agent,
-                    DeprovisionRequest(agent_id=agent_id),
-                    start_to_close_timeout=timeout,
-                    heartbeat_timeout=heartbeat,
-                    retry_policy=PLATFORM_RETRY,
-                )
+            await calls.deprovision(
+                self._spec.agent_id, self._active_color, keep_service=keep_service
+            )
         except ActivityError as err:
-            self._set_state(S.ERROR, f"{on_failure}: {_cause(err)}")
+            self._set_state(S.ERROR, f"{on_failure}: {calls.cause(err)}")
             return False
         self._replicas = []
         self._probes = {}
@@ -588,8 +529,3 @@ class AgentLifecycle:
             transitions=self._transitions,
             counters=self._counters,
         )
-
-
-def _cause(err: ActivityError) -> str:
-    cause = err.cause
-    return str(cause) if cause is not None else str(err)
