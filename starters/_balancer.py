@@ -3,9 +3,14 @@ passive health.
 
 A request goes to the first non-empty tier of the colour's replicas, never to a draining one:
 
-1. ready (its last readiness probe passed, see :mod:`starters._readiness`) and not marked down;
-2. not marked down (no replica is ready yet, e.g. all just started);
-3. any, since failing without trying helps nobody.
+1. ready (its readiness probing passes, see :mod:`starters._readiness`) and not marked down;
+2. established (ready at some time, or already running when the gateway started) and not marked
+   down: when no replica is ready, the ones that served before are tried anyway, like Envoy's
+   panic routing, since failing without trying helps nobody;
+3. established, even if marked down.
+
+A replica that has never been ready (it is starting) gets no request at all: with nothing else
+to try, the gateway answers 503 at once rather than a connection refused as 502.
 
 Passive health follows nginx's ``max_fails=1 fail_timeout=5s``: a replica whose connection
 failed is marked down for :data:`DOWN_SECONDS`. Draining replicas are about to be stopped (the
@@ -69,6 +74,7 @@ class _Health:
     down_until: float = 0.0
     failures: int = 0
     ready: bool = False
+    established: bool = False
 
 
 class Balancer:
@@ -87,14 +93,19 @@ class Balancer:
         self._turns: dict[tuple[str, str | None], itertools.count[int]] = {}
 
     def pick(self, target: Target, exclude: set[str]) -> Upstream | None:
-        """A replica of ``target`` neither draining nor in ``exclude`` (URLs), from the first
-        non-empty tier: ready and up, up, any (see the module docstring).
+        """A replica of ``target`` neither draining, starting nor in ``exclude`` (URLs), from the
+        first non-empty tier: ready and up, established and up, established (see the module
+        docstring).
 
         Returns:
-            The replica, or None if every replica is draining or excluded.
+            The replica, or None if every replica is draining, starting or excluded.
         """
         now = time.monotonic()
-        candidates = [u for u in target.upstreams if u.url not in exclude and not u.draining]
+        candidates = [
+            u
+            for u in target.upstreams
+            if u.url not in exclude and not u.draining and self._state(u).established
+        ]
         up = [u for u in candidates if self._state(u).down_until <= now]
         ready = [u for u in up if self._state(u).ready]
         pool = ready or up or candidates
@@ -108,7 +119,21 @@ class Balancer:
 
     def set_ready(self, upstream: Upstream, ready: bool) -> None:
         """Record the outcome of ``upstream``'s readiness probing."""
-        self._state(upstream).ready = ready
+        state = self._state(upstream)
+        state.ready = ready
+        state.established |= ready
+
+    def establish(self, upstreams: list[Upstream]) -> None:
+        """Treat ``upstreams`` as having served before: the replicas already running when the
+        gateway starts, so a gateway restart does not refuse them until their first probe."""
+        for upstream in upstreams:
+            self._state(upstream).established = True
+
+    def starting(self, target: Target) -> int:
+        """How many of ``target``'s replicas are starting (not draining, never ready)."""
+        return sum(
+            1 for u in target.upstreams if not u.draining and not self._state(u).established
+        )
 
     def is_ready(self, upstream: Upstream) -> bool:
         """Whether ``upstream`` is ready (False until its first probe passes)."""
@@ -144,6 +169,7 @@ class Balancer:
             "version": upstream.version,
             "pid": upstream.pid,
             "ready": state.ready,
+            "starting": not state.established and not upstream.draining,
             "draining": upstream.draining,
             "in_flight": state.in_flight,
             "down": state.down_until > time.monotonic(),

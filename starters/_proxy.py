@@ -163,7 +163,10 @@ class ProxyApp:
                 break
             target = self._route() or target  # the retry sees routes changed meanwhile
         if error is None:
-            detail = f"no running {target.color} replicas of {target.agent_id}"
+            starting = self._balancer.starting(target)
+            detail = f"no ready {target.color} replicas of {target.agent_id}" + (
+                f" ({starting} starting)" if starting else ""
+            )
             await _error(send, 503, detail, target.color)
         else:
             await _error(send, 502, f"replica failed: {error!r}", target.color)
@@ -234,5 +237,7 @@ async def _error(send: Send, status: int, detail: str, color: str | None) -> Non
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if color is not None:
         headers.append((b"x-fleetops-color", color.encode()))
+    if status == 503:  # RFC 9110 section 10.2.3: when to try again, in seconds
+        headers.append((b"retry-after", b"1"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -30,6 +30,8 @@ def _logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if not verbose:  # the gateway's and activities' per-request lines drown everything else
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @app.command()

@@ -158,6 +158,7 @@ class Gateway:
             self._state_dir / GATEWAY_FILE, {"admin_url": self.admin_url, "pid": os.getpid()}
         )
         self.reload()
+        self._balancer.establish(self._all_upstreams())
         self._watcher = asyncio.create_task(self._watch())
         prober = ReadinessProber(self._client, self._balancer, self._all_upstreams)
         self._prober = asyncio.create_task(prober.run())

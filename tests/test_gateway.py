@@ -358,3 +358,44 @@ async def test_scale_in_drains_requests_in_flight(tmp_path: Path, tag: str) -> N
     assert [r for r in results if r[0] != 200] == []
     assert (200, 1) in results[:stopped_at]  # the in-flight ones finished on replica 1
     assert {replica for _, replica in results[stopped_at:]} == {0}
+
+
+SLOW_WHEN_FLAGGED = r"""
+import os, runpy, time
+if os.path.exists(os.environ["SLOW_FLAG"]):
+    time.sleep(2)
+runpy.run_module("infra.sample_agent", run_name="__main__")
+"""
+
+
+async def test_a_restarting_single_replica_gives_503_not_502(tmp_path: Path, tag: str) -> None:
+    # While the agent's only replica restarts (draining, then starting for 2 s), the gateway has
+    # nothing to route to: it says so at once with 503 and Retry-After, and never forwards to a
+    # replica that has not been ready yet (a refused connection, 502).
+    settings = make_settings(tmp_path)
+    platform = platform_for(settings)
+    flag = tmp_path / "slow"
+    spec = agent(
+        tag,
+        command=[sys.executable, "-c", SLOW_WHEN_FLAGGED],
+        env={TAG_VAR: tag, "SLOW_FLAG": str(flag)},
+    )
+    [old] = await start(platform, spec, 1)
+    async with Gateway(settings) as gateway, httpx.AsyncClient(timeout=10) as client:
+        url = f"{(await service(platform, spec.agent_id)).active_url}/execute"
+        assert (await client.post(url, json={"prompt": "hi"})).status_code == 200
+        flag.touch()
+        restart = asyncio.create_task(platform.restart(spec, [0]))
+        replies: list[httpx.Response] = []
+        while not restart.done() or replies[-1].status_code != 200:
+            replies.append(await client.post(url, json={"prompt": "hi"}))
+        [new] = await restart
+        upstream = (await _upstreams(client, gateway, spec.agent_id))[0]
+
+    statuses = [r.status_code for r in replies]
+    assert new.pid != old.pid
+    assert set(statuses) == {200, 503}, statuses
+    unavailable = next(r for r in replies if r.status_code == 503)
+    assert unavailable.headers["retry-after"] == "1"
+    assert "no ready blue replicas" in unavailable.json()["error"]
+    assert (upstream["pid"], upstream["failures"]) == (new.pid, 0)

@@ -126,7 +126,8 @@ async def wait_for_gateway(
     want: tuple[Color, Color | None, int],
     timeout: float = GATEWAY_WAIT_SECONDS,
 ) -> bool:
-    """Wait until the gateway on ``state_dir`` (if any) serves ``want`` for ``agent_id``.
+    """Wait until the gateway on ``state_dir`` (if any) serves ``want`` for ``agent_id``, with
+    at least one ready replica of the new active colour if it has any replicas.
 
     Args:
         state_dir: FleetOps state directory.
@@ -145,7 +146,10 @@ async def wait_for_gateway(
 
     def served(route: dict[str, Any]) -> bool:
         got = (route["active_color"], route["preview_color"], route["generation"])
-        return got == want or got[2] > want[2]
+        if got[2] > want[2]:
+            return True
+        active = route["upstreams"].get(want[0]) or []
+        return got == want and (not active or any(u["ready"] for u in active))
 
     if await _poll_route(info["admin_url"], agent_id, served, timeout):
         return True

@@ -180,9 +180,9 @@ class LocalPlatform:
 
         Rewrites ``service.json`` atomically with ``generation + 1``; a no-op when it already
         routes so (a retried activity converges). Then, if a gateway runs on this state
-        directory, waits (up to 5 s, then a logged warning) until it serves the new generation:
-        from then on new requests go to the new colour, while in-flight ones finish where they
-        started.
+        directory, waits (up to 5 s, then a logged warning) until it serves the new generation
+        and has a ready replica of ``active_color`` (if that colour has replicas): from then on
+        new requests go to the new colour, while in-flight ones finish where they started.
 
         Args:
             agent_id: the agent.
