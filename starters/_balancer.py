@@ -131,9 +131,7 @@ class Balancer:
 
     def starting(self, target: Target) -> int:
         """How many of ``target``'s replicas are starting (not draining, never ready)."""
-        return sum(
-            1 for u in target.upstreams if not u.draining and not self._state(u).established
-        )
+        return sum(1 for u in target.upstreams if not u.draining and not self._state(u).established)
 
     def is_ready(self, upstream: Upstream) -> bool:
         """Whether ``upstream`` is ready (False until its first probe passes)."""
