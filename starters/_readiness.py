@@ -24,8 +24,11 @@ from starters._balancer import Balancer, Upstream
 
 STARTUP_PERIOD_SECONDS = 0.1
 """Seconds between probes of a replica that is not ready (yet)."""
-READY_PERIOD_SECONDS = 1.0
-"""Seconds between probes of a ready replica."""
+READY_PERIOD_SECONDS = 5.0
+"""Seconds between probes of a ready replica (Kubernetes' default is 10). The gateway runs in
+the worker's process under ``fleetops up``: with hundreds of replicas a 1 s period would cost
+hundreds of probes a second. A replica that crashes is caught sooner by passive health (its
+first refused connection)."""
 PROBE_TIMEOUT_SECONDS = 1.0
 """Seconds a probe may take; longer is a failure (Kubernetes' default ``timeoutSeconds``)."""
 FAILURE_THRESHOLD = 3
