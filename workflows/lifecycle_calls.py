@@ -35,7 +35,8 @@ RequestT = TypeVar("RequestT")
 ResultT = TypeVar("ResultT")
 
 PLATFORM_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=6)
-"""Platform calls: up to 6 attempts, backing off to 30 s (about 1.5 minutes in all)."""
+"""Platform calls: up to 6 attempts, 1, 2, 4, 8 and 16 s apart (Temporal's default backoff,
+coefficient 2 from 1 s, capped at 30 s)."""
 PLATFORM_TIMEOUT = timedelta(minutes=5)
 """Start-to-close timeout of a platform call that starts or stops processes."""
 PLATFORM_HEARTBEAT = timedelta(seconds=60)
