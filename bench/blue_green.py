@@ -57,16 +57,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
+
+# Shared with the lifecycle benchmark (bench/ is on sys.path when a script here runs). Its dev
+# server config makes a timer due in < 1 s (the 0 s delays here) fire at once, not after ~1 s.
+from lifecycle import BenchError, start_dev_server
 from rich.console import Console
 from rich.table import Table
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import SearchAttributeKey
-from temporalio.testing import WorkflowEnvironment
 
 from activities.platform import LocalPlatform
 from fleetops.approvals import ApprovalDecision, DecisionRequest
-from fleetops.constants import SEARCH_ATTRIBUTES
-from fleetops.converter import data_converter
 from fleetops.deploy import DeploymentReport, DeploymentRequest, DeploymentStatus
 from fleetops.models import AgentLifecycleInput, AgentSpec, AgentState, Color
 from fleetops.settings import Settings
@@ -77,19 +77,10 @@ from workflows.blue_green import BlueGreenDeployment
 
 RESULTS = Path(__file__).parent / "results" / "blue_green.json"
 TAG_VAR = "FLEETOPS_TEST_TAG"
-DEV_SERVER_CONFIG = (
-    'history.timerProcessorMaxTimeShift="10ms"',
-    "history.timerProcessorMaxPollRPS=1000",
-)
-"""As in bench/lifecycle.py: without it a timer due in < 1 s (the 0 s delays here) takes ~1 s."""
 REPLICA_PORTS = (26000, 26099)
 GATEWAY_PORTS = (27000, 27049)
 CLIENTS = 3
 console = Console(width=None if sys.stdout.isatty() else 120)
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not measure what it set out to."""
 
 
 # --- load ---------------------------------------------------------------------------------------
@@ -152,25 +143,15 @@ class Load:
         raise BenchError(f"no {color} response within {timeout}s on {self.url}")
 
 
+async def _started(load: Load) -> tuple[bool, int]:
+    return bool(load.samples), len(load.samples)
+
+
 def failed(samples: list[Sample]) -> list[Sample]:
     return [s for s in samples if s.status is None or not 200 <= s.status < 300]
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-async def start_dev_server() -> WorkflowEnvironment:
-    keys = [
-        SearchAttributeKey.for_bool(n) if t == "Bool" else SearchAttributeKey.for_keyword(n)
-        for n, t in SEARCH_ATTRIBUTES.items()
-    ]
-    return await WorkflowEnvironment.start_local(
-        data_converter=data_converter(),
-        dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
-        search_attributes=keys,
-        dev_server_log_level="error",
-        dev_server_extra_args=[a for c in DEV_SERVER_CONFIG for a in ("--dynamic-config-value", c)],
-    )
 
 
 async def poll(check: Any, what: str, timeout: float = 60, interval: float = 0.02) -> Any:
@@ -345,7 +326,7 @@ async def baseline(
     load = Load(service.active_url).start()
     color: Color = "blue"
     try:
-        await asyncio.sleep(0.5)
+        await poll(lambda: _started(load), "the load's first responses")
         for _ in range(runs):
             new: Color = "green" if color == "blue" else "blue"
             t0 = time.time()

@@ -13,7 +13,14 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from fleetops.analysis import Analysis, AnalysisResult
-from fleetops.approvals import ApprovalDecision, AuditEntry, PendingApproval, TimeoutOutcome
+from fleetops.approvals import (
+    DEFAULT_REMINDER_INTERVAL_SECONDS,
+    DEFAULT_TIMEOUT_SECONDS,
+    ApprovalDecision,
+    AuditEntry,
+    PendingApproval,
+    TimeoutOutcome,
+)
 from fleetops.checks import SmokeTest
 from fleetops.constants import AGENT_ID_PATTERN
 from fleetops.models import (
@@ -22,8 +29,6 @@ from fleetops.models import (
     ServiceInfo,
     StrictModel,
 )
-
-DAY = 86400.0
 
 Phase = Literal[
     "CLAIMING",
@@ -43,6 +48,8 @@ Phase = Literal[
 """Phases of a deployment, in order; each is also the workflow's ``FleetOpsState``."""
 
 Outcome = Literal["promoted", "rolled_back", "aborted", "rejected"]
+"""How a deployment ended: the new version is live, or the stable one kept (after a failure,
+an operator ``abort``, or a rejected/timed-out promotion)."""
 
 
 class Promotion(StrictModel):
@@ -54,13 +61,27 @@ class Promotion(StrictModel):
     are rejected.
     """
 
-    mode: Literal["manual", "auto"] = "manual"
-    approvers: list[str] = Field(default_factory=list)
-    roles: list[str] = Field(default_factory=list)
-    auto_promote_after_seconds: float | None = Field(None, ge=0)
-    approval_timeout_seconds: float = Field(3 * DAY, gt=0)
-    timeout_outcome: TimeoutOutcome = "reject"
-    reminder_interval_seconds: float | None = Field(4 * 3600.0, gt=0)
+    mode: Literal["manual", "auto"] = Field("manual", description="Who promotes.")
+    approvers: list[str] = Field(
+        default_factory=list, description="manual: users who may approve (empty: any named)."
+    )
+    roles: list[str] = Field(
+        default_factory=list, description="manual: roles whose holders may approve."
+    )
+    auto_promote_after_seconds: float | None = Field(
+        None, ge=0, description="auto: seconds to wait before promoting (None: 0)."
+    )
+    approval_timeout_seconds: float = Field(
+        DEFAULT_TIMEOUT_SECONDS, gt=0, description="manual: seconds to wait for a decision."
+    )
+    timeout_outcome: TimeoutOutcome = Field(
+        "reject", description="manual: what a timeout means (reject | proceed | escalate)."
+    )
+    reminder_interval_seconds: float | None = Field(
+        DEFAULT_REMINDER_INTERVAL_SECONDS,
+        gt=0,
+        description="manual: seconds between reminders (None: no reminders).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Promotion:
@@ -69,7 +90,7 @@ class Promotion(StrictModel):
         manual_only = {
             "approvers": bool(self.approvers),
             "roles": bool(self.roles),
-            "approval_timeout_seconds": self.approval_timeout_seconds != 3 * DAY,
+            "approval_timeout_seconds": self.approval_timeout_seconds != DEFAULT_TIMEOUT_SECONDS,
             "timeout_outcome": self.timeout_outcome != "reject",
         }
         if self.mode == "auto":

@@ -175,4 +175,8 @@ class Balancer:
         }
 
     def _state(self, upstream: Upstream) -> _Health:
-        return self._health.setdefault((upstream.url, upstream.pid), _Health())
+        key = (upstream.url, upstream.pid)
+        state = self._health.get(key)  # on every request: no new object unless the key is new
+        if state is None:
+            state = self._health[key] = _Health()
+        return state

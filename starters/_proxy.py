@@ -95,7 +95,10 @@ class _Body:
             chunk, more = message.get("body", b""), message.get("more_body", False)
             if self._kept is not None:
                 self._size += len(chunk)
-                self._kept = None if self._size > REPLAY_LIMIT else [*self._kept, chunk]
+                if self._size > REPLAY_LIMIT:
+                    self._kept = None
+                else:
+                    self._kept.append(chunk)
             if chunk:
                 yield chunk
         self.complete = True

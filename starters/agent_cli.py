@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -22,8 +22,6 @@ from fleetops.converter import describe_validation_error
 from fleetops.models import AgentReport, AgentSpec, AgentState, AgentStatus
 from starters import agents
 from starters.cli_common import current_user, fail, load_settings, out, run
-
-T = TypeVar("T")
 
 agent_app = typer.Typer(
     help="Start and steer agents (AgentLifecycle workflows).", no_args_is_help=True

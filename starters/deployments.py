@@ -17,7 +17,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from fleetops.approvals import ApprovalDecision, DecisionRequest, PendingApproval
-from fleetops.constants import AGENT_ID_KEY, TASK_QUEUE
+from fleetops.constants import AGENT_ID_KEY, AWAITING_APPROVAL_KEY, TASK_QUEUE
 from fleetops.deploy import AbortRequest, DeploymentRequest, DeploymentStatus
 from fleetops.models import FrozenModel
 from starters.agents import FleetOpsClientError
@@ -46,6 +46,11 @@ async def deploy(
 ) -> WorkflowHandle:
     """Start a ``BlueGreenDeployment``.
 
+    Args:
+        client: a connected client (:func:`fleetops.client.connect`).
+        req: the deployment (JSON field names as in the README); validated by pydantic.
+        task_queue: the worker's task queue.
+
     Returns:
         The workflow handle (``handle.result()`` gives the :class:`DeploymentReport`).
 
@@ -53,6 +58,7 @@ async def deploy(
         DeploymentAlreadyRunningError: the same agent and version is being deployed. A
             deployment of another version of a busy agent starts, then fails at once with
             ``DeploymentRefused`` (the agent allows one deployment at a time).
+        RPCError: the server refused the start for another reason.
     """
     wid = deployment_workflow_id(req.agent_id, req.version)
     try:
@@ -76,9 +82,21 @@ async def approve(
 ) -> ApprovalDecision:
     """Approve what ``workflow_id`` waits for, as ``approver`` (update ``decide``).
 
+    Args:
+        client: a connected client.
+        workflow_id: the waiting workflow, e.g. ``deploy/demo/v2``.
+        approver: who decides; checked against the request's approvers and the roles of
+            ``FLEETOPS_APPROVAL__ROLES``.
+        comment: kept in the decision record.
+
+    Returns:
+        The decision record (who, role, when, comment, outcome).
+
     Raises:
-        ApprovalRefusedError: ``approver`` may not decide, or nothing is pending.
+        ApprovalRefusedError: ``approver`` may not decide, or nothing is pending (the update
+            validator refused: nothing was written to history).
         WorkflowNotFoundError: no open workflow ``workflow_id``.
+        RPCError: any other server error.
     """
     return await _decide(client, workflow_id, approver, comment, approved=True)
 
@@ -93,10 +111,17 @@ async def reject(
 async def abort(
     client: Client, workflow_id: str, *, reason: str = "", requested_by: str = ""
 ) -> None:
-    """Ask a deployment to stop and roll back (signal ``abort``).
+    """Ask a deployment to stop and roll back (signal ``abort``; fire-and-forget).
+
+    Args:
+        client: a connected client.
+        workflow_id: the deployment, e.g. ``deploy/demo/v2``.
+        reason: recorded in the deployment's report.
+        requested_by: who asked, recorded with the reason.
 
     Raises:
         WorkflowNotFoundError: no open workflow ``workflow_id``.
+        RPCError: any other server error.
     """
     try:
         await client.get_workflow_handle(workflow_id).signal(
@@ -109,8 +134,16 @@ async def abort(
 async def deployment_status(client: Client, workflow_id: str) -> DeploymentStatus:
     """The deployment's ``status`` query (also works after it finished).
 
+    Args:
+        client: a connected client.
+        workflow_id: the deployment, e.g. ``deploy/demo/v2``.
+
+    Returns:
+        Phase, phase history, outcome, colours and analysis results so far.
+
     Raises:
         WorkflowNotFoundError: no workflow ``workflow_id``.
+        RPCError: any other server error.
     """
     try:
         return await client.get_workflow_handle(workflow_id).query(BlueGreenDeployment.status)
@@ -131,9 +164,16 @@ async def approvals_inbox(client: Client) -> list[InboxItem]:
     """Every running workflow with ``FleetOpsAwaitingApproval=true`` and what it asks.
 
     Visibility is eventually consistent: a request made a second ago may not be listed yet.
+
+    Args:
+        client: a connected client.
+
+    Returns:
+        One item per waiting workflow, in the server's listing order; workflows that finished
+        between the listing and the query are left out.
     """
     items = []
-    query = "FleetOpsAwaitingApproval=true AND ExecutionStatus='Running'"
+    query = f"{AWAITING_APPROVAL_KEY.name}=true AND ExecutionStatus='Running'"
     async for wf in client.list_workflows(query):
         try:
             raw = await client.get_workflow_handle(wf.id, run_id=wf.run_id).query(

@@ -96,6 +96,7 @@ class Gateway:
         self._balancer = Balancer(self._settings.balancing)
         self._routes: dict[str, AgentRoute] = {}
         self._ports: dict[int, tuple[str, str]] = {}  # port -> (agent, "active" | "preview")
+        self._targets: dict[int, Target] = {}  # port -> what it routes to, built by reload()
         self._servers: dict[int, tuple[uvicorn.Server, asyncio.Task[None]]] = {}
         self._admin: tuple[uvicorn.Server, asyncio.Task[None]] | None = None
         self._closing: set[asyncio.Task[None]] = set()
@@ -201,14 +202,14 @@ class Gateway:
             for agent, r in sorted(self._routes.items())
         }
 
-    def reload(self, *, force: bool = False) -> bool:
-        """Rebuild the route table if any ``service.json``/``state.json`` changed (or ``force``).
+    def reload(self) -> bool:
+        """Rebuild the route table if any ``service.json``/``state.json`` changed.
 
         Returns:
             Whether the table was rebuilt.
         """
         signature = self._files()
-        if not force and signature == self._signature:
+        if signature == self._signature:
             if self._failed_ports:
                 self._sync_listeners()  # retry ports that were busy
             return False
@@ -218,7 +219,9 @@ class Gateway:
         for agent_id, route in routes.items():
             ports[route.service.active_port] = (agent_id, "active")
             ports[route.service.preview_port] = (agent_id, "preview")
-        self._routes, self._ports = routes, ports  # the switch: new requests see the new table
+        targets = {port: routes[agent].target(role) for port, (agent, role) in ports.items()}
+        # The switch: new requests see the new table.
+        self._routes, self._ports, self._targets = routes, ports, targets
         self._balancer.forget({(u.url, u.pid) for u in self._all_upstreams()})
         self._sync_listeners()
         return True
@@ -270,9 +273,7 @@ class Gateway:
                 logger.exception("reloading routes failed; retrying")
 
     def _target(self, port: int) -> Target | None:
-        assigned = self._ports.get(port)
-        route = self._routes.get(assigned[0]) if assigned else None
-        return route.target(assigned[1]) if route and assigned else None
+        return self._targets.get(port)
 
     def _sync_listeners(self) -> None:
         for port in [p for p in self._servers if p not in self._ports]:

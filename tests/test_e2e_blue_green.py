@@ -427,12 +427,15 @@ async def run_scenario(
 
         await eventually(still_v2, "the agent back on v2/green")
         assert tagged_pids(tag) == green_pids
-        await asyncio.sleep(1.0)  # a little more traffic after the rollback: all green, all fine
+
+        async def more_traffic() -> None:  # after the rollback: all green, all fine
+            assert len(load.between(v3_done, time.monotonic())) >= 10
+
+        await eventually(more_traffic, "traffic after the rollback")
     finally:
         await load.stop()
-        after = load.between(v3_done, time.monotonic()) if "v3_done" in locals() else []
-        if "v3_done" in locals():
-            assert after and all(s.status == 200 and s.color == "green" for s in after), after[:5]
+    after = load.between(v3_done, time.monotonic())
+    assert after and all(s.status == 200 and s.color == "green" for s in after), after[:5]
 
     await handle.signal(AgentLifecycle.shutdown)
     report = await asyncio.wait_for(handle.result(), timeout=30)

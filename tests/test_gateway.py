@@ -187,13 +187,19 @@ async def test_least_connections_prefers_the_idle_replica(tmp_path: Path, tag: s
     platform = platform_for(settings)
     spec = agent(tag)
     slow, _ = await start(platform, spec, 2)
-    async with Gateway(settings), httpx.AsyncClient(timeout=10) as client:
+    async with Gateway(settings) as gateway, httpx.AsyncClient(timeout=10) as client:
         await client.post(f"{slow.endpoint}/faults", json={"latency_seconds": 1.5})
         url = f"{(await service(platform, spec.agent_id)).active_url}/execute"
-        calls = []
+        calls: list[asyncio.Task[httpx.Response]] = []
+
+        async def placed() -> bool:  # every request sent so far is in flight or answered
+            upstreams = (await _upstreams(client, gateway, spec.agent_id)).values()
+            busy = sum(u["in_flight"] for u in upstreams)
+            return busy + sum(c.done() for c in calls) >= len(calls)
+
         for _ in range(10):
             calls.append(asyncio.create_task(client.post(url, json={"prompt": "hi"})))
-            await asyncio.sleep(0.1)
+            await eventually(placed, "the request reached a replica")
         replies = await asyncio.gather(*calls)
 
     served = [r.json()["replica"] for r in replies]
@@ -307,7 +313,9 @@ async def test_a_starting_replica_gets_no_request_until_ready(tmp_path: Path, ta
         await eventually(lambda: ready(0), "replica 0 ready")
         await platform.ensure(spec, 2)  # replica 1 starts listening only after 2 s
         served: list[tuple[int, int]] = []  # replies that ended while replica 1 was not ready
+        deadline = time.monotonic() + 30
         while True:
+            assert time.monotonic() < deadline, "replica 1 never became ready"
             r = await client.post(url, json={"prompt": "hi"})
             if await ready(1):
                 break
@@ -387,7 +395,9 @@ async def test_a_restarting_single_replica_gives_503_not_502(tmp_path: Path, tag
         flag.touch()
         restart = asyncio.create_task(platform.restart(spec, [0]))
         replies: list[httpx.Response] = []
+        deadline = time.monotonic() + 30
         while not restart.done() or replies[-1].status_code != 200:
+            assert time.monotonic() < deadline, "the restarted replica never served"
             replies.append(await client.post(url, json={"prompt": "hi"}))
         [new] = await restart
         upstream = (await _upstreams(client, gateway, spec.agent_id))[0]

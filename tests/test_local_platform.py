@@ -7,7 +7,6 @@ processes by scanning ``/proc`` and the fixture kills whatever is left, whatever
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import json
 import os
@@ -16,8 +15,7 @@ import signal
 import socket
 import sys
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
@@ -35,10 +33,12 @@ from activities.platform import (
 )
 from fleetops.models import AgentSpec, DeprovisionRequest, ProvisionRequest, RestartRequest
 from fleetops.settings import LocalPlatformSettings, Settings
+from tests.e2e_support import TAG_VAR, tag, tagged_pids
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
 
-TAG_VAR = "FLEETOPS_TEST_TAG"
+__all__ = ["tag"]  # the fixture
+
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
 IGNORES_SIGTERM = [
     sys.executable,
@@ -58,22 +58,6 @@ spec = AgentSpec.model_validate_json(sys.argv[2])
 replicas = asyncio.run(LocalPlatform(settings, Path(sys.argv[3])).ensure(spec, 2))
 print(json.dumps([r.pid for r in replicas]))
 """
-
-
-def tagged_pids(tag: str) -> set[int]:
-    """Live (non-zombie) processes whose environment holds our test tag."""
-    needle = f"{TAG_VAR}={tag}".encode()
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0") and _process.is_alive(int(entry.name), None):
-            found.add(int(entry.name))
-    return found
 
 
 async def eventually(
@@ -99,20 +83,6 @@ async def answers_health(endpoint: str, *, version: str | None = None) -> bool:
     except httpx.HTTPError:
         return False
     return response.status_code == 200 and version in (None, response.json()["version"])
-
-
-@pytest.fixture
-def tag() -> Iterator[str]:
-    """A unique tag for the test's replicas; kills every tagged process left at teardown."""
-    tag = uuid.uuid4().hex
-    yield tag
-    leftovers = tagged_pids(tag)
-    for pid in leftovers:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while any(_process.is_alive(pid, None) for pid in leftovers) and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 @pytest.fixture

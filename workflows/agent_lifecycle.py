@@ -247,8 +247,16 @@ class AgentLifecycle:
         While held, operator actions are refused, and a second deployment is refused by the
         validator. Claiming again with the same id is allowed (a retried activity).
 
+        Args:
+            claim: ``{"deployment_id": "deploy/<agent>/<version>", "version": ...}``.
+
         Returns:
             The running spec, state, active colour, its replicas and the service.
+
+        Raises:
+            ApplicationError: ``DeploymentRefused`` (from the validator, before anything is
+                written to history) while another deployment holds the agent or the agent is
+                not serving (state outside READY, PROCESSING, DEGRADED, ERROR).
         """
         self._deployment_id = claim.deployment_id
         return AgentDeploymentView(
@@ -270,7 +278,13 @@ class AgentLifecycle:
 
     @workflow.signal
     def end_deployment(self, outcome: DeploymentOutcome) -> None:
-        """Release the agent. When promoted, adopt the new spec, colour, replicas and service."""
+        """Release the agent. When promoted, adopt the new spec, colour, replicas and service.
+
+        Args:
+            outcome: ``{"deployment_id", "promoted", "spec", "active_color", "replicas",
+                "service"}`` from the deployment that holds the agent; one from any other
+                deployment is recorded as a rejection (``last_rejection`` in ``status``).
+        """
         if outcome.deployment_id != self._deployment_id:
             self._reject(f"end_deployment from {outcome.deployment_id}, which does not hold it")
             return

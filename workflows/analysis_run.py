@@ -35,6 +35,7 @@ MEASURE_RETRY = RetryPolicy(maximum_attempts=2)
 MEASURE_SLACK = timedelta(seconds=30)
 """Added to a measurement's window for its start-to-close timeout."""
 MEASURE_HEARTBEAT = timedelta(seconds=10)
+"""Heartbeat timeout of a measurement (the activity heartbeats while it waits out its window)."""
 CANCEL_RACE_PATCH = "analysis-stops-when-a-result-races-its-cancel"
 """Patch id: a metric loop whose measurement completed in the same workflow task as its
 cancellation stops instead of measuring on. Cancelling an asyncio task whose activity is being

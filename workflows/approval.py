@@ -47,8 +47,12 @@ MAX_AUDIT_ENTRIES = 100
 MAX_DECISIONS = 100
 """Decisions kept (oldest dropped)."""
 NOTIFY_TIMEOUT = timedelta(seconds=30)
+"""Start-to-close timeout of one webhook notification."""
 NOTIFY_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
+"""A notification is tried 5 times (1, 2, 4, 8 s apart); one that still fails is audited, and
+the approval goes on waiting."""
 ROLES_TIMEOUT = timedelta(seconds=10)
+"""Start-to-close timeout of the activity that reads an approver's roles from settings."""
 _MIN_WAIT = timedelta(milliseconds=1)
 _AUDIT_KIND: dict[NotificationKind, AuditKind] = {
     "request": "requested",

@@ -95,8 +95,8 @@ def action_error(
     return None
 
 
-DEPLOYABLE_STATES = frozenset({S.READY, S.PROCESSING, S.DEGRADED, S.ERROR})
-"""States in which a deployment may start (replicas are supposed to be up)."""
+DEPLOYABLE_STATES = PROBED_STATES
+"""States in which a deployment may start: those in which replicas are supposed to be up."""
 
 
 def deployment_error(
@@ -105,6 +105,15 @@ def deployment_error(
     """Why deployment ``requested`` cannot start now, or None when it can.
 
     A deployment already holding the agent may claim it again (a retried activity).
+
+    Args:
+        state: the agent's state; a deployment needs one of :data:`DEPLOYABLE_STATES`.
+        agent_id: the agent, for the message.
+        current: the deployment holding the agent, or None.
+        requested: the deployment asking.
+
+    Returns:
+        A message naming the holder or the state, or None.
     """
     if current is not None and current != requested:
         return (

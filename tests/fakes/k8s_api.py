@@ -37,7 +37,7 @@ _PATH = re.compile(
 )
 _KINDS = {"deployments": "Deployment", "services": "Service", "pods": "Pod"}
 APPLY = "application/apply-patch+yaml"
-MERGE_TYPES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
+MERGE_TYPES = ("application/merge-patch+json",)  # the platform never sends strategic merge
 
 Key = tuple[str, str]  # (namespace, name)
 
