@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities._text import shorten
 from fleetops.analysis import Builtin, Measurement, MeasureRequest, classify, prometheus_duration
 from fleetops.settings import MetricsSettings
 
@@ -49,8 +50,7 @@ _MAX_ERROR_CHARS = 300
 
 
 def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
+    return shorten(text, _MAX_ERROR_CHARS)
 
 
 def _describe(err: Exception) -> str:

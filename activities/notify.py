@@ -19,6 +19,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities._text import shorten
 from fleetops.approvals import Notification
 from fleetops.settings import ApprovalSettings
 
@@ -30,8 +31,7 @@ DEFAULT_REMEMBERED_KEYS = 4096
 
 
 def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_BODY_CHARS else text[: _MAX_BODY_CHARS - 3] + "..."
+    return shorten(text, _MAX_BODY_CHARS)
 
 
 def redact_url(url: str) -> str:

@@ -10,6 +10,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities._text import shorten
 from fleetops.checks import SmokeRequest, SmokeResult, SmokeTest, WaitHealthyRequest
 from fleetops.models import ProbeRequest, ProbeResult
 
@@ -17,8 +18,7 @@ _MAX_ERROR_CHARS = 200
 
 
 def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
+    return shorten(text, _MAX_ERROR_CHARS)
 
 
 def _in_flight(response: httpx.Response) -> int:

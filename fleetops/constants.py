@@ -28,6 +28,11 @@ AGENT_ID_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 _AGENT_ID_RE = re.compile(AGENT_ID_PATTERN)
 
 
+def is_agent_id(text: str) -> bool:
+    """Whether ``text`` is a valid agent id (:data:`AGENT_ID_PATTERN`, a DNS label)."""
+    return _AGENT_ID_RE.match(text) is not None
+
+
 def agent_workflow_id(agent_id: str) -> str:
     """Workflow id of an agent's ``AgentLifecycle``.
 
@@ -40,7 +45,7 @@ def agent_workflow_id(agent_id: str) -> str:
     Raises:
         ValueError: ``agent_id`` is not a DNS label.
     """
-    if not _AGENT_ID_RE.match(agent_id):
+    if not is_agent_id(agent_id):
         raise ValueError(
             f"agent_id {agent_id!r} must be a DNS label: lowercase letters, digits and '-', "
             "at most 63 characters, starting and ending with a letter or digit"

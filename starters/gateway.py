@@ -41,9 +41,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from activities.platform import _process
-from activities.platform._routing import GATEWAY_FILE, read_gateway_file, url
+from activities.platform._routing import GATEWAY_FILE, read_gateway_file
 from activities.platform._state import ServiceRecord, StateStore, write_json_atomic
-from activities.platform.base import PlatformError
+from activities.platform.base import PlatformError, url
 from fleetops.settings import Settings
 from starters._balancer import Balancer, Target, Upstream
 from starters._listeners import bind, serve

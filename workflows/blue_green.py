@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         SwitchTrafficRequest,
         other_color,
     )
+    from workflows import lifecycle_calls as calls
     from workflows.analysis_run import run_analysis
     from workflows.approval import ApprovalGate, ApprovalHandlers
     from workflows.blue_green_gate import promotion_request
@@ -134,7 +135,7 @@ class BlueGreenDeployment(ApprovalHandlers):
         except ActivityError as err:  # a step that failed for good, after its retries
             self._outcome, self._message = (
                 "rolled_back",
-                f"{err.activity_type} failed: {_cause(err)}",
+                f"{err.activity_type} failed: {calls.cause(err)}",
             )
             await self._roll_back()
         finally:
@@ -455,10 +456,3 @@ class BlueGreenDeployment(ApprovalHandlers):
             rollback_started_at=t.get("rollback_started_at"),
             switched_back_at=t.get("switched_back_at"),
         )
-
-
-def _cause(err: ActivityError) -> str:
-    cause = err.cause
-    if isinstance(cause, ApplicationError):
-        return f"{cause.type}: {cause.message}" if cause.type else cause.message
-    return str(cause or err)

@@ -8,11 +8,10 @@ Names and labels follow the Kubernetes recommended labels
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
-from activities.platform.base import PlatformError
-from fleetops.constants import AGENT_ID_PATTERN
+from activities.platform.base import PlatformError, url
+from fleetops.constants import is_agent_id
 from fleetops.models import AgentSpec, Color, Replica
 from fleetops.settings import KubernetesSettings
 
@@ -24,7 +23,6 @@ VERSION_LABEL = "fleetops.io/version"
 GENERATION_ANNOTATION = "fleetops.io/generation"
 """On both Services: bumped by every traffic switch."""
 COLORS: tuple[Color, Color] = ("blue", "green")
-_AGENT_ID_RE = re.compile(AGENT_ID_PATTERN)
 
 
 def check_agent_id(agent_id: str) -> str:
@@ -33,7 +31,7 @@ def check_agent_id(agent_id: str) -> str:
     Raises:
         PlatformError: not a DNS label, or longer than 55 characters.
     """
-    if not _AGENT_ID_RE.match(agent_id) or len(f"{agent_id}-preview") > 63:
+    if not is_agent_id(agent_id) or len(f"{agent_id}-preview") > 63:
         raise PlatformError(
             f"agent id {agent_id!r} cannot name Kubernetes objects: use a DNS label of at most "
             "55 characters, so that '<agent>-preview' fits in 63"
@@ -144,7 +142,7 @@ def pod_replica(pod: Any, index: int, color: Color, port: int) -> Replica:
     )
     return Replica(
         index=index,
-        endpoint=f"http://{f'[{ip}]' if ':' in ip else ip}:{port}" if ip else "",
+        endpoint=url(ip, port) if ip else "",
         running=bool(status and status.phase == "Running" and ready),
         color=color,
         version=(pod.metadata.labels or {}).get(VERSION_LABEL),

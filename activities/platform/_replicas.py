@@ -15,9 +15,8 @@ import os
 from datetime import UTC, datetime
 
 from activities.platform import _process, _routing
-from activities.platform._routing import url
 from activities.platform._state import Key, ReplicaRecord, StateStore, file_lock
-from activities.platform.base import PlatformError
+from activities.platform.base import PlatformError, url
 from fleetops.models import AgentSpec, Color, Replica
 from fleetops.settings import LocalPlatformSettings
 

@@ -25,7 +25,7 @@ import httpx
 
 from activities.platform import _process
 from activities.platform._state import ServiceRecord, StateStore, file_lock, write_json_atomic
-from activities.platform.base import PlatformError
+from activities.platform.base import PlatformError, host_port, url
 from fleetops.models import Color, ServiceInfo
 from fleetops.settings import GatewaySettings
 
@@ -38,11 +38,6 @@ TARGETS_FILE = Path("prometheus") / "targets.json"
 GATEWAY_WAIT_SECONDS = 5.0
 """How long ``switch_traffic`` waits for a running gateway to serve the new generation."""
 _GATEWAY_POLL_SECONDS = 0.05
-
-
-def url(host: str, port: int) -> str:
-    """``http://host:port``, with brackets around an IPv6 host."""
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def service_info(agent_id: str, service: ServiceRecord, host: str) -> ServiceInfo:
@@ -230,12 +225,11 @@ async def write_targets(store: StateStore, state_dir: Path) -> None:
                 r = records[key]
                 if not _process.is_alive(r.pid, r.start_time):
                     continue
-                host = f"[{r.host}]" if ":" in r.host else r.host
                 labels = {
                     "fleetops_agent": agent_id,
                     "fleetops_color": r.color,
                     "fleetops_version": r.version,
                     "fleetops_replica": str(r.index),
                 }
-                groups.append({"targets": [f"{host}:{r.port}"], "labels": labels})
+                groups.append({"targets": [host_port(r.host, r.port)], "labels": labels})
         write_json_atomic(path, groups)

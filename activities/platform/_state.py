@@ -25,17 +25,15 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from activities.platform.base import PlatformError
-from fleetops.constants import AGENT_ID_PATTERN
+from fleetops.constants import is_agent_id
 from fleetops.models import Color
 
-_AGENT_ID_RE = re.compile(AGENT_ID_PATTERN)
 _LOCK_POLL_SECONDS = 0.05
 STATE_FORMAT = 2
 """``format`` of ``state.json``: 1 (absent) had no colours, 2 records each replica's colour."""
@@ -142,7 +140,7 @@ class StateStore:
         Raises:
             PlatformError: ``agent_id`` is not a DNS label (it would escape the state directory).
         """
-        if not _AGENT_ID_RE.match(agent_id):
+        if not is_agent_id(agent_id):
             raise PlatformError(f"invalid agent id {agent_id!r}: it must be a DNS label")
         return self.agents_dir / agent_id
 
@@ -151,7 +149,7 @@ class StateStore:
         if not self.agents_dir.is_dir():
             return []
         return sorted(
-            d.name for d in self.agents_dir.iterdir() if _AGENT_ID_RE.match(d.name) and d.is_dir()
+            d.name for d in self.agents_dir.iterdir() if is_agent_id(d.name) and d.is_dir()
         )
 
     def ports_lock(self) -> Path:

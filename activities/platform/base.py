@@ -67,3 +67,13 @@ class Platform(Protocol):
     async def describe_service(self, agent_id: str) -> ServiceInfo | None:
         """The agent's service, or None if it has none."""
         ...
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with brackets around an IPv6 host (RFC 3986 section 3.2.2)."""
+    return f"{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def url(host: str, port: int) -> str:
+    """``http://host:port``, with brackets around an IPv6 host."""
+    return f"http://{host_port(host, port)}"
