@@ -78,7 +78,7 @@ async def fleetops_worker(
                 probes.probe_replicas,
                 probes.wait_healthy,
                 probes.run_smoke_tests,
-                DeploymentActivities(client).claim_agent,
+                DeploymentActivities(client).describe_deployment,
                 notify.send_notification,
                 notify.approver_roles,
                 metrics.measure_metric,

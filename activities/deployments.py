@@ -1,25 +1,32 @@
-"""Activities a deployment uses to talk to the agent's ``AgentLifecycle`` through Temporal.
+"""Activity through which an agent's ``AgentLifecycle`` checks on a deployment it owns.
 
-A workflow cannot send an update to another workflow, so claiming the agent (the per-agent
-deployment lock, answered synchronously by the update's validator) is an activity with a client.
+The deployment is the lifecycle's child. The run that started it awaits the child itself. A
+lifecycle that continues as new leaves its running child behind (Temporal applies the
+parent-close policy per run, so children are started with ``ABANDON``); the next run checks on
+that one execution (pinned by run id) with this activity, once per health interval.
 """
 
 from __future__ import annotations
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.exceptions import ApplicationError
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from fleetops.constants import agent_workflow_id
-from fleetops.models import AgentDeploymentView, DeploymentClaim
+from fleetops.deploy import DeploymentEnd, DeploymentRef, DeploymentStatus
+from fleetops.models import DeploymentClosure
 
-CLAIM_UPDATE = "begin_deployment"
-"""Update of ``AgentLifecycle`` that holds the agent for one deployment."""
+_CLOSED_AS: dict[WorkflowExecutionStatus, DeploymentClosure] = {
+    WorkflowExecutionStatus.COMPLETED: "completed",
+    WorkflowExecutionStatus.FAILED: "failed",
+    WorkflowExecutionStatus.CANCELED: "canceled",
+    WorkflowExecutionStatus.TERMINATED: "terminated",
+    WorkflowExecutionStatus.TIMED_OUT: "timed_out",
+    WorkflowExecutionStatus.CONTINUED_AS_NEW: "unknown",
+}
 
 
 class DeploymentActivities:
-    """Deployment-side calls to ``AgentLifecycle``.
+    """Lifecycle-side calls about deployments.
 
     Args:
         client: a connected Temporal client (the worker's own).
@@ -28,33 +35,36 @@ class DeploymentActivities:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    @activity.defn(name="claim_agent")
-    async def claim_agent(self, agent_id: str, claim: DeploymentClaim) -> AgentDeploymentView:
-        """Hold agent ``agent_id`` for ``claim.deployment_id`` and read its running spec.
+    @activity.defn(name="describe_deployment")
+    async def describe_deployment(self, ref: DeploymentRef) -> DeploymentEnd | None:
+        """Whether deployment ``ref`` has closed, and how.
 
-        Idempotent: the same deployment may claim again.
+        Read-only, so safe to run twice.
+
+        Args:
+            ref: the workflow id and run id of the deployment the agent started.
 
         Returns:
-            The agent as it runs now (spec, state, active colour, replicas, service).
+            None while it runs; else ``closed_as`` (completed, failed, canceled, terminated,
+            timed_out; ``unknown`` when the server no longer has the execution) with the
+            deployment's own ``outcome`` and message when its ``status`` query still answers.
 
         Raises:
-            ApplicationError: ``DeploymentRefused`` (non-retryable) when another deployment holds
-                the agent or it is not serving; ``AgentNotFound`` (non-retryable) when no
-                ``AgentLifecycle`` runs for ``agent_id``.
+            RPCError: the server is unreachable (retryable; Temporal retries the activity).
         """
-        handle = self._client.get_workflow_handle(agent_workflow_id(agent_id))
+        handle = self._client.get_workflow_handle(ref.workflow_id, run_id=ref.run_id)
         try:
-            return await handle.execute_update(CLAIM_UPDATE, claim, result_type=AgentDeploymentView)
-        except WorkflowUpdateFailedError as err:
-            cause = err.cause
-            message = getattr(cause, "message", None) or str(cause or err)
-            raise ApplicationError(message, type="DeploymentRefused", non_retryable=True) from err
+            desc = await handle.describe()
         except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND or "completed" in err.message.lower():
-                raise ApplicationError(
-                    f"agent {agent_id} is not running (no open AgentLifecycle "
-                    f"{agent_workflow_id(agent_id)}); start it first",
-                    type="AgentNotFound",
-                    non_retryable=True,
-                ) from err
-            raise
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            return DeploymentEnd(closed_as="unknown", message=err.message[:500])
+        if desc.status in (None, WorkflowExecutionStatus.RUNNING):
+            return None
+        closed_as = _CLOSED_AS.get(desc.status, "unknown")
+        try:
+            st = await handle.query("status", result_type=DeploymentStatus)
+        except Exception as err:  # a status we cannot read only loses detail
+            activity.logger.warning("status of %s unreadable: %s", ref.workflow_id, err)
+            return DeploymentEnd(closed_as=closed_as)
+        return DeploymentEnd(closed_as=closed_as, outcome=st.outcome, message=st.message[:500])

@@ -70,6 +70,7 @@ from fleetops.approvals import ApprovalDecision, DecisionRequest
 from fleetops.deploy import DeploymentReport, DeploymentRequest, DeploymentStatus
 from fleetops.models import AgentLifecycleInput, AgentSpec, AgentState, Color
 from fleetops.settings import Settings
+from starters import deployments
 from starters.gateway import Gateway
 from worker import fleetops_worker
 from workflows.agent_lifecycle import AgentLifecycle
@@ -225,12 +226,7 @@ class Bench:
         )
 
     async def start(self, req: DeploymentRequest) -> WorkflowHandle[Any, DeploymentReport]:
-        return await self.client.start_workflow(
-            BlueGreenDeployment.run,
-            req,
-            id=f"deploy/{self.agent}/{req.version}",
-            task_queue=self.task_queue,
-        )
+        return await deployments.deploy(self.client, req)
 
     async def promote(self, version: str, stable: Color, new: Color) -> None:
         t0 = time.time()

@@ -51,3 +51,20 @@ def agent_workflow_id(agent_id: str) -> str:
             "at most 63 characters, starting and ending with a letter or digit"
         )
     return f"agent/{agent_id}"
+
+
+def deployment_workflow_id(agent_id: str, version: str) -> str:
+    """Workflow id of a ``BlueGreenDeployment``.
+
+    Args:
+        agent_id: the agent's id (a DNS label).
+        version: the version being deployed (1-63 characters).
+
+    Returns:
+        ``deploy/<agent_id>/<version>``.
+
+    Raises:
+        ValueError: ``agent_id`` is not a DNS label.
+    """
+    agent_workflow_id(agent_id)  # validates the id
+    return f"deploy/{agent_id}/{version}"

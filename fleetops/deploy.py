@@ -24,14 +24,18 @@ from fleetops.approvals import (
 from fleetops.checks import SmokeTest
 from fleetops.constants import AGENT_ID_PATTERN
 from fleetops.models import (
+    AgentSpec,
+    AgentState,
     Color,
+    DeploymentClosure,
     FrozenModel,
+    Replica,
     ServiceInfo,
     StrictModel,
 )
 
 Phase = Literal[
-    "CLAIMING",
+    "STARTING",
     "DEPLOYING_PREVIEW",
     "WAITING_READY",
     "SMOKE_TESTS",
@@ -44,12 +48,15 @@ Phase = Literal[
     "SUCCEEDED",
     "ROLLING_BACK",
     "ROLLED_BACK",
+    "CANCELLED",
 ]
 """Phases of a deployment, in order; each is also the workflow's ``FleetOpsState``."""
 
-Outcome = Literal["promoted", "rolled_back", "aborted", "rejected"]
+Outcome = Literal["promoted", "rolled_back", "aborted", "rejected", "cancelled"]
 """How a deployment ended: the new version is live, or the stable one kept (after a failure,
-an operator ``abort``, or a rejected/timed-out promotion)."""
+an operator ``abort``, a rejected/timed-out promotion, or a cancellation of the workflow; a
+cancellation after the switch was verified finishes the promotion instead, outcome
+``promoted``)."""
 
 
 class Promotion(StrictModel):
@@ -109,9 +116,11 @@ class Promotion(StrictModel):
 
 
 class DeploymentRequest(StrictModel):
-    """Input of ``BlueGreenDeployment`` (workflow id ``deploy/<agent_id>/<version>``).
+    """A deployment an operator asks for: payload of ``AgentLifecycle``'s ``deploy`` update.
 
-    ``command``/``image``/``env``/``replicas`` default to the running spec's. Delays are seconds.
+    The agent starts it as its child ``BlueGreenDeployment`` (workflow id
+    ``deploy/<agent_id>/<version>``). ``command``/``image``/``env``/``replicas`` default to the
+    running spec's. Delays are seconds.
     """
 
     agent_id: str = Field(pattern=AGENT_ID_PATTERN)
@@ -130,6 +139,7 @@ class DeploymentRequest(StrictModel):
         30.0, ge=0, description="New colour kept this long after a rollback."
     )
     ready_timeout_seconds: float = Field(300.0, gt=0, description="Bound on WAITING_READY.")
+    requested_by: str = Field("", max_length=200, description="Who asked; kept in the record.")
 
     @model_validator(mode="after")
     def _check(self) -> DeploymentRequest:
@@ -142,6 +152,79 @@ class DeploymentRequest(StrictModel):
         ):
             raise ValueError("preview_replicas must be <= replicas")
         return self
+
+
+def new_spec(running: AgentSpec, req: DeploymentRequest) -> AgentSpec:
+    """The spec a deployment runs on the new colour: the running spec with the request's changes.
+
+    Args:
+        running: the agent's spec now (the stable side).
+        req: the deployment; its ``version`` always applies, ``command``/``image`` (together),
+            ``env`` and ``replicas`` when given.
+
+    Returns:
+        The validated new spec.
+
+    Raises:
+        ValueError: the result is not a valid :class:`AgentSpec` (e.g. ``replicas`` outside the
+            agent's bounds); the message names the field.
+    """
+    changes: dict[str, object] = {"version": req.version}
+    if req.command is not None or req.image is not None:
+        changes["command"], changes["image"] = req.command, req.image
+    if req.env is not None:
+        changes["env"] = req.env
+    if req.replicas is not None:
+        changes["replicas"] = req.replicas
+    return AgentSpec.model_validate({**running.model_dump(), **changes})
+
+
+class AgentDeploymentView(FrozenModel):
+    """The agent as it ran when the deployment started (its stable side)."""
+
+    spec: AgentSpec
+    state: AgentState
+    active_color: Color
+    replicas: list[Replica]
+    service: ServiceInfo | None = None
+
+
+class DeploymentRun(FrozenModel):
+    """Input of ``BlueGreenDeployment``, set by the agent's ``AgentLifecycle`` only.
+
+    The workflow refuses to run unless its parent is ``agent/<request.agent_id>``, so a client
+    cannot start a deployment with a made-up ``stable`` side.
+    """
+
+    request: DeploymentRequest
+    stable: AgentDeploymentView
+
+
+class DeploymentStarted(FrozenModel):
+    """Answer of the ``deploy`` update: the child deployment has started."""
+
+    deployment_id: str
+    run_id: str
+    agent_id: str
+    version: str
+    stable_version: str
+    stable_color: Color
+    new_color: Color
+
+
+class DeploymentRef(FrozenModel):
+    """One execution of a deployment workflow (id and run id)."""
+
+    workflow_id: str
+    run_id: str
+
+
+class DeploymentEnd(FrozenModel):
+    """How a deployment workflow closed (activity ``wait_deployment``)."""
+
+    closed_as: DeploymentClosure
+    outcome: Outcome | None = Field(None, description="Its own outcome, when it recorded one.")
+    message: str = ""
 
 
 class AbortRequest(StrictModel):

@@ -238,6 +238,46 @@ class ReplicaHealth(FrozenModel):
     last_error: str | None = None
 
 
+# --- deployments an agent owns --------------------------------------------------------------
+
+DeploymentClosure = Literal["completed", "failed", "canceled", "terminated", "timed_out", "unknown"]
+"""How a deployment workflow closed, as Temporal reports it (``unknown``: its history is gone)."""
+
+
+class DeploymentRecord(FrozenModel):
+    """A deployment the agent's ``AgentLifecycle`` started as its child, kept in its own state.
+
+    The lifecycle adopts ``spec`` only if, when the deployment ends, the platform's Service
+    really serves ``new_color``; nothing in it comes from a message another client can send.
+    """
+
+    deployment_id: str = Field(description="Workflow id, deploy/<agent>/<version>.")
+    run_id: str = Field(description="Run id of the child (pins the execution the agent owns).")
+    version: str
+    spec: AgentSpec = Field(description="The spec the deployment runs on the new colour.")
+    stable_spec: AgentSpec = Field(description="The spec the agent ran when it started.")
+    stable_version: str
+    stable_color: Color
+    new_color: Color
+    abort_scale_down_delay_seconds: float = Field(
+        ge=0, description="Seconds the losing colour is kept after an abnormal end."
+    )
+    started_at: datetime
+    requested_by: str = ""
+
+
+class DeploymentEnded(FrozenModel):
+    """How the agent's last deployment ended and what the agent reconciled to (``status``)."""
+
+    deployment_id: str
+    closed_as: DeploymentClosure
+    outcome: str | None = Field(None, description="The deployment's own outcome, if it said.")
+    active_color: Color = Field(description="Colour the Service serves after reconciliation.")
+    version: str = Field(description="The agent's version after reconciliation.")
+    at: datetime
+    message: str = ""
+
+
 class AgentCounters(StrictModel):
     """Running totals, carried across continue-as-new."""
 
@@ -266,6 +306,10 @@ class AgentStatus(FrozenModel):
     active_color: Color = "blue"
     service: ServiceInfo | None = None
     deployment_id: str | None = Field(None, description="Deployment in progress, if any.")
+    deployment: DeploymentRecord | None = Field(None, description="The deployment in progress.")
+    last_deployment: DeploymentEnded | None = Field(
+        None, description="How the last deployment ended and what the agent reconciled to."
+    )
 
 
 class AgentReport(FrozenModel):
@@ -296,7 +340,11 @@ class LifecycleCarry(FrozenModel):
     last_rejection: str | None = None
     active_color: Color = "blue"
     service: ServiceInfo | None = None
-    deployment_id: str | None = None
+    deployment_id: str | None = Field(None, description="Unused; kept so old carries decode.")
+    deployment: DeploymentRecord | None = None
+    last_deployment: DeploymentEnded | None = None
+    cleanup_color: Color | None = Field(None, description="Colour to scale down at cleanup_at.")
+    cleanup_at: datetime | None = None
 
 
 class AgentLifecycleInput(AgentSpec):
@@ -357,34 +405,3 @@ class ProbeRequest(FrozenModel):
     endpoints: list[str]
     path: str = "/health"
     timeout_seconds: float = Field(2.0, gt=0)
-
-
-# --- deployment hand-off between BlueGreenDeployment and AgentLifecycle ------------------
-
-
-class DeploymentClaim(FrozenModel):
-    """Sent by a deployment to the agent's ``AgentLifecycle`` (update ``begin_deployment``)."""
-
-    deployment_id: str
-    version: str
-
-
-class AgentDeploymentView(FrozenModel):
-    """What ``begin_deployment`` answers: the agent as it runs now."""
-
-    spec: AgentSpec
-    state: AgentState
-    active_color: Color
-    replicas: list[Replica]
-    service: ServiceInfo | None = None
-
-
-class DeploymentOutcome(FrozenModel):
-    """Sent to ``AgentLifecycle`` (signal ``end_deployment``) when a deployment ends."""
-
-    deployment_id: str
-    promoted: bool
-    spec: AgentSpec | None = Field(None, description="The new spec when promoted.")
-    active_color: Color
-    replicas: list[Replica] = Field(default_factory=list)
-    service: ServiceInfo | None = None

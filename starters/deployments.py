@@ -5,6 +5,9 @@
     await approve(client, handle.id, approver="alice", comment="canary looks good")
     report = await handle.result()
 
+A deployment is started by the agent it changes (update ``deploy`` of ``agent/<agent_id>``),
+which owns it as its child workflow and reconciles from the platform however it ends.
+
 Approvals work on any FleetOps workflow that waits for a human (they all share the gate), so
 ``approve``/``reject`` take a workflow id, and ``approvals_inbox`` lists every pending request.
 """
@@ -12,20 +15,27 @@ Approvals work on any FleetOps workflow that waits for a human (they all share t
 from __future__ import annotations
 
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from fleetops.approvals import ApprovalDecision, DecisionRequest, PendingApproval
-from fleetops.constants import AGENT_ID_KEY, AWAITING_APPROVAL_KEY, TASK_QUEUE
-from fleetops.deploy import AbortRequest, DeploymentRequest, DeploymentStatus
+from fleetops.constants import AGENT_ID_KEY, AWAITING_APPROVAL_KEY, agent_workflow_id
+from fleetops.deploy import (
+    AbortRequest,
+    DeploymentReport,
+    DeploymentRequest,
+    DeploymentStarted,
+    DeploymentStatus,
+)
 from fleetops.models import FrozenModel
-from starters.agents import FleetOpsClientError
+from starters.agents import AgentNotFoundError, FleetOpsClientError
+from workflows.agent_lifecycle import AgentLifecycle
 from workflows.blue_green import BlueGreenDeployment
 
 
-class DeploymentAlreadyRunningError(FleetOpsClientError):
-    """A deployment with this workflow id (same agent and version) is already running."""
+class DeploymentRefusedError(FleetOpsClientError):
+    """The agent refused the deployment (one in progress, not serving, same version, a change
+    that does not fit its spec); nothing was started."""
 
 
 class WorkflowNotFoundError(FleetOpsClientError):
@@ -36,45 +46,40 @@ class ApprovalRefusedError(FleetOpsClientError):
     """The gate refused the decision (not allowed, or nothing pending); nothing was recorded."""
 
 
-def deployment_workflow_id(agent_id: str, version: str) -> str:
-    """``deploy/<agent_id>/<version>``."""
-    return f"deploy/{agent_id}/{version}"
-
-
-async def deploy(
-    client: Client, req: DeploymentRequest, *, task_queue: str = TASK_QUEUE
-) -> WorkflowHandle:
-    """Start a ``BlueGreenDeployment``.
+async def deploy(client: Client, req: DeploymentRequest) -> WorkflowHandle:
+    """Ask agent ``req.agent_id`` to start a ``BlueGreenDeployment`` (update ``deploy``).
 
     Args:
         client: a connected client (:func:`fleetops.client.connect`).
         req: the deployment (JSON field names as in the README); validated by pydantic.
-        task_queue: the worker's task queue.
 
     Returns:
-        The workflow handle (``handle.result()`` gives the :class:`DeploymentReport`).
+        The deployment's workflow handle, pinned to the run the agent started
+        (``handle.result()`` gives the :class:`DeploymentReport`).
 
     Raises:
-        DeploymentAlreadyRunningError: the same agent and version is being deployed. A
-            deployment of another version of a busy agent starts, then fails at once with
-            ``DeploymentRefused`` (the agent allows one deployment at a time).
-        RPCError: the server refused the start for another reason.
+        AgentNotFoundError: no open ``AgentLifecycle`` for ``req.agent_id``.
+        DeploymentRefusedError: the agent's validator refused it (nothing was written to
+            history), or a workflow with the deployment's id is already running.
+        RPCError: the server refused the call for another reason.
     """
-    wid = deployment_workflow_id(req.agent_id, req.version)
+    wid = agent_workflow_id(req.agent_id)
     try:
-        return await client.start_workflow(
-            BlueGreenDeployment.run,
-            req,
-            id=wid,
-            task_queue=task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        )
-    except WorkflowAlreadyStartedError:
-        raise DeploymentAlreadyRunningError(
-            f"{wid} is already running; follow it with `fleetops deploy-status {wid}` "
-            f"or stop it with `fleetops abort {wid}`"
-        ) from None
+        started = await client.get_workflow_handle(wid).execute_update(AgentLifecycle.deploy, req)
+    except WorkflowUpdateFailedError as err:
+        cause = err.cause
+        message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+        raise DeploymentRefusedError(message) from None
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND or "completed" in err.message.lower():
+            raise AgentNotFoundError(
+                f"agent {req.agent_id} is not running (no open workflow {wid}); start it with "
+                f"fleetops agent start {req.agent_id}"
+            ) from None
+        raise
+    return client.get_workflow_handle(
+        started.deployment_id, run_id=started.run_id, result_type=DeploymentReport
+    )
 
 
 async def approve(
@@ -128,7 +133,47 @@ async def abort(
             "abort", AbortRequest(reason=reason, requested_by=requested_by)
         )
     except RPCError as err:
-        raise _not_found(workflow_id, err) from None
+        found = _not_found(workflow_id, err)
+        if isinstance(found, WorkflowNotFoundError):
+            raise WorkflowNotFoundError(await closed_deployment_text(client, workflow_id)) from None
+        raise found from None
+
+
+async def closed_deployment_text(client: Client, workflow_id: str) -> str:
+    """Say how a closed deployment ended and what its agent reconciled to.
+
+    Args:
+        client: a connected client.
+        workflow_id: ``deploy/<agent>/<version>``.
+
+    Returns:
+        One or two sentences: the workflow's close status and time (or that none exists), and
+        the agent's ``last_deployment`` record when it is about this deployment.
+    """
+    try:
+        desc = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError:
+        return f"no deployment {workflow_id} (no workflow with that id)"
+    status = desc.status.name if desc.status else "UNKNOWN"
+    when = desc.close_time.isoformat(timespec="seconds") if desc.close_time else "?"
+    text = f"{workflow_id} is not open: it closed as {status} at {when}"
+    parts = workflow_id.split("/")
+    if len(parts) != 3:
+        return text
+    try:
+        st = await client.get_workflow_handle(agent_workflow_id(parts[1])).query(
+            AgentLifecycle.status
+        )
+    except (RPCError, ValueError):
+        return text + f"; agent {parts[1]} is not running"
+    last = st.last_deployment
+    if last is None or last.deployment_id != workflow_id:
+        return text
+    outcome = f", outcome {last.outcome}" if last.outcome else ""
+    return (
+        text + f"{outcome}. Agent {parts[1]} reconciled at {last.at.isoformat(timespec='seconds')}"
+        f": the Service serves {last.active_color}, the agent runs {last.version}"
+    )
 
 
 async def deployment_status(client: Client, workflow_id: str) -> DeploymentStatus:

@@ -110,6 +110,10 @@ class ColorPlatform:
     async def describe_service(self, agent_id: str) -> ServiceInfo | None:
         return self.services.get(agent_id)
 
+    @activity.defn(name="list_replicas")
+    async def list_replicas(self, agent_id: str) -> list[Replica]:
+        return [r for (a, _), rs in sorted(self.replicas.items()) if a == agent_id for r in rs]
+
     @activity.defn(name="probe_replicas")
     async def probe(self, req: ProbeRequest) -> list[ProbeResult]:
         return [ProbeResult(endpoint=e, healthy=True) for e in req.endpoints]
@@ -151,6 +155,7 @@ class ColorPlatform:
             self.scale_down,
             self.switch,
             self.describe_service,
+            self.list_replicas,
             self.probe,
             self.wait_healthy,
             self.smoke,

@@ -1,11 +1,16 @@
-"""BlueGreenDeployment on the time-skipping server: promotion, rollback of every phase, abort.
+"""BlueGreenDeployment on the time-skipping server: promotion, rollback of every phase, abort,
+cancel and terminate, and the agent that owns each deployment.
 
-The real AgentLifecycle and the real claim activity run beside the deployment; the platform,
-probes and metrics are the in-memory stand-ins of tests/standins.py.
+The real AgentLifecycle (which starts every deployment as its child) and the real
+``wait_deployment`` activity run beside the deployment; the platform, probes and metrics are the
+in-memory stand-ins of tests/standins.py. Every test ends by checking the cross-workflow
+invariant (:func:`assert_consistent`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,8 +31,15 @@ from activities.deployments import DeploymentActivities
 from activities.notify import NotifyActivities
 from fleetops.approvals import ApprovalDecision, DecisionRequest
 from fleetops.deploy import AbortRequest, DeploymentReport, DeploymentRequest
-from fleetops.models import AgentLifecycleInput, AgentSpec, AgentStatus
+from fleetops.models import (
+    AgentLifecycleInput,
+    AgentSpec,
+    AgentStatus,
+    TransitionRequest,
+    TransitionResult,
+)
 from fleetops.settings import ApprovalSettings
+from starters import deployments
 from tests.conftest import assert_eventually, new_worker
 from tests.standins import ColorPlatform
 from workflows.agent_lifecycle import AgentLifecycle
@@ -39,8 +51,12 @@ OPENED: list[WorkflowHandle] = []
 
 
 @pytest.fixture
-def env(isolated_env: WorkflowEnvironment) -> WorkflowEnvironment:
-    return isolated_env
+def env(request: pytest.FixtureRequest) -> WorkflowEnvironment:
+    """A fresh time-skipping server per test; ``dev`` (indirect parameter): the dev server, for
+    what the time-skipping server does not do (it never tells a parent its child was
+    terminated)."""
+    name = "dev_env" if getattr(request, "param", None) == "dev" else "isolated_env"
+    return request.getfixturevalue(name)
 
 
 @pytest.fixture
@@ -57,7 +73,7 @@ async def worker(env: WorkflowEnvironment, platform: ColorPlatform) -> AsyncIter
             workflows=[AgentLifecycle, BlueGreenDeployment],
             activities=[
                 *platform.activities(),
-                DeploymentActivities(env.client).claim_agent,
+                DeploymentActivities(env.client).describe_deployment,
                 notify.send_notification,
                 notify.approver_roles,
             ],
@@ -71,14 +87,16 @@ async def worker(env: WorkflowEnvironment, platform: ColorPlatform) -> AsyncIter
                     await h.terminate("test finished")
 
 
-async def start_agent(env: WorkflowEnvironment, worker: Worker) -> tuple[str, WorkflowHandle]:
+async def start_agent(
+    env: WorkflowEnvironment, worker: Worker, *, interval: float = 3600
+) -> tuple[str, WorkflowHandle]:
     agent = f"bg-{uuid.uuid4().hex[:8]}"
     spec = AgentSpec(
         agent_id=agent,
         command=["agent"],
         replicas=2,
         version="v1",
-        health={"interval_seconds": 3600},  # a virtual day of rounds would be real work
+        health={"interval_seconds": interval},  # a virtual day of rounds would be real work
     )
     h = await env.client.start_workflow(
         AgentLifecycle.run,
@@ -97,15 +115,51 @@ async def start_agent(env: WorkflowEnvironment, worker: Worker) -> tuple[str, Wo
 
 
 async def deploy(env: WorkflowEnvironment, worker: Worker, agent: str, **kw: Any) -> WorkflowHandle:
+    """Ask the agent to deploy (update ``deploy``); the handle of the child it started."""
     req = DeploymentRequest.model_validate({"agent_id": agent, "version": "v2", **kw})
-    h = await env.client.start_workflow(
-        BlueGreenDeployment.run,
-        req,
-        id=f"deploy/{agent}/{req.version}",
-        task_queue=worker.task_queue,
-    )
+    h = await deployments.deploy(env.client, req)
     OPENED.append(h)
     return h
+
+
+async def finish(env: WorkflowEnvironment, h: WorkflowHandle, timeout: float = 120.0) -> Any:
+    """The deployment's result, skipping virtual time while waiting, within a real deadline.
+
+    A handle the agent's update hands back is not one the test environment started, so its
+    ``result()`` would not unlock time skipping by itself.
+    """
+    unlocked = getattr(env, "time_skipping_unlocked", None)
+    async with unlocked() if unlocked is not None else contextlib.nullcontext():
+        return await asyncio.wait_for(h.result(), timeout)
+
+
+async def assert_consistent(
+    platform: ColorPlatform,
+    agent: str,
+    lifecycle: WorkflowHandle,
+    *,
+    version: str,
+    timeout: float = 10.0,
+) -> AgentStatus:
+    """The cross-workflow invariant once no deployment runs, within a deadline.
+
+    The Service's active colour is the agent's; only that colour runs; the agent's version is
+    the version label of the active replicas; no preview is left; the agent holds no deployment.
+    """
+
+    async def check() -> AgentStatus:
+        st = await agent_status(lifecycle)
+        assert st.deployment is None and st.deployment_id is None
+        svc = platform.services[agent]
+        assert svc.active_color == st.active_color and svc.preview_color is None
+        running = {c for c in ("blue", "green") if platform.running(agent, c)}
+        assert running == {st.active_color}, running
+        labels = {r.version for r in platform.replicas[(agent, st.active_color)]}
+        assert labels == {st.version} == {version}, labels
+        assert {r.color for r in st.replicas} == {st.active_color}
+        return st
+
+    return await assert_eventually(check, timeout=timeout)
 
 
 async def agent_status(h: WorkflowHandle) -> AgentStatus:
@@ -127,8 +181,9 @@ async def assert_rolled_back(
     assert report.active_version == "v1" and report.active_color == "blue"
     assert platform.services[agent].active_color == "blue"
     assert platform.running(agent, "green") == 0 and platform.running(agent, "blue") == 2
-    st = await agent_status(lifecycle)
-    assert st.version == "v1" and st.active_color == "blue" and st.deployment_id is None
+    st = await assert_consistent(platform, agent, lifecycle, version="v1")
+    assert st.active_color == "blue"
+    assert st.last_deployment is not None and st.last_deployment.closed_as == "completed"
     assert [p.phase for p in report.phases][-2:] == ["ROLLING_BACK", "ROLLED_BACK"]
 
 
@@ -139,16 +194,15 @@ async def test_auto_promotion_after_delay(env, worker, platform) -> None:
         promotion={"mode": "auto", "auto_promote_after_seconds": 600},
         scale_down_delay_seconds=120,
     )  # fmt: skip
-    report: DeploymentReport = await h.result()
+    report: DeploymentReport = await finish(env, h)
     assert report.outcome == "promoted" and report.active_color == "green"
     waited = {p.phase: p for p in report.phases}["AWAITING_PROMOTION"]
     assert waited.ended_at is not None
     assert (waited.ended_at - waited.started_at).total_seconds() >= 600
     assert platform.services[agent].active_color == "green"
     assert platform.running(agent, "blue") == 0 and platform.running(agent, "green") == 2
-    st = await agent_status(lifecycle)
-    assert st.version == "v2" and st.active_color == "green" and st.deployment_id is None
-    assert {r.color for r in st.replicas} == {"green"}
+    st = await assert_consistent(platform, agent, lifecycle, version="v2")
+    assert st.active_color == "green" and st.counters.deployments == 1
 
 
 async def test_manual_promotion_waits_days_then_applies_timeout_outcome(
@@ -162,20 +216,21 @@ async def test_manual_promotion_waits_days_then_applies_timeout_outcome(
     await wait_phase(h, "AWAITING_PROMOTION")
     await env.sleep(DAY)
     assert (await h.query(BlueGreenDeployment.status)).phase == "AWAITING_PROMOTION"
-    report: DeploymentReport = await h.result()
+    report: DeploymentReport = await finish(env, h)
     assert report.outcome == "rejected"
     assert report.approvals[-1].outcome == "timed_out"
     await assert_rolled_back(platform, agent, lifecycle, report)
 
 
 async def test_timeout_outcome_proceed_promotes(env, worker, platform) -> None:
-    agent, _ = await start_agent(env, worker)
+    agent, lifecycle = await start_agent(env, worker)
     h = await deploy(
         env, worker, agent,
         promotion={"approval_timeout_seconds": 3600, "timeout_outcome": "proceed"},
     )  # fmt: skip
-    report: DeploymentReport = await h.result()
+    report: DeploymentReport = await finish(env, h)
     assert report.outcome == "promoted"
+    await assert_consistent(platform, agent, lifecycle, version="v2")
 
 
 async def test_validator_refuses_unauthorised_approver(env, worker, platform) -> None:
@@ -195,10 +250,10 @@ async def test_validator_refuses_unauthorised_approver(env, worker, platform) ->
         result_type=ApprovalDecision,
     )
     assert decision.approver == "bob" and decision.approver_roles == ["sre"]
-    report: DeploymentReport = await h.result()
+    report: DeploymentReport = await finish(env, h)
     assert report.outcome == "promoted"
     assert report.approvals[-1].comment == "metrics look fine"
-    assert (await agent_status(lifecycle)).version == "v2"
+    await assert_consistent(platform, agent, lifecycle, version="v2")
 
 
 @pytest.mark.parametrize(
@@ -231,7 +286,7 @@ async def test_failure_in_each_phase_rolls_back(env, worker, platform, failing, 
     else:
         platform.fail.add(failing)
     h = await deploy(env, worker, agent, **kw)
-    report: DeploymentReport = await h.result()
+    report: DeploymentReport = await finish(env, h)
     assert report.outcome == "rolled_back", report.message
     await assert_rolled_back(platform, agent, lifecycle, report)
     if failing == "post_analysis":
@@ -262,14 +317,14 @@ async def test_abort_in_phase_rolls_back(env, worker, platform, phase) -> None:
     await h.signal(
         BlueGreenDeployment.abort, AbortRequest(reason="pager went off", requested_by="carol")
     )
-    report: DeploymentReport = await h.result()  # the hung activity is cancelled by the abort
+    report: DeploymentReport = await finish(env, h)  # the hung activity is cancelled by the abort
     platform.release.set()
     assert report.outcome == "aborted" and "carol" in report.message and phase in report.message
     await assert_rolled_back(platform, agent, lifecycle, report)
 
 
 async def test_inconclusive_analysis_goes_to_approval(env, worker, platform) -> None:
-    agent, _ = await start_agent(env, worker)
+    agent, lifecycle = await start_agent(env, worker)
     h = await deploy(
         env, worker, agent,
         promotion={"mode": "auto"},
@@ -283,33 +338,180 @@ async def test_inconclusive_analysis_goes_to_approval(env, worker, platform) -> 
     pending = await h.query("pending_approval")
     assert "inconclusive" in pending["question"].lower()
     await h.execute_update("decide", DecisionRequest(approver="dave", approved=False))
-    report: DeploymentReport = await h.result()
+    report: DeploymentReport = await finish(env, h)
     assert report.outcome == "rejected"
+    await assert_rolled_back(platform, agent, lifecycle, report)
 
 
 async def test_concurrent_deployment_refused(env, worker, platform) -> None:
-    agent, _ = await start_agent(env, worker)
+    agent, lifecycle = await start_agent(env, worker)
     first = await deploy(env, worker, agent)
     await wait_phase(first, "AWAITING_PROMOTION")
-    second = await deploy(env, worker, agent, version="v3")
-    with pytest.raises(WorkflowFailureError) as exc:
-        await second.result()
-    cause = exc.value.cause
-    assert isinstance(cause, ApplicationError) and cause.type == "DeploymentRefused"
-    assert first.id in cause.message
+    with pytest.raises(deployments.DeploymentRefusedError, match=first.id):
+        await deploy(env, worker, agent, version="v3")
     await first.signal(BlueGreenDeployment.abort, AbortRequest(reason="done testing"))
-    assert (await first.result()).outcome == "aborted"
+    assert (await finish(env, first)).outcome == "aborted"
+    await assert_consistent(platform, agent, lifecycle, version="v1")
 
 
-async def test_inconsistent_promotion_rejected_at_start(env, worker) -> None:
-    h = await env.client.start_workflow(
-        "BlueGreenDeployment",
-        {"agent_id": "x", "version": "v2", "promotion": {"mode": "auto", "approvers": ["alice"]}},
-        id=f"deploy/x/{uuid.uuid4().hex[:6]}",
-        task_queue=worker.task_queue,
-    )
-    with pytest.raises(WorkflowFailureError) as exc:
-        await h.result()
+async def test_deploying_the_running_version_is_refused(env, worker, platform) -> None:
+    agent, lifecycle = await start_agent(env, worker)
+    with pytest.raises(deployments.DeploymentRefusedError, match="already runs v1"):
+        await deploy(env, worker, agent, version="v1")
+    assert (await agent_status(lifecycle)).deployment is None
+
+
+async def test_inconsistent_promotion_refused_by_the_agent(env, worker) -> None:
+    _, lifecycle = await start_agent(env, worker)
+    bad = {"agent_id": "x", "version": "v2", "promotion": {"mode": "auto", "approvers": ["a"]}}
+    with pytest.raises(WorkflowUpdateFailedError) as exc:
+        await lifecycle.execute_update("deploy", bad)
     cause = exc.value.cause
     assert isinstance(cause, ApplicationError) and cause.type == "InvalidInput"
     assert "promotion.approvers applies only to mode 'manual'" in cause.message
+
+
+@pytest.mark.parametrize("env", ["dev"], indirect=True)  # the test server fails on unknown updates
+async def test_deployment_started_by_a_client_refuses_to_run(env, worker, platform) -> None:
+    """A forged start (not the agent's child) changes nothing, whatever its input claims."""
+    agent, lifecycle = await start_agent(env, worker)
+    before = await agent_status(lifecycle)
+    forged = {
+        "request": {"agent_id": agent, "version": "v666"},
+        "stable": {**before.model_dump(include={"state", "active_color"}),
+                   "spec": {"agent_id": agent, "env": {"FAULT": "1"}}, "replicas": []},
+    }  # fmt: skip
+    h = await env.client.start_workflow(
+        "BlueGreenDeployment", forged, id=f"deploy/{agent}/v666", task_queue=worker.task_queue
+    )
+    with pytest.raises(WorkflowFailureError) as exc:
+        await finish(env, h)
+    cause = exc.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "DeploymentRefused"
+    assert f"agent/{agent} --name deploy" in cause.message
+    # the old hand-off messages are gone, and the change hint takes nothing from its payload
+    with pytest.raises(WorkflowUpdateFailedError) as refused:  # no such handler any more
+        await lifecycle.execute_update("begin_deployment", {"deployment_id": "x", "version": "v6"})
+    assert "begin_deployment" in str(refused.value.cause)
+    await lifecycle.signal("deployment_changed", {"promoted": True, "spec": {"version": "v666"}})
+    st = await agent_status(lifecycle)
+    assert st.version == "v1" and st.active_color == "blue" and st.deployment is None
+    assert [c for c in platform.calls if c[0] != "provision_replicas"] == []
+    await assert_consistent(platform, agent, lifecycle, version="v1")
+
+
+@pytest.mark.parametrize("env", ["dev"], indirect=True)
+async def test_terminated_deployment_is_reconciled_by_the_agent(env, worker, platform) -> None:
+    """Terminate runs no code: the agent notices, keeps the colour the Service serves, scales
+    the other one down after the abort delay, and accepts actions again."""
+    agent, lifecycle = await start_agent(env, worker)
+    h = await deploy(env, worker, agent, abort_scale_down_delay_seconds=5)
+    await wait_phase(h, "AWAITING_PROMOTION")
+    assert platform.running(agent, "green") == 2
+    await h.terminate("operator pulled the plug")
+
+    async def released() -> AgentStatus:
+        st = await agent_status(lifecycle)
+        assert st.deployment is None and st.last_deployment is not None
+        return st
+
+    st = await assert_eventually(released)
+    assert st.last_deployment.closed_as == "terminated"
+    assert st.last_deployment.active_color == "blue" and st.version == "v1"
+    assert any(h.id in t.reason and "terminated" in t.reason for t in st.transitions)
+    assert platform.running(agent, "green") == 2  # kept for the abort delay
+    await assert_consistent(platform, agent, lifecycle, version="v1", timeout=30)
+    assert platform.services[agent].preview_color is None
+    text = await deployments.closed_deployment_text(env.client, h.id)
+    assert "TERMINATED" in text and "serves blue" in text and "runs v1" in text
+    # the agent is not locked: actions and the next deployment work
+    await lifecycle.execute_update(
+        "transition", TransitionRequest(action="scale", replicas=3), result_type=TransitionResult
+    )
+    nxt = await deploy(env, worker, agent, version="v7", promotion={"mode": "auto"})
+    assert (await finish(env, nxt)).outcome == "promoted"
+    await assert_consistent(platform, agent, lifecycle, version="v7")
+
+
+async def test_terminated_after_switch_keeps_what_the_service_serves(env, worker, platform) -> None:
+    agent, lifecycle = await start_agent(env, worker, interval=2)
+    h = await deploy(
+        env, worker, agent,
+        promotion={"mode": "auto"},
+        post_promotion_analysis={"metrics": [
+            {"name": "rate", "builtin": "request_rate", "success_condition": "result >= 0",
+             "interval_seconds": 3600, "count": 5}]},
+        abort_scale_down_delay_seconds=1,
+    )  # fmt: skip
+    await wait_phase(h, "POST_PROMOTION_ANALYSIS")
+    await env.client.get_workflow_handle(h.id).terminate("mid-analysis")
+    st = await assert_consistent(platform, agent, lifecycle, version="v2", timeout=30)
+    assert st.active_color == "green" and st.last_deployment.closed_as == "terminated"
+
+
+@pytest.mark.parametrize("phase", ["AWAITING_PROMOTION", "POST_PROMOTION_ANALYSIS"])
+async def test_cancel_rolls_back_and_ends_canceled(env, worker, platform, phase) -> None:
+    agent, lifecycle = await start_agent(env, worker)
+    kw: dict[str, Any] = {"scale_down_delay_seconds": 60}
+    if phase == "POST_PROMOTION_ANALYSIS":
+        kw["promotion"] = {"mode": "auto"}
+        kw["post_promotion_analysis"] = {"metrics": [
+            {"name": "rate", "builtin": "request_rate", "success_condition": "result >= 0",
+             "interval_seconds": 3600, "count": 5}]}  # fmt: skip
+    h = await deploy(env, worker, agent, **kw)
+    await wait_phase(h, phase)
+    await h.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await finish(env, h)
+    assert (await h.describe()).status == WorkflowExecutionStatus.CANCELED
+    st = await h.query(BlueGreenDeployment.status)
+    assert st.outcome == "cancelled" and st.phase == "CANCELLED" and phase in st.message
+    assert platform.services[agent].active_color == "blue"
+    agent_st = await assert_consistent(platform, agent, lifecycle, version="v1")
+    assert agent_st.last_deployment.closed_as == "canceled"
+
+
+async def test_cancel_after_verified_switch_finishes_the_promotion(env, worker, platform) -> None:
+    agent, lifecycle = await start_agent(env, worker)
+    h = await deploy(env, worker, agent, promotion={"mode": "auto"}, scale_down_delay_seconds=60)
+    await wait_phase(h, "SCALING_DOWN_OLD")
+    await h.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await finish(env, h)
+    st = await h.query(BlueGreenDeployment.status)
+    assert st.outcome == "promoted" and "verified" in st.message
+    await assert_consistent(platform, agent, lifecycle, version="v2")
+
+
+async def test_failed_post_analysis_switches_back_before_scaling_down(
+    env, worker, platform
+) -> None:
+    """The compensations run in reverse: traffic back to blue first, then green scaled down."""
+    agent, lifecycle = await start_agent(env, worker)
+    platform.metric_values["errors"] = [0.01, 0.4]
+    h = await deploy(
+        env, worker, agent,
+        promotion={"mode": "auto"},
+        post_promotion_analysis={"metrics": [
+            {"name": "errors", "builtin": "error_rate", "success_condition": "result < 0.05",
+             "interval_seconds": 10, "count": 2}]},
+    )  # fmt: skip
+    report: DeploymentReport = await finish(env, h)
+    assert report.outcome == "rolled_back"
+    steps = [c for c in platform.calls if c[0] in ("switch_traffic", "scale_down_color")]
+    back = steps.index(("switch_traffic", ("blue", None)))
+    down = steps.index(("scale_down_color", "green"))
+    assert back < down, steps
+    assert steps[back - 1] == ("switch_traffic", ("green", None))  # the switch it undoes
+    await assert_rolled_back(platform, agent, lifecycle, report)
+
+
+async def test_shutdown_during_deployment_cancels_it(env, worker, platform) -> None:
+    agent, lifecycle = await start_agent(env, worker)
+    h = await deploy(env, worker, agent)
+    await wait_phase(h, "AWAITING_PROMOTION")
+    await lifecycle.signal(AgentLifecycle.shutdown, {"reason": "decommission"})
+    report = await lifecycle.result()
+    assert report.final_state == "TERMINATED"
+    assert (await h.describe()).status == WorkflowExecutionStatus.CANCELED
+    assert platform.running(agent, "blue") == 0 and platform.running(agent, "green") == 0

@@ -312,11 +312,12 @@ async def run_scenario(
             "ready_timeout_seconds": 60,
         }
         v2_started = time.monotonic()
-        await temporal(
+        out = await temporal(
             dev_env,
-            "workflow", "start", "--task-queue", task_queue, "--type", "BlueGreenDeployment",
-            "--workflow-id", v2_id, "--input", json.dumps(v2_request),
+            "workflow", "update", "execute", "--workflow-id", f"agent/{agent}", "--name",
+            "deploy", "--input", json.dumps(v2_request),
         )  # fmt: skip
+        assert v2_id in out, out
         v2 = client.get_workflow_handle(v2_id, result_type=DeploymentReport)
 
         async def awaiting_promotion() -> None:
@@ -371,6 +372,7 @@ async def run_scenario(
             return st
 
         st2 = await eventually(v2_live, "the agent on v2/green")
+        await assert_consistent(platform, handle, agent, "v2")
         green_pids = {r.pid for r in st2.replicas}
         assert tagged_pids(tag) == green_pids  # blue (v1) was scaled down
         assert await platform.list_replicas(agent, "blue") == []
@@ -384,11 +386,12 @@ async def run_scenario(
             "promotion": {"mode": "auto"},
         }
         v3_started = time.monotonic()
-        await temporal(
+        out = await temporal(
             dev_env,
-            "workflow", "start", "--task-queue", task_queue, "--type", "BlueGreenDeployment",
-            "--workflow-id", v3_id, "--input", json.dumps(v3_request),
+            "workflow", "update", "execute", "--workflow-id", f"agent/{agent}", "--name",
+            "deploy", "--input", json.dumps(v3_request),
         )  # fmt: skip
+        assert v3_id in out, out
         v3 = client.get_workflow_handle(v3_id, result_type=DeploymentReport)
         report3 = await asyncio.wait_for(v3.result(), timeout=60)
         v3_done = time.monotonic()
@@ -426,6 +429,7 @@ async def run_scenario(
             assert {r.pid for r in st.replicas} == green_pids
 
         await eventually(still_v2, "the agent back on v2/green")
+        await assert_consistent(platform, handle, agent, "v2")
         assert tagged_pids(tag) == green_pids
 
         async def more_traffic() -> None:  # after the rollback: all green, all fine
@@ -441,6 +445,19 @@ async def run_scenario(
     report = await asyncio.wait_for(handle.result(), timeout=30)
     assert report.final_state == AgentState.TERMINATED
     await eventually(lambda: _no_pids(tag), "every replica stopped", timeout=15)
+
+
+async def assert_consistent(platform: Any, handle: Any, agent: str, version: str) -> None:
+    """The cross-workflow invariant once no deployment runs: the Service's active colour is the
+    agent's, only that colour runs, and its replicas carry the agent's version label."""
+    st = await status(handle)
+    svc = await platform.describe_service(agent)
+    assert st.deployment is None and svc is not None and svc.active_color == st.active_color
+    assert svc.preview_color is None
+    active = await platform.list_replicas(agent, st.active_color)
+    other = await platform.list_replicas(agent, "blue" if st.active_color == "green" else "green")
+    assert active and not other, (active, other)
+    assert {r.version for r in active} == {st.version} == {version}
 
 
 async def _no_pids(tag: str) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.common import RawValue
@@ -21,16 +22,15 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from fleetops.constants import AGENT_ID_KEY, STATE_KEY
+    from fleetops.converter import INVALID_INPUT
+    from fleetops.deploy import DeploymentReport, DeploymentRequest, DeploymentStarted, new_spec
     from fleetops.models import (
         Action,
         AgentCounters,
-        AgentDeploymentView,
         AgentLifecycleInput,
         AgentReport,
         AgentState,
         AgentStatus,
-        DeploymentClaim,
-        DeploymentOutcome,
         LifecycleCarry,
         OperatorRequest,
         ProbeResult,
@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         TransitionResult,
     )
     from workflows import lifecycle_calls as calls
+    from workflows.lifecycle_deployments import DeploymentOwner
     from workflows.lifecycle_rules import (
         PROBED_STATES,
         action_error,
@@ -64,16 +65,18 @@ FETCH_SERVICE_PATCH = "fetch-service-after-bring-up"
 
 @dataclass
 class _Command:
-    action: Action
+    action: Action | Literal["deploy"]
     replicas: int | None
     reason: str
     requested_by: str
     result: TransitionResult | None = None
     error: str | None = None
+    deploy: DeploymentRequest | None = None
+    started: DeploymentStarted | None = None
 
 
 @workflow.defn(name="AgentLifecycle")
-class AgentLifecycle:
+class AgentLifecycle(DeploymentOwner):
     """Keeps one agent's replicas running and healthy until it is shut down."""
 
     @workflow.init
@@ -107,7 +110,13 @@ class AgentLifecycle:
         self._last_rejection = carry.last_rejection
         self._active_color = carry.active_color
         self._service = carry.service
-        self._deployment_id = carry.deployment_id
+        self._deployment = carry.deployment
+        self._last_deployment = carry.last_deployment
+        self._cleanup_color = carry.cleanup_color
+        self._cleanup_at = carry.cleanup_at
+        self._child: workflow.ChildWorkflowHandle[Any, DeploymentReport] | None = None
+        self._check_at: datetime | None = None  # next check on a child of an earlier run
+        self._follow_requested = False
 
     @workflow.run
     async def run(self, input: AgentLifecycleInput) -> AgentReport:
@@ -126,6 +135,8 @@ class AgentLifecycle:
         while True:
             while self._commands:
                 await self._apply(self._commands.popleft())
+            if await self._deployment_step():
+                continue
             if self._state == S.TERMINATED:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 return self._report()
@@ -145,10 +156,13 @@ class AgentLifecycle:
                     workflow.continue_as_new(
                         AgentLifecycleInput(**self._spec.model_dump(), carry=self._carry())
                     )
-            timeout = None
-            if self._state in PROBED_STATES:
-                timeout = max(next_probe - workflow.now(), timedelta(0))
-            await self._wait_for_command(timeout)
+            wake = next_probe if self._state in PROBED_STATES else None
+            at = self._deployment_wake()[1]
+            if at is not None:
+                wake = min(wake, at) if wake is not None else at
+            await self._wait_for_command(
+                None if wake is None else max(wake - workflow.now(), timedelta(0))
+            )
 
     # --- operator messages ----------------------------------------------------------------
 
@@ -199,7 +213,7 @@ class AgentLifecycle:
     @transition.validator
     def _validate_transition(self, req: TransitionRequest) -> None:
         """Reject, before anything is written to history, an action the state does not allow."""
-        error = action_error(self._state, self._spec, req.action, req.replicas, self._deployment_id)
+        error = action_error(self._state, self._spec, req.action, req.replicas, self._deploying)
         if error is not None:
             raise ApplicationError(error, type="InvalidTransition", non_retryable=True)
 
@@ -235,76 +249,73 @@ class AgentLifecycle:
             last_rejection=self._last_rejection,
             active_color=self._active_color,
             service=self._service,
-            deployment_id=self._deployment_id,
+            deployment_id=self._deploying,
+            deployment=self._deployment,
+            last_deployment=self._last_deployment,
         )
 
-    # --- deployments (BlueGreenDeployment talks to the agent through these) --------------
+    # --- deployments: the agent starts each as its child and follows it to the end -------
 
     @workflow.update
-    def begin_deployment(self, claim: DeploymentClaim) -> AgentDeploymentView:
-        """Hold the agent for deployment ``claim.deployment_id``; answer the running spec.
+    async def deploy(self, req: DeploymentRequest) -> DeploymentStarted:
+        """Start a blue-green deployment of this agent (child ``BlueGreenDeployment``).
 
-        While held, operator actions are refused, and a second deployment is refused by the
-        validator. Claiming again with the same id is allowed (a retried activity).
+        The agent owns the deployment: it starts it as its child ``deploy/<agent>/<version>``,
+        waits for it to close however it closes (completed, failed, cancelled, terminated,
+        timed out), and then adopts the colour the platform's Service really serves. While it
+        runs, operator actions other than ``shutdown`` (which cancels it) are refused.
 
         Args:
-            claim: ``{"deployment_id": "deploy/<agent>/<version>", "version": ...}``.
+            req: the deployment (see the README); ``agent_id`` must be this agent's.
 
         Returns:
-            The running spec, state, active colour, its replicas and the service.
+            The started deployment: workflow id, run id, stable and new version and colour.
 
         Raises:
-            ApplicationError: ``DeploymentRefused`` (from the validator, before anything is
-                written to history) while another deployment holds the agent or the agent is
-                not serving (state outside READY, PROCESSING, DEGRADED, ERROR).
+            ApplicationError: from the validator, before anything is written to history:
+                ``InvalidInput`` (another agent's id, a spec the change does not fit) or
+                ``DeploymentRefused`` (a deployment in progress, the agent not serving, the
+                version already running); ``DeploymentRefused`` if the child could not start
+                (a workflow with its id is already running).
         """
-        self._deployment_id = claim.deployment_id
-        return AgentDeploymentView(
-            spec=self._spec,
-            state=self._state,
-            active_color=self._active_color,
-            replicas=self._replicas,
-            service=self._service,
-        )
+        cmd = _Command("deploy", None, "", req.requested_by, deploy=req)
+        self._commands.append(cmd)
+        await workflow.wait_condition(lambda: cmd.started is not None or cmd.error is not None)
+        if cmd.error is not None:
+            raise ApplicationError(cmd.error, type="DeploymentRefused", non_retryable=True)
+        assert cmd.started is not None
+        return cmd.started
 
-    @begin_deployment.validator
-    def _validate_begin_deployment(self, claim: DeploymentClaim) -> None:
-        """Refuse a deployment while another runs or the agent is not serving."""
-        error = deployment_error(
-            self._state, self._spec.agent_id, self._deployment_id, claim.deployment_id
-        )
+    @deploy.validator
+    def _validate_deploy(self, req: DeploymentRequest) -> None:
+        """Refuse, before anything is written to history, a deployment that cannot start."""
+        if req.agent_id != self._spec.agent_id:
+            raise ApplicationError(
+                f"agent_id: {req.agent_id} is not this agent ({self._spec.agent_id})",
+                type=INVALID_INPUT,
+                non_retryable=True,
+            )
+        error = deployment_error(self._state, self._spec, self._deploying, req.version)
         if error is not None:
             raise ApplicationError(error, type="DeploymentRefused", non_retryable=True)
+        try:
+            new_spec(self._spec, req)
+        except ValueError as err:
+            raise ApplicationError(
+                f"deployment does not fit agent {req.agent_id}: {err}",
+                type=INVALID_INPUT,
+                non_retryable=True,
+            ) from None
 
     @workflow.signal
-    def end_deployment(self, outcome: DeploymentOutcome) -> None:
-        """Release the agent. When promoted, adopt the new spec, colour, replicas and service.
+    def deployment_changed(self, _: RawValue = None) -> None:  # type: ignore[assignment]
+        """A hint that the running deployment switched traffic: re-read the platform's Service.
 
-        Args:
-            outcome: ``{"deployment_id", "promoted", "spec", "active_color", "replicas",
-                "service"}`` from the deployment that holds the agent; one from any other
-                deployment is recorded as a rejection (``last_rejection`` in ``status``).
+        The payload is ignored and nothing is taken from it: the agent adopts only what the
+        Service really serves, so a hint from anyone else costs one read and changes nothing.
         """
-        if outcome.deployment_id != self._deployment_id:
-            self._reject(f"end_deployment from {outcome.deployment_id}, which does not hold it")
-            return
-        self._deployment_id = None
-        self._counters.deployments += 1
-        if outcome.service is not None:
-            self._service = outcome.service
-        if outcome.promoted and outcome.spec is not None:
-            workflow.logger.info(
-                "agent %s now runs %s on %s",
-                self._spec.agent_id,
-                outcome.spec.version,
-                outcome.active_color,
-            )
-            self._spec = outcome.spec
-            self._desired = outcome.spec.replicas
-            self._active_color = outcome.active_color
-            self._replicas = list(outcome.replicas)
-            self._failures = {}
-            self._probes = {}
+        if self._deployment is not None:
+            self._follow_requested = True
 
     def _on_signal(self, action: Action, raw: RawValue | None) -> None:
         model: type[ScaleRequest | OperatorRequest] = (
@@ -321,7 +332,7 @@ class AgentLifecycle:
         replicas = req.replicas if isinstance(req, ScaleRequest) else None
         reason = req.reason if isinstance(req, OperatorRequest) else ""
         who = req.requested_by if isinstance(req, OperatorRequest) else ""
-        error = action_error(self._state, self._spec, action, replicas, self._deployment_id)
+        error = action_error(self._state, self._spec, action, replicas, self._deploying)
         if error is not None:
             self._reject(error)
             return
@@ -335,7 +346,15 @@ class AgentLifecycle:
     # --- the main loop's steps -------------------------------------------------------------
 
     async def _apply(self, cmd: _Command) -> None:
-        error = action_error(self._state, self._spec, cmd.action, cmd.replicas, self._deployment_id)
+        if cmd.action == "deploy":
+            assert cmd.deploy is not None
+            started = await self._start_deployment(cmd.deploy)
+            if isinstance(started, str):
+                cmd.error = started
+            else:
+                cmd.started = started
+            return
+        error = action_error(self._state, self._spec, cmd.action, cmd.replicas, self._deploying)
         if error is not None:
             self._reject(error)
             cmd.error = error
@@ -356,6 +375,8 @@ class AgentLifecycle:
             if self._state != S.PAUSED:
                 await self._provision()
         else:
+            if self._deployment is not None:
+                await self._cancel_deployment(reason)
             self._set_state(S.SHUTTING_DOWN, reason)
             if await self._deprovision(on_failure="shutdown could not stop the replicas"):
                 self._set_state(S.TERMINATED, "all replicas stopped")
@@ -470,9 +491,13 @@ class AgentLifecycle:
         return True
 
     async def _wait_for_command(self, timeout: timedelta | None) -> None:
-        """Sleep until an operator command is queued or ``timeout`` passes (None: forever)."""
+        """Sleep until there is work (:meth:`_woken`) or ``timeout`` passes (None: forever)."""
         with contextlib.suppress(TimeoutError):
-            await workflow.wait_condition(lambda: bool(self._commands), timeout=timeout)
+            await workflow.wait_condition(self._woken, timeout=timeout)
+
+    def _woken(self) -> bool:
+        """Whether the main loop has work besides its timers."""
+        return bool(self._commands) or self._deployment_wake()[0]
 
     # --- state bookkeeping -----------------------------------------------------------------
 
@@ -495,6 +520,17 @@ class AgentLifecycle:
         )
         self._state = target
         self._upsert_search_attributes()
+
+    def _note(self, reason: str) -> None:
+        """Record an event that keeps the state (a deployment started or ended) as a transition."""
+        self._transitions.append(
+            Transition(
+                at=workflow.now(), from_state=self._state, to_state=self._state, reason=reason
+            )
+        )
+        del self._transitions[:-MAX_TRANSITIONS]
+        self._counters.transitions += 1
+        workflow.logger.info("agent %s: %s", self._spec.agent_id, reason)
 
     def _upsert_search_attributes(self) -> None:
         workflow.upsert_search_attributes(
@@ -530,7 +566,10 @@ class AgentLifecycle:
             last_rejection=self._last_rejection,
             active_color=self._active_color,
             service=self._service,
-            deployment_id=self._deployment_id,
+            deployment=self._deployment,
+            last_deployment=self._last_deployment,
+            cleanup_color=self._cleanup_color,
+            cleanup_at=self._cleanup_at,
         )
 
     def _report(self) -> AgentReport:

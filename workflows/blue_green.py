@@ -1,12 +1,16 @@
 """BlueGreenDeployment: a new agent version goes live without downtime, or goes back by itself.
 
-Workflow id ``deploy/<agent_id>/<version>``. The strategy is Argo Rollouts' BlueGreen (active
-and preview services, pre/post-promotion analysis, manual or timed promotion, scale-down delay,
-abort) run as a saga: each step that changes the world registers its compensation, and any
-failure, failed analysis, rejection or ``abort`` runs the compensations in reverse. Traffic stays
-on (or returns to) the stable colour, the new colour is scaled down after
-``abort_scale_down_delay_seconds``, and the agent's recorded version stays the stable one. There
-is no half-promoted end state.
+Workflow id ``deploy/<agent_id>/<version>``, always a child of the agent's ``AgentLifecycle``
+(its ``deploy`` update starts it; a deployment started any other way refuses to run). The
+strategy is Argo Rollouts' BlueGreen (active and preview services, pre/post-promotion analysis,
+manual or timed promotion, scale-down delay, abort) run as a saga: each step that changes the
+world registers its compensation, and any failure, failed analysis, rejection, ``abort`` or
+cancellation of the workflow runs the compensations in reverse, shielded from the cancellation.
+Traffic stays on (or returns to) the stable colour, the new colour is scaled down after
+``abort_scale_down_delay_seconds``, and the agent keeps its stable version. A cancellation after
+the switch was verified (post-promotion analysis passed) finishes the promotion instead. There
+is no half-promoted end state; if the workflow is terminated (no code runs), the agent
+reconciles from the platform's Service when it sees the child close.
 """
 
 from __future__ import annotations
@@ -18,48 +22,39 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from temporalio import workflow
-from temporalio.common import RawValue, RetryPolicy
+from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.deployments import DeploymentActivities
-    from activities.platform.activities import PlatformActivities
     from activities.probes import ProbeActivities
     from fleetops.analysis import Analysis, AnalysisResult
     from fleetops.checks import SmokeRequest, WaitHealthyRequest
     from fleetops.constants import AGENT_ID_KEY, STATE_KEY, agent_workflow_id
     from fleetops.deploy import (
         AbortRequest,
+        AgentDeploymentView,
         DeploymentReport,
-        DeploymentRequest,
+        DeploymentRun,
         DeploymentStatus,
         Outcome,
         Phase,
         PhaseRecord,
+        new_spec,
     )
     from fleetops.models import (
-        AgentDeploymentView,
         AgentSpec,
         Color,
-        DeploymentClaim,
-        DeploymentOutcome,
-        ProvisionRequest,
         Replica,
-        ScaleDownRequest,
         ServiceInfo,
-        SwitchTrafficRequest,
         other_color,
     )
     from workflows import lifecycle_calls as calls
+    from workflows.activity_options import call
     from workflows.analysis_run import run_analysis
     from workflows.approval import ApprovalGate, ApprovalHandlers
     from workflows.blue_green_gate import promotion_request
 
 T = TypeVar("T")
-STEP_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=5)
-"""Forward steps: 5 attempts, 1, 2, 4 and 8 s apart; a step that still fails rolls back."""
-COMPENSATION_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=60))
-"""Compensations retry until they succeed: a rollback must not stop half-way."""
 
 
 class Rollback(Exception):
@@ -75,19 +70,21 @@ class BlueGreenDeployment(ApprovalHandlers):
     """Deploys ``version`` of an agent to its idle colour and promotes it, or rolls back."""
 
     @workflow.init
-    def __init__(self, req: DeploymentRequest) -> None:
+    def __init__(self, run: DeploymentRun) -> None:
         """Set up state; nothing runs until ``run``."""
-        self._req = req
+        self._req = req = run.request
         self._id = workflow.info().workflow_id
         self._approval_gate = ApprovalGate()
-        self._phase: Phase = "CLAIMING"
+        self._phase: Phase = "STARTING"
         self._phases: list[PhaseRecord] = []
         self._analyses: dict[str, AnalysisResult] = {}
         self._abort: AbortRequest | None = None
         self._abortable = True
-        self._view: AgentDeploymentView | None = None
-        self._new_color: Color | None = None
-        self._service: ServiceInfo | None = None
+        self._verified = False  # post-promotion analysis passed: going back is a new deployment
+        self._view: AgentDeploymentView = run.stable
+        self._new_color: Color = other_color(run.stable.active_color)
+        self._service: ServiceInfo | None = run.stable.service
+        self._owner = agent_workflow_id(req.agent_id)
         self._replicas: list[Replica] = []
         self._compensations: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         self._outcome: Outcome | None = None
@@ -95,52 +92,78 @@ class BlueGreenDeployment(ApprovalHandlers):
         self._times: dict[str, datetime] = {}
 
     @workflow.run
-    async def run(self, req: DeploymentRequest) -> DeploymentReport:
-        """Deploy, analyse, promote; on any failure roll back.
+    async def run(self, run: DeploymentRun) -> DeploymentReport:
+        """Deploy, analyse, promote; on any failure, abort or cancellation roll back.
+
+        Args:
+            run: the request and the agent's stable side, from the agent's ``deploy`` update.
 
         Returns:
             The report: outcome ``promoted`` | ``rolled_back`` | ``aborted`` | ``rejected``.
 
         Raises:
-            ApplicationError: ``DeploymentRefused``/``AgentNotFound`` when the agent cannot be
-                claimed (another deployment runs, or no such agent); nothing was changed.
+            ApplicationError: ``DeploymentRefused`` (non-retryable, nothing changed) when the
+                workflow was not started by ``agent/<agent_id>`` as its child.
+            asyncio.CancelledError: the workflow was cancelled; it ends CANCELED after its
+                compensations ran, and ``status`` says what they did (outcome ``cancelled``,
+                or ``promoted`` when the switch had been verified).
         """
-        self._enter("CLAIMING")
-        try:
-            self._view = await workflow.execute_activity_method(
-                DeploymentActivities.claim_agent,
-                args=[req.agent_id, DeploymentClaim(deployment_id=self._id, version=req.version)],
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=STEP_RETRY,
+        parent = workflow.info().parent
+        if parent is None or parent.workflow_id != self._owner:
+            raise ApplicationError(
+                f"deployments of {self._req.agent_id} are started by its agent: fleetops deploy "
+                f"{self._req.agent_id} --version {self._req.version}, or temporal workflow update "
+                f"execute --workflow-id {self._owner} --name deploy --input '{{...}}'",
+                type="DeploymentRefused",
+                non_retryable=True,
             )
-        except ActivityError as err:
-            cause = err.cause
-            if isinstance(cause, ApplicationError):  # refused: say why, at the top level
-                raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
-            raise
-        self._new_color = other_color(self._view.active_color)
-        self._service = self._view.service
-        promoted = False
+        workflow.set_current_details(self._details())
         try:
-            new_spec = self._new_spec(self._view.spec)
-            await self._forward(new_spec)
-            promoted, self._outcome = True, "promoted"
-            self._message = f"{req.version} is live on {self._new_color}"
+            await self._forward(new_spec(self._view.spec, self._req))
+            self._outcome = "promoted"
+            self._message = f"{self._req.version} is live on {self._new_color}"
+        except asyncio.CancelledError:
+            await self._on_cancel()
+            raise
         except Rollback as stop:
             self._outcome, self._message = stop.outcome, str(stop)
-            await self._roll_back()
         except ApplicationError as err:
             self._outcome, self._message = "rolled_back", f"{err.type}: {err.message}"
-            await self._roll_back()
         except ActivityError as err:  # a step that failed for good, after its retries
-            self._outcome, self._message = (
-                "rolled_back",
-                f"{err.activity_type} failed: {calls.cause(err)}",
-            )
-            await self._roll_back()
-        finally:
-            await self._release(promoted)
+            self._outcome = "rolled_back"
+            self._message = f"{err.activity_type} failed: {calls.cause(err)}"
+        except ValueError as err:  # the request no longer fits the agent
+            self._outcome, self._message = "rolled_back", f"InvalidInput: {err}"
+        if self._outcome != "promoted":
+            await self._shielded(self._roll_back())  # a cancellation now waits for it
         return self._report()
+
+    async def _on_cancel(self) -> None:
+        """The workflow was cancelled: finish what is safe, shielded from the cancellation."""
+        if self._verified:
+            self._outcome = "promoted"
+            self._message = (
+                f"cancelled in {self._phase} after the switch was verified: {self._req.version} "
+                f"stays live on {self._new_color}; the old colour was scaled down"
+            )
+            await self._shielded(self._finish_promotion())
+        else:
+            self._outcome = "cancelled"
+            self._message = (
+                f"cancelled in {self._phase}: traffic on {self._view.active_color} "
+                f"({self._view.spec.version}), {self._new_color} scaled down"
+            )
+            await self._shielded(self._roll_back())
+        self._enter("CANCELLED", detail=self._message)
+
+    @staticmethod
+    async def _shielded(step: Awaitable[None]) -> None:
+        """Run ``step`` to the end even if the workflow is cancelled again meanwhile."""
+        task = asyncio.ensure_future(step)
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+        task.result()
 
     # --- operator messages ----------------------------------------------------------------
 
@@ -188,7 +211,6 @@ class BlueGreenDeployment(ApprovalHandlers):
     # --- the forward path -----------------------------------------------------------------
 
     async def _forward(self, spec: AgentSpec) -> None:
-        assert self._view is not None and self._new_color is not None
         req, new, stable = self._req, self._new_color, self._view.active_color
         preview_n = req.preview_replicas or spec.replicas
 
@@ -216,6 +238,7 @@ class BlueGreenDeployment(ApprovalHandlers):
         self._compensate("switch traffic back to the stable colour", self._switch_back)
         self._service = await self._guard(self._switch(new, preview=None))
         self._times["switched_at"] = workflow.now()
+        await self._tell_agent()
 
         if await self._analysis("post_promotion", req.post_promotion_analysis):
             decision = await self._guard(
@@ -227,9 +250,14 @@ class BlueGreenDeployment(ApprovalHandlers):
                 raise Rollback("rejected", "post-promotion analysis inconclusive; rejected")
 
         self._abortable = False  # promoted: going back is a new deployment of the old version
+        self._verified = True
+        await self._finish_promotion()
+
+    async def _finish_promotion(self) -> None:
+        """SCALING_DOWN_OLD: keep the old colour ``scale_down_delay_seconds``, then stop it."""
         self._enter("SCALING_DOWN_OLD")
-        await workflow.sleep(timedelta(seconds=req.scale_down_delay_seconds))
-        await self._scale_down(stable)
+        await workflow.sleep(timedelta(seconds=self._req.scale_down_delay_seconds))
+        await self._scale_down(self._view.active_color, compensation=True)
         self._enter("SUCCEEDED")
 
     async def _promotion_gate(self, inconclusive: bool) -> None:
@@ -248,7 +276,7 @@ class BlueGreenDeployment(ApprovalHandlers):
     async def _wait_ready(self, spec: AgentSpec) -> None:
         self._enter("WAITING_READY")
         await self._guard(
-            workflow.execute_activity_method(
+            call(
                 ProbeActivities.wait_healthy,
                 WaitHealthyRequest(
                     endpoints=[r.endpoint for r in self._replicas],
@@ -256,21 +284,19 @@ class BlueGreenDeployment(ApprovalHandlers):
                     timeout_seconds=self._req.ready_timeout_seconds,
                     probe_timeout_seconds=spec.health.timeout_seconds,
                 ),
-                start_to_close_timeout=timedelta(seconds=self._req.ready_timeout_seconds + 30),
-                heartbeat_timeout=timedelta(seconds=30),
-                retry_policy=STEP_RETRY,
+                summary=f"wait until {len(self._replicas)} {self._new_color} replicas are healthy",
+                start_to_close=timedelta(seconds=self._req.ready_timeout_seconds + 30),
             )
         )
 
     async def _smoke_tests(self) -> None:
         results = await self._guard(
-            workflow.execute_activity_method(
+            call(
                 ProbeActivities.run_smoke_tests,
                 SmokeRequest(
                     endpoints=[r.endpoint for r in self._replicas], tests=self._req.smoke_tests
                 ),
-                start_to_close_timeout=timedelta(minutes=5),
-                retry_policy=STEP_RETRY,
+                summary=f"smoke tests on the {self._new_color} replicas",
             )
         )
         failed = [r for r in results if not r.passed]
@@ -286,7 +312,6 @@ class BlueGreenDeployment(ApprovalHandlers):
         """Run one analysis; returns True when Inconclusive, raises Rollback when Failed."""
         if analysis is None:
             return False
-        assert self._new_color is not None
         self._enter(
             "PRE_PROMOTION_ANALYSIS" if name == "pre_promotion" else "POST_PROMOTION_ANALYSIS"
         )
@@ -326,63 +351,37 @@ class BlueGreenDeployment(ApprovalHandlers):
         self._enter("ROLLED_BACK", detail=self._message)
 
     async def _switch_back(self) -> None:
-        assert self._view is not None
         self._service = await self._switch(self._view.active_color, preview=None, compensation=True)
         self._times["switched_back_at"] = workflow.now()
+        await self._tell_agent()
 
     async def _scale_down_new(self) -> None:
-        assert self._new_color is not None
         await workflow.sleep(timedelta(seconds=self._req.abort_scale_down_delay_seconds))
         await self._scale_down(self._new_color, compensation=True)
-        if self._view is not None and self._service is not None:
+        if self._service is not None:  # clear the preview service
             self._service = await self._switch(self._view.active_color, None, compensation=True)
 
-    async def _release(self, promoted: bool) -> None:
-        assert self._view is not None and self._new_color is not None
-        outcome = DeploymentOutcome(
-            deployment_id=self._id,
-            promoted=promoted,
-            spec=self._new_spec(self._view.spec) if promoted else None,
-            active_color=self._new_color if promoted else self._view.active_color,
-            replicas=self._replicas if promoted else [],
-            service=self._service,
-        )
-        await workflow.get_external_workflow_handle(agent_workflow_id(self._req.agent_id)).signal(
-            "end_deployment", outcome
-        )
+    async def _tell_agent(self) -> None:
+        """Hint the agent that traffic moved; it re-reads the Service and trusts nothing else."""
+        try:
+            await workflow.get_external_workflow_handle(self._owner).signal("deployment_changed")
+        except ApplicationError as err:  # the agent is gone: nobody to tell
+            workflow.logger.warning("could not tell %s: %s", self._owner, err)
 
     # --- platform calls ---------------------------------------------------------------------
 
     async def _provision(self, spec: AgentSpec, replicas: int) -> None:
-        assert self._new_color is not None
-        self._replicas = await workflow.execute_activity_method(
-            PlatformActivities.provision_replicas,
-            ProvisionRequest(spec=spec, replicas=replicas, color=self._new_color),
-            start_to_close_timeout=timedelta(minutes=10),
-            heartbeat_timeout=timedelta(seconds=60),
-            retry_policy=STEP_RETRY,
-        )
+        self._replicas = await calls.provision(spec, replicas, self._new_color)
 
     async def _switch(
         self, active: Color, preview: Color | None, *, compensation: bool = False
     ) -> ServiceInfo:
-        return await workflow.execute_activity_method(
-            PlatformActivities.switch_traffic,
-            SwitchTrafficRequest(
-                agent_id=self._req.agent_id, active_color=active, preview_color=preview
-            ),
-            start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=COMPENSATION_RETRY if compensation else STEP_RETRY,
+        return await calls.switch_traffic(
+            self._req.agent_id, active, preview, compensation=compensation
         )
 
     async def _scale_down(self, color: Color, *, compensation: bool = False) -> None:
-        await workflow.execute_activity_method(
-            PlatformActivities.scale_down_color,
-            ScaleDownRequest(agent_id=self._req.agent_id, color=color),
-            start_to_close_timeout=timedelta(minutes=5),
-            heartbeat_timeout=timedelta(seconds=60),
-            retry_policy=COMPENSATION_RETRY if compensation else STEP_RETRY,
-        )
+        await calls.scale_down(self._req.agent_id, color, compensation=compensation)
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -392,7 +391,14 @@ class BlueGreenDeployment(ApprovalHandlers):
             raise Rollback("aborted", self._abort_message())
         task = asyncio.ensure_future(step)
         aborted = asyncio.ensure_future(workflow.wait_condition(lambda: self._abort is not None))
-        await workflow.wait([task, aborted], return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await workflow.wait([task, aborted], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the workflow is cancelled: stop the step too
+            task.cancel()
+            aborted.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(task)
+            raise
         if task.done():
             aborted.cancel()
             return task.result()
@@ -406,24 +412,6 @@ class BlueGreenDeployment(ApprovalHandlers):
         who = f" by {self._abort.requested_by}" if self._abort.requested_by else ""
         return f"aborted{who} in {self._phase}: {self._abort.reason or 'no reason given'}"
 
-    def _new_spec(self, running: AgentSpec) -> AgentSpec:
-        req = self._req
-        changes: dict[str, object] = {"version": req.version}
-        if req.command is not None or req.image is not None:
-            changes["command"], changes["image"] = req.command, req.image
-        if req.env is not None:
-            changes["env"] = req.env
-        if req.replicas is not None:
-            changes["replicas"] = req.replicas
-        try:
-            return AgentSpec.model_validate({**running.model_dump(), **changes})
-        except ValueError as err:
-            raise ApplicationError(
-                f"deployment request does not fit agent {req.agent_id}: {err}",
-                type="InvalidInput",
-                non_retryable=True,
-            ) from None
-
     def _enter(self, phase: Phase, detail: str = "") -> None:
         now = workflow.now()
         if self._phases and self._phases[-1].ended_at is None:
@@ -433,9 +421,29 @@ class BlueGreenDeployment(ApprovalHandlers):
         workflow.upsert_search_attributes(
             [AGENT_ID_KEY.value_set(self._req.agent_id), STATE_KEY.value_set(phase)]
         )
+        workflow.set_current_details(self._details())
+
+    def _details(self) -> str:
+        """What the Web UI shows as the workflow's current details (Markdown)."""
+        r, v = self._req, self._view
+        lines = [
+            f"**{self._phase}**: {r.agent_id} {v.spec.version} ({v.active_color}) -> "
+            f"{r.version} ({self._new_color})",
+        ]
+        if self._phases and self._phases[-1].detail:
+            lines.append(self._phases[-1].detail)
+        if self._service is not None:
+            s = self._service
+            lines.append(
+                f"traffic: {s.active_color}"
+                + (f", preview {s.preview_color}" if s.preview_color else "")
+            )
+        if self._approval_gate.pending is not None:
+            lines.append("waiting for approval: " + self._approval_gate.pending.question)
+        return "\n\n".join(lines)
 
     def _report(self) -> DeploymentReport:
-        assert self._outcome is not None and self._view is not None
+        assert self._outcome is not None
         promoted = self._outcome == "promoted"
         t = self._times
         return DeploymentReport(
@@ -444,9 +452,7 @@ class BlueGreenDeployment(ApprovalHandlers):
             version=self._req.version,
             outcome=self._outcome,
             active_version=self._req.version if promoted else self._view.spec.version,
-            active_color=(self._new_color or self._view.active_color)
-            if promoted
-            else self._view.active_color,
+            active_color=self._new_color if promoted else self._view.active_color,
             message=self._message,
             phases=self._phases,
             analyses=self._analyses,

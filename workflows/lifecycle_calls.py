@@ -1,4 +1,4 @@
-"""The activities AgentLifecycle calls, with their timeouts and retry policies.
+"""The activities AgentLifecycle calls (options from :mod:`workflows.activity_options`).
 
 Workflow code (deterministic): these only schedule activities. Each function says what it
 returns and which :class:`~temporalio.exceptions.ActivityError` it lets through; the workflow
@@ -7,17 +7,16 @@ decides what a failure means for the agent's state.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.deployments import DeploymentActivities
     from activities.platform.activities import PlatformActivities
     from activities.probes import ProbeActivities
+    from fleetops.deploy import DeploymentEnd, DeploymentRef
     from fleetops.models import (
         AgentSpec,
         Color,
@@ -29,31 +28,9 @@ with workflow.unsafe.imports_passed_through():
         RestartRequest,
         ScaleDownRequest,
         ServiceInfo,
+        SwitchTrafficRequest,
     )
-
-RequestT = TypeVar("RequestT")
-ResultT = TypeVar("ResultT")
-
-PLATFORM_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=6)
-"""Platform calls: up to 6 attempts, 1, 2, 4, 8 and 16 s apart (Temporal's default backoff,
-coefficient 2 from 1 s, capped at 30 s)."""
-PLATFORM_TIMEOUT = timedelta(minutes=5)
-"""Start-to-close timeout of a platform call that starts or stops processes."""
-PLATFORM_HEARTBEAT = timedelta(seconds=60)
-"""Heartbeat timeout of those calls (they heartbeat every second)."""
-
-
-async def _platform_call(
-    method: Callable[[PlatformActivities, RequestT], Awaitable[ResultT]], request: RequestT
-) -> ResultT:
-    """Run one process-changing platform activity with the timeouts and retries above."""
-    return await workflow.execute_activity_method(
-        method,
-        request,
-        start_to_close_timeout=PLATFORM_TIMEOUT,
-        heartbeat_timeout=PLATFORM_HEARTBEAT,
-        retry_policy=PLATFORM_RETRY,
-    )
+    from workflows.activity_options import call
 
 
 def cause(err: ActivityError) -> str:
@@ -70,15 +47,15 @@ async def probe(spec: AgentSpec, replicas: list[Replica]) -> list[ProbeResult] |
     """
     health = spec.health
     try:
-        return await workflow.execute_activity_method(
+        return await call(
             ProbeActivities.probe_replicas,
             ProbeRequest(
                 endpoints=[r.endpoint for r in replicas],
                 path=health.path,
                 timeout_seconds=health.timeout_seconds,
             ),
-            start_to_close_timeout=timedelta(seconds=health.timeout_seconds + 10),
-            retry_policy=RetryPolicy(maximum_attempts=2),
+            summary=f"probe {len(replicas)} replicas of {spec.agent_id} at {health.path}",
+            start_to_close=timedelta(seconds=health.timeout_seconds + 10),
         )
     except ActivityError as err:
         workflow.logger.warning("health probe activity failed, round skipped: %s", err.cause)
@@ -94,9 +71,10 @@ async def provision(spec: AgentSpec, replicas: int, color: Color) -> list[Replic
     Raises:
         ActivityError: the platform failed for good (retries exhausted or non-retryable).
     """
-    return await _platform_call(
+    return await call(
         PlatformActivities.provision_replicas,
         ProvisionRequest(spec=spec, replicas=replicas, color=color),
+        summary=f"run {replicas} {color} replicas of {spec.agent_id} {spec.version}",
     )
 
 
@@ -109,8 +87,10 @@ async def restart(spec: AgentSpec, indices: list[int], color: Color) -> list[Rep
     Raises:
         ActivityError: the platform failed for good.
     """
-    return await _platform_call(
-        PlatformActivities.restart_replicas, RestartRequest(spec=spec, indices=indices, color=color)
+    return await call(
+        PlatformActivities.restart_replicas,
+        RestartRequest(spec=spec, indices=indices, color=color),
+        summary=f"self-heal: restart {color} replicas {indices} of {spec.agent_id}",
     )
 
 
@@ -118,11 +98,10 @@ async def describe_service(agent_id: str) -> ServiceInfo | None:
     """The agent's service (gateway URLs, colours), or None if it has none or the call failed
     (logged)."""
     try:
-        return await workflow.execute_activity_method(
+        return await call(
             PlatformActivities.describe_service,
             agent_id,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=PLATFORM_RETRY,
+            summary=f"read the service (gateway URL, active colour) of {agent_id}",
         )
     except ActivityError as err:
         workflow.logger.warning("could not read the agent's service: %s", cause(err))
@@ -137,10 +116,80 @@ async def deprovision(agent_id: str, color: Color, *, keep_service: bool) -> Non
         ActivityError: the platform failed for good.
     """
     if keep_service:
-        await _platform_call(
-            PlatformActivities.scale_down_color, ScaleDownRequest(agent_id=agent_id, color=color)
-        )
+        await scale_down(agent_id, color)
     else:
-        await _platform_call(
-            PlatformActivities.deprovision_agent, DeprovisionRequest(agent_id=agent_id)
+        await call(
+            PlatformActivities.deprovision_agent,
+            DeprovisionRequest(agent_id=agent_id),
+            summary=f"stop every replica and the service of {agent_id}",
         )
+
+
+async def scale_down(agent_id: str, color: Color, *, compensation: bool = False) -> None:
+    """Stop every replica of colour ``color``; the other colour and the service stay.
+
+    Args:
+        agent_id: the agent.
+        color: the colour to stop.
+        compensation: retry until it succeeds (a rollback or reconciliation step).
+
+    Raises:
+        ActivityError: the platform failed for good.
+    """
+    await call(
+        PlatformActivities.scale_down_color,
+        ScaleDownRequest(agent_id=agent_id, color=color),
+        summary=f"scale down the {color} replicas of {agent_id}",
+        compensation=compensation,
+    )
+
+
+async def switch_traffic(
+    agent_id: str, active: Color, preview: Color | None, *, compensation: bool = False
+) -> ServiceInfo:
+    """Point the agent's active service at ``active`` and its preview service at ``preview``.
+
+    Returns:
+        The service after the switch (its generation bumped).
+
+    Raises:
+        ActivityError: the platform failed for good.
+    """
+    what = f"switch {agent_id} traffic to {active}" + (f", preview {preview}" if preview else "")
+    return await call(
+        PlatformActivities.switch_traffic,
+        SwitchTrafficRequest(agent_id=agent_id, active_color=active, preview_color=preview),
+        summary=what,
+        compensation=compensation,
+    )
+
+
+async def list_replicas(agent_id: str) -> list[Replica] | None:
+    """Every replica of the agent, both colours, with their colour and version labels; None if
+    the call failed (logged)."""
+    try:
+        return await call(
+            PlatformActivities.list_replicas,
+            agent_id,
+            summary=f"list the replicas of {agent_id}",
+        )
+    except ActivityError as err:
+        workflow.logger.warning("could not list the agent's replicas: %s", cause(err))
+        return None
+
+
+async def describe_deployment(ref: DeploymentRef) -> DeploymentEnd | None:
+    """Whether deployment ``ref`` (a child of an earlier run) has closed, and how.
+
+    Returns:
+        None while it runs, or when the check itself failed (logged; the next check retries).
+    """
+    try:
+        return await call(
+            DeploymentActivities.describe_deployment,
+            ref,
+            summary=f"check whether deployment {ref.workflow_id} has closed",
+        )
+    except ActivityError as err:
+        workflow.logger.warning("could not check %s: %s", ref.workflow_id, cause(err))
+        return None

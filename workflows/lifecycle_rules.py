@@ -66,14 +66,15 @@ def action_error(
         spec: the agent's spec (for the scale bounds).
         action: ``pause`` | ``resume`` | ``scale`` | ``shutdown``.
         replicas: the requested count for ``scale``.
-        deployment_id: the workflow id of a deployment in progress; actions wait for it.
+        deployment_id: the workflow id of a deployment in progress; actions other than
+            ``shutdown`` (which cancels the deployment first) wait for it.
 
     Returns:
         A message that says what is wrong and what the operator can do, or None.
     """
     if state in (S.SHUTTING_DOWN, S.TERMINATED):
         return f"agent {spec.agent_id} is {state}; it accepts no further actions"
-    if deployment_id is not None:
+    if deployment_id is not None and action != "shutdown":  # shutdown cancels it first
         return (
             f"deployment {deployment_id} of agent {spec.agent_id} is in progress; wait for it "
             f"or abort it first (fleetops abort {deployment_id})"
@@ -100,22 +101,21 @@ DEPLOYABLE_STATES = PROBED_STATES
 
 
 def deployment_error(
-    state: AgentState, agent_id: str, current: str | None, requested: str
+    state: AgentState, spec: AgentSpec, current: str | None, version: str
 ) -> str | None:
-    """Why deployment ``requested`` cannot start now, or None when it can.
-
-    A deployment already holding the agent may claim it again (a retried activity).
+    """Why a deployment of ``version`` cannot start now, or None when it can.
 
     Args:
         state: the agent's state; a deployment needs one of :data:`DEPLOYABLE_STATES`.
-        agent_id: the agent, for the message.
-        current: the deployment holding the agent, or None.
-        requested: the deployment asking.
+        spec: the agent's running spec (its id and version).
+        current: the deployment in progress, or None.
+        version: the version asked for; deploying the running version is refused.
 
     Returns:
-        A message naming the holder or the state, or None.
+        A message naming the deployment in progress, the state or the version, or None.
     """
-    if current is not None and current != requested:
+    agent_id = spec.agent_id
+    if current is not None:
         return (
             f"deployment {current} of agent {agent_id} is in progress; two deployments of one "
             f"agent cannot run at once (abort it first: fleetops abort {current})"
@@ -125,4 +125,6 @@ def deployment_error(
             f"agent {agent_id} is {state}; deployments start from "
             "READY, PROCESSING, DEGRADED or ERROR"
         )
+    if version == spec.version:
+        return f"agent {agent_id} already runs {version}; deploy another version"
     return None

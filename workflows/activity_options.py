@@ -1,0 +1,111 @@
+"""One table of activity options (timeouts, retries, heartbeats): every workflow calls through it.
+
+Workflow code (deterministic): :func:`call` and :func:`start` only schedule activities. Each
+activity has one row, so the lifecycle and a deployment calling the same platform activity use
+the same timeouts; what differs by purpose is explicit at the call site (``compensation=True``
+for a rollback step that must not give up, a per-call timeout derived from the request).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.deployments import DeploymentActivities
+    from activities.platform.activities import PlatformActivities
+    from activities.probes import ProbeActivities
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+PLATFORM_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=6)
+"""Up to 6 attempts, 1, 2, 4, 8 and 16 s apart (Temporal's default backoff: coefficient 2 from
+1 s, capped at 30 s). A step that still fails is the workflow's to handle (ERROR, rollback)."""
+COMPENSATION_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=60))
+"""Compensations retry until they succeed (1 s doubling, capped at 60 s): a rollback must not
+stop half-way. Non-retryable errors still end them."""
+PROBE_RETRY = RetryPolicy(maximum_attempts=2)
+"""A health probe round: one attempt and one retry; a round that fails is skipped."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """The options of one activity.
+
+    Attributes:
+        start_to_close: bound on one attempt.
+        heartbeat: heartbeat timeout, for activities that heartbeat (they beat every 1-5 s).
+        retry: the retry policy of a forward step.
+    """
+
+    start_to_close: timedelta
+    heartbeat: timedelta | None = None
+    retry: RetryPolicy | None = None  # None: PLATFORM_RETRY
+
+
+_MINUTE = timedelta(minutes=1)
+TABLE: dict[Callable[..., Any], Options] = {
+    PlatformActivities.provision_replicas: Options(10 * _MINUTE, _MINUTE),
+    PlatformActivities.restart_replicas: Options(5 * _MINUTE, _MINUTE),
+    PlatformActivities.deprovision_agent: Options(5 * _MINUTE, _MINUTE),
+    PlatformActivities.scale_down_color: Options(5 * _MINUTE, _MINUTE),
+    PlatformActivities.switch_traffic: Options(_MINUTE),
+    PlatformActivities.describe_service: Options(timedelta(seconds=30)),
+    PlatformActivities.list_replicas: Options(timedelta(seconds=30)),
+    ProbeActivities.probe_replicas: Options(timedelta(seconds=30), retry=PROBE_RETRY),
+    ProbeActivities.wait_healthy: Options(10 * _MINUTE, timedelta(seconds=30)),
+    ProbeActivities.run_smoke_tests: Options(5 * _MINUTE),
+    DeploymentActivities.describe_deployment: Options(timedelta(seconds=30)),
+}
+"""Activity -> options."""
+
+
+def _kwargs(
+    method: Callable[..., Any],
+    summary: str,
+    compensation: bool,
+    start_to_close: timedelta | None,
+) -> dict[str, Any]:
+    o = TABLE[method]
+    return {
+        "start_to_close_timeout": start_to_close or o.start_to_close,
+        "heartbeat_timeout": o.heartbeat,
+        "retry_policy": COMPENSATION_RETRY if compensation else (o.retry or PLATFORM_RETRY),
+        "summary": summary[:200],
+    }
+
+
+async def call(
+    method: Callable[[Any, A], Awaitable[R]],
+    arg: A,
+    *,
+    summary: str,
+    compensation: bool = False,
+    start_to_close: timedelta | None = None,
+) -> R:
+    """Run one activity with its row of :data:`TABLE` and wait for its result.
+
+    Args:
+        method: the activity method, e.g. ``PlatformActivities.provision_replicas``.
+        arg: its one argument.
+        summary: what the call does, in words (shown by the Temporal Web UI; cut at 200
+            characters).
+        compensation: retry until it succeeds (:data:`COMPENSATION_RETRY`).
+        start_to_close: a per-call bound derived from the request (e.g. a probe timeout).
+
+    Returns:
+        The activity's result.
+
+    Raises:
+        ActivityError: the activity failed for good (retries exhausted or non-retryable).
+        KeyError: ``method`` has no row in :data:`TABLE` (a programming error).
+    """
+    return await workflow.execute_activity_method(
+        method, arg, **_kwargs(method, summary, compensation, start_to_close)
+    )
