@@ -24,7 +24,6 @@ from fleetops.deploy import (
     AbortRequest,
     DeploymentReport,
     DeploymentRequest,
-    DeploymentStarted,
     DeploymentStatus,
 )
 from fleetops.models import FrozenModel
