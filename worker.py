@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import httpx
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from activities.deployments import DeploymentActivities
 from activities.metrics import MetricsActivities
@@ -34,6 +34,8 @@ log = logging.getLogger("fleetops.worker")
 
 WORKFLOWS: Sequence[type] = (AgentLifecycle, BlueGreenDeployment)
 """Every workflow the FleetOps worker runs."""
+INTERCEPTORS: Sequence[Interceptor] = (MessageGuard(),)
+"""Worker interceptors: ``MessageGuard`` drops a signal whose payload count does not fit."""
 
 
 @contextlib.asynccontextmanager
@@ -89,7 +91,7 @@ async def fleetops_worker(
                 notify.approver_roles,
                 metrics.measure_metric,
             ],
-            interceptors=[MessageGuard()],  # a signal with the wrong payload count is dropped
+            interceptors=list(INTERCEPTORS),
             max_concurrent_activities=settings.max_concurrent_activities,
             graceful_shutdown_timeout=timedelta(seconds=10),
         )

@@ -112,7 +112,9 @@ ACCEPTED: list[tuple[type[pydantic.BaseModel], Any]] = [
 """Payloads at the bounds, which must pass (no bound is off by one)."""
 
 
-@pytest.mark.parametrize(("model", "payload", "field"), REFUSED)
+@pytest.mark.parametrize(
+    ("model", "payload", "field"), REFUSED, ids=[f"{m.__name__}.{f}" for m, _, f in REFUSED]
+)
 def test_out_of_bounds_or_mistyped_is_refused_naming_the_field(
     model: type[pydantic.BaseModel], payload: Any, field: str
 ) -> None:

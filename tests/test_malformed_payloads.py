@@ -3,7 +3,7 @@
 The handlers are read from the workflow definitions of the worker's ``WORKFLOWS``
 (``temporalio.workflow._Definition``), so a new signal, update or query is covered without
 editing this file. Each is sent every payload of :data:`MALFORMED` on the time-skipping server,
-with the real workflows and ``MessageGuard`` as ``worker.py`` registers them and the stand-in
+with the real workflows and interceptors as ``worker.py`` registers them and the stand-in
 activities of ``tests/standins.py``. After each one: no ``WorkflowTaskFailed`` in history,
 ``status`` answers, and it is unchanged except for the record of the rejection; an update is
 refused by its validator (no ``UpdateAccepted`` in history).
@@ -40,8 +40,7 @@ from fleetops.converter import data_converter
 from fleetops.settings import ApprovalSettings
 from tests.conftest import BIN, assert_eventually, new_worker, register_search_attributes
 from tests.standins import ColorPlatform
-from worker import WORKFLOWS
-from workflows.payload_guard import MessageGuard
+from worker import INTERCEPTORS, WORKFLOWS
 
 QUOTA = 50
 """``max_replicas_per_agent`` of the test worker (the default)."""
@@ -145,7 +144,7 @@ async def world() -> AsyncIterator[World]:
                 notify.send_notification,
                 notify.approver_roles,
             ],
-            interceptors=[MessageGuard()],
+            interceptors=list(INTERCEPTORS),  # as worker.py registers them
         )
         async with worker:
             yield World(env, worker, platform)
