@@ -359,3 +359,33 @@ async def test_replicas_within_the_quota_start(world: World) -> None:
 
     await assert_eventually(ready)
     await h.terminate("test finished")
+
+
+async def test_a_deployment_above_the_quota_rolls_back_before_starting_replicas(
+    world: World,
+) -> None:
+    agent = await start_agent(world, max_replicas=QUOTA + 10)
+
+    async def ready() -> None:
+        assert (await agent.query("status"))["state"] == "READY"
+
+    await assert_eventually(ready)
+    name = agent.id.removeprefix("agent/")
+    h = await world.env.client.start_workflow(
+        "BlueGreenDeployment",
+        {"agent_id": name, "version": "v2", "replicas": QUOTA + 1,
+         "abort_scale_down_delay_seconds": 0},
+        id=f"deploy/{name}/v2",
+        task_queue=world.worker.task_queue,
+    )  # fmt: skip
+
+    async def rolled_back() -> dict[str, Any]:
+        st = await h.query("status")
+        assert st["phase"] == "ROLLED_BACK", st["phase"]
+        return st
+
+    st = await assert_eventually(rolled_back)
+    assert f"quota of {QUOTA} replicas" in st["message"]
+    assert st["active_color"] == "blue"
+    assert ("provision_replicas", ("green", QUOTA + 1, "v2")) not in world.platform.calls
+    await agent.terminate("test finished")
