@@ -77,8 +77,9 @@ MIN_REMINDER_INTERVAL_SECONDS = 60
 """Lower bound of ``promotion.reminder_interval_seconds``: one minute."""
 
 MAX_REMINDERS = 200
-"""Reminders one approval may send: ``approval_timeout_seconds / reminder_interval_seconds``
-(each is a notification activity in history)."""
+"""Reminders one approval wait may send: ``approval_timeout_seconds /
+reminder_interval_seconds`` (each is a notification activity in history; an escalated approval
+waits once more, so at most twice this)."""
 
 MAX_TEXT_LENGTH = 4000
 """Length of a free-text expression an operator types (a PromQL query, a condition)."""
