@@ -16,22 +16,26 @@ from datetime import timedelta
 
 import httpx
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from activities.deployments import DeploymentActivities
 from activities.metrics import MetricsActivities
 from activities.notify import NotifyActivities
 from activities.platform import Platform, PlatformActivities, build_platform
 from activities.probes import ProbeActivities
+from activities.quota import ReplicaQuota
 from fleetops.client import connect
 from fleetops.settings import Settings, get_settings
 from workflows.agent_lifecycle import AgentLifecycle
 from workflows.blue_green import BlueGreenDeployment
+from workflows.payload_guard import MessageGuard
 
 log = logging.getLogger("fleetops.worker")
 
 WORKFLOWS: Sequence[type] = (AgentLifecycle, BlueGreenDeployment)
 """Every workflow the FleetOps worker runs."""
+INTERCEPTORS: Sequence[Interceptor] = (MessageGuard(),)
+"""Worker interceptors: ``MessageGuard`` drops a signal whose payload count does not fit."""
 
 
 @contextlib.asynccontextmanager
@@ -63,12 +67,16 @@ async def fleetops_worker(
         platform_activities = PlatformActivities(platform)
         notify = NotifyActivities(http, settings.approval)
         metrics = MetricsActivities(http, settings.metrics)
+        quota = ReplicaQuota(
+            platform_activities.provision_replicas,
+            max_replicas_per_agent=settings.max_replicas_per_agent,
+        )
         worker = Worker(
             client,
             task_queue=task_queue or settings.temporal.task_queue,
             workflows=list(WORKFLOWS),
             activities=[
-                platform_activities.provision_replicas,
+                quota.provision_replicas,  # the platform's, within max_replicas_per_agent
                 platform_activities.restart_replicas,
                 platform_activities.deprovision_agent,
                 platform_activities.list_replicas,
@@ -83,6 +91,7 @@ async def fleetops_worker(
                 notify.approver_roles,
                 metrics.measure_metric,
             ],
+            interceptors=list(INTERCEPTORS),
             max_concurrent_activities=settings.max_concurrent_activities,
             graceful_shutdown_timeout=timedelta(seconds=10),
         )

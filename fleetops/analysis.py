@@ -34,6 +34,17 @@ from typing import Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from fleetops.conditions import parse_condition
+from fleetops.limits import (
+    MAX_CONSECUTIVE_ERROR_LIMIT,
+    MAX_DURATION_SECONDS,
+    MAX_INTERVAL_SECONDS,
+    MAX_MEASUREMENT_COUNT,
+    MAX_MEASUREMENTS_PER_ANALYSIS,
+    MAX_METRICS_PER_ANALYSIS,
+    MAX_TEXT_LENGTH,
+    Count,
+    Seconds,
+)
 from fleetops.models import Color, FrozenModel
 
 Builtin = Literal["error_rate", "p95_latency_seconds", "request_rate"]
@@ -60,23 +71,57 @@ def prometheus_duration(seconds: float) -> str:
 
 
 class Metric(FrozenModel):
-    """One metric of an analysis (Argo's ``AnalysisTemplate.spec.metrics[]``). Times in seconds."""
+    """One metric of an analysis (Argo's ``AnalysisTemplate.spec.metrics[]``). Times in seconds.
+
+    Bounds (:mod:`fleetops.limits`): interval and window at most 1 day, initial delay at most 30
+    days, ``count`` and the failure/inconclusive limits at most 100, ``consecutive_error_limit``
+    at most 10; the worst case ``count * (consecutive_error_limit + 1)`` is what
+    :class:`Analysis` sums against its budget.
+    """
 
     name: str = Field(min_length=1, max_length=100)
     query: str | None = Field(
-        None, min_length=1, description="PromQL; $agent_id $color $version $window substituted."
+        None,
+        min_length=1,
+        max_length=MAX_TEXT_LENGTH,
+        description="PromQL; $agent_id $color $version $window substituted.",
     )
     builtin: Builtin | None = Field(None, description="A measure FleetOps computes itself.")
-    success_condition: str | None = Field(None, description="e.g. 'result < 0.05'.")
-    failure_condition: str | None = Field(None, description="e.g. 'result >= 0.2'.")
-    interval_seconds: float = Field(10.0, gt=0, description="Between measurements.")
-    count: int = Field(3, ge=1, description="Measurements (errors excluded) before Successful.")
-    failure_limit: int = Field(0, ge=0, description="Failed measurements tolerated.")
-    inconclusive_limit: int = Field(0, ge=0, description="Inconclusive measurements tolerated.")
-    consecutive_error_limit: int = Field(4, ge=0, description="Errors in a row tolerated.")
-    initial_delay_seconds: float = Field(0.0, ge=0, description="Before the first measurement.")
-    window_seconds: float | None = Field(
-        None, gt=0, description="Span one measurement covers ($window); unset: interval_seconds."
+    success_condition: str | None = Field(
+        None, max_length=MAX_TEXT_LENGTH, description="e.g. 'result < 0.05'."
+    )
+    failure_condition: str | None = Field(
+        None, max_length=MAX_TEXT_LENGTH, description="e.g. 'result >= 0.2'."
+    )
+    interval_seconds: Seconds = Field(
+        10.0, gt=0, le=MAX_INTERVAL_SECONDS, description="Between measurements (<= 1 day)."
+    )
+    count: Count = Field(
+        3,
+        ge=1,
+        le=MAX_MEASUREMENT_COUNT,
+        description="Measurements (errors excluded) before Successful (<= 100).",
+    )
+    failure_limit: Count = Field(
+        0, ge=0, le=MAX_MEASUREMENT_COUNT, description="Failed measurements tolerated (<= 100)."
+    )
+    inconclusive_limit: Count = Field(
+        0,
+        ge=0,
+        le=MAX_MEASUREMENT_COUNT,
+        description="Inconclusive measurements tolerated (<= 100).",
+    )
+    consecutive_error_limit: Count = Field(
+        4, ge=0, le=MAX_CONSECUTIVE_ERROR_LIMIT, description="Errors in a row tolerated (<= 10)."
+    )
+    initial_delay_seconds: Seconds = Field(
+        0.0, ge=0, le=MAX_DURATION_SECONDS, description="Before the first measurement (<= 30 d)."
+    )
+    window_seconds: Seconds | None = Field(
+        None,
+        gt=0,
+        le=MAX_INTERVAL_SECONDS,
+        description="Span one measurement covers ($window); unset: interval_seconds (<= 1 day).",
     )
 
     @field_validator("success_condition", "failure_condition")
@@ -107,6 +152,15 @@ class Metric(FrozenModel):
         return self
 
     @property
+    def max_measurements(self) -> int:
+        """Most measurements this metric can take: ``count * (consecutive_error_limit + 1)``.
+
+        ``count`` non-error measurements end it, each preceded by at most
+        ``consecutive_error_limit`` errors in a row; one more error in a row ends it too.
+        """
+        return self.count * (self.consecutive_error_limit + 1)
+
+    @property
     def window(self) -> float:
         """Seconds one measurement covers: ``window_seconds``, else ``interval_seconds``."""
         return self.window_seconds or self.interval_seconds
@@ -120,9 +174,15 @@ class Metric(FrozenModel):
 
 
 class Analysis(FrozenModel):
-    """What to measure before (or after) promotion: metrics run concurrently."""
+    """What to measure before (or after) promotion: metrics run concurrently.
 
-    metrics: list[Metric] = Field(min_length=1)
+    At most :data:`~fleetops.limits.MAX_METRICS_PER_ANALYSIS` metrics, whose worst-case
+    measurements (:attr:`Metric.max_measurements`) sum to at most
+    :data:`~fleetops.limits.MAX_MEASUREMENTS_PER_ANALYSIS`, so a deployment's history stays
+    bounded.
+    """
+
+    metrics: list[Metric] = Field(min_length=1, max_length=MAX_METRICS_PER_ANALYSIS)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Analysis:
@@ -130,6 +190,14 @@ class Analysis(FrozenModel):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"metric names must be unique; repeated: {', '.join(duplicates)}")
+        worst = sum(m.max_measurements for m in self.metrics)
+        if worst > MAX_MEASUREMENTS_PER_ANALYSIS:
+            raise ValueError(
+                f"the metrics may take up to {worst} measurements (count * "
+                f"(consecutive_error_limit + 1), summed); at most "
+                f"{MAX_MEASUREMENTS_PER_ANALYSIS} are allowed: lower count or "
+                "consecutive_error_limit"
+            )
         return self
 
 

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from fleetops.limits import MAX_DURATION_SECONDS, Count, Seconds
 from fleetops.models import FrozenModel, StrictModel
 
 
@@ -25,10 +26,12 @@ class SmokeTest(StrictModel):
 
     name: str = Field(min_length=1, max_length=100)
     method: Literal["GET", "POST"] = "GET"
-    path: str = Field("/health", pattern=r"^/")
+    path: str = Field("/health", pattern=r"^/", max_length=2048)
     body: dict[str, Any] | None = Field(None, description="JSON body (POST).")
-    expect_status: int = Field(200, ge=100, le=599)
-    timeout_seconds: float = Field(5.0, gt=0)
+    expect_status: Count = Field(200, ge=100, le=599, description="HTTP status that passes.")
+    timeout_seconds: Seconds = Field(
+        5.0, gt=0, le=MAX_DURATION_SECONDS, description="Seconds per request (<= 30 days)."
+    )
 
 
 class SmokeRequest(FrozenModel):

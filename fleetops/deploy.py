@@ -18,11 +18,23 @@ from fleetops.approvals import (
     DEFAULT_TIMEOUT_SECONDS,
     ApprovalDecision,
     AuditEntry,
+    Name,
     PendingApproval,
     TimeoutOutcome,
 )
 from fleetops.checks import SmokeTest
 from fleetops.constants import AGENT_ID_PATTERN
+from fleetops.limits import (
+    MAX_APPROVERS,
+    MAX_DURATION_SECONDS,
+    MAX_INTERVAL_SECONDS,
+    MAX_REMINDERS,
+    MAX_REPLICAS,
+    MAX_SMOKE_TESTS,
+    MIN_REMINDER_INTERVAL_SECONDS,
+    Count,
+    Seconds,
+)
 from fleetops.models import (
     AgentSpec,
     AgentState,
@@ -66,28 +78,44 @@ class Promotion(StrictModel):
     ``approval_timeout_seconds``, then applies ``timeout_outcome``. ``auto`` promotes after
     ``auto_promote_after_seconds`` (default 0: at once) unless aborted. Fields of the other mode
     are rejected.
+
+    Bounds: delays and timeouts at most 30 days (:data:`~fleetops.limits.MAX_DURATION_SECONDS`);
+    reminders between 1 minute and 1 day apart, and at most
+    :data:`~fleetops.limits.MAX_REMINDERS` per approval; at most
+    :data:`~fleetops.limits.MAX_APPROVERS` approvers and roles, each a non-empty name.
     """
 
     mode: Literal["manual", "auto"] = Field("manual", description="Who promotes.")
-    approvers: list[str] = Field(
-        default_factory=list, description="manual: users who may approve (empty: any named)."
+    approvers: list[Name] = Field(
+        default_factory=list,
+        max_length=MAX_APPROVERS,
+        description="manual: users who may approve (empty: any named; at most 50).",
     )
-    roles: list[str] = Field(
-        default_factory=list, description="manual: roles whose holders may approve."
+    roles: list[Name] = Field(
+        default_factory=list,
+        max_length=MAX_APPROVERS,
+        description="manual: roles whose holders may approve (at most 50).",
     )
-    auto_promote_after_seconds: float | None = Field(
-        None, ge=0, description="auto: seconds to wait before promoting (None: 0)."
+    auto_promote_after_seconds: Seconds | None = Field(
+        None,
+        ge=0,
+        le=MAX_DURATION_SECONDS,
+        description="auto: seconds to wait before promoting (None: 0; <= 30 days).",
     )
-    approval_timeout_seconds: float = Field(
-        DEFAULT_TIMEOUT_SECONDS, gt=0, description="manual: seconds to wait for a decision."
+    approval_timeout_seconds: Seconds = Field(
+        DEFAULT_TIMEOUT_SECONDS,
+        gt=0,
+        le=MAX_DURATION_SECONDS,
+        description="manual: seconds to wait for a decision (<= 30 days).",
     )
     timeout_outcome: TimeoutOutcome = Field(
         "reject", description="manual: what a timeout means (reject | proceed | escalate)."
     )
-    reminder_interval_seconds: float | None = Field(
+    reminder_interval_seconds: Seconds | None = Field(
         DEFAULT_REMINDER_INTERVAL_SECONDS,
-        gt=0,
-        description="manual: seconds between reminders (None: no reminders).",
+        ge=MIN_REMINDER_INTERVAL_SECONDS,
+        le=MAX_INTERVAL_SECONDS,
+        description="manual: seconds between reminders (None: no reminders; 60 to 86400).",
     )
 
     @model_validator(mode="after")
@@ -112,6 +140,14 @@ class Promotion(StrictModel):
                 "promotion.auto_promote_after_seconds applies only to mode 'auto'; "
                 "set mode 'auto' or remove it"
             )
+        interval = self.reminder_interval_seconds
+        if interval is not None and self.approval_timeout_seconds / interval > MAX_REMINDERS:
+            raise ValueError(
+                f"promotion.reminder_interval_seconds={interval:g} would send more than "
+                f"{MAX_REMINDERS} reminders in approval_timeout_seconds="
+                f"{self.approval_timeout_seconds:g}; use an interval of at least "
+                f"{self.approval_timeout_seconds / MAX_REMINDERS:g} s"
+            )
         return self
 
 
@@ -120,7 +156,10 @@ class DeploymentRequest(StrictModel):
 
     The agent starts it as its child ``BlueGreenDeployment`` (workflow id
     ``deploy/<agent_id>/<version>``). ``command``/``image``/``env``/``replicas`` default to the
-    running spec's. Delays are seconds.
+    running spec's. Delays are seconds, at most 30 days
+    (:data:`~fleetops.limits.MAX_DURATION_SECONDS`); replica counts at most
+    :data:`~fleetops.limits.MAX_REPLICAS` (the worker's ``max_replicas_per_agent`` quota is
+    checked when the new colour is provisioned).
     """
 
     agent_id: str = Field(pattern=AGENT_ID_PATTERN)
@@ -128,17 +167,28 @@ class DeploymentRequest(StrictModel):
     command: list[str] | None = None
     image: str | None = Field(None, min_length=1)
     env: dict[str, str] | None = None
-    replicas: int | None = Field(None, ge=1)
-    preview_replicas: int | None = Field(None, ge=1)
-    smoke_tests: list[SmokeTest] = Field(default_factory=list)
+    replicas: Count | None = Field(None, ge=1, le=MAX_REPLICAS, description="<= 1000.")
+    preview_replicas: Count | None = Field(
+        None, ge=1, le=MAX_REPLICAS, description="Replicas before promotion (<= replicas)."
+    )
+    smoke_tests: list[SmokeTest] = Field(
+        default_factory=list, max_length=MAX_SMOKE_TESTS, description="At most 20."
+    )
     pre_promotion_analysis: Analysis | None = None
     post_promotion_analysis: Analysis | None = None
     promotion: Promotion = Field(default_factory=Promotion)
-    scale_down_delay_seconds: float = Field(30.0, ge=0, description="Old colour kept this long.")
-    abort_scale_down_delay_seconds: float = Field(
-        30.0, ge=0, description="New colour kept this long after a rollback."
+    scale_down_delay_seconds: Seconds = Field(
+        30.0, ge=0, le=MAX_DURATION_SECONDS, description="Old colour kept this long (<= 30 d)."
     )
-    ready_timeout_seconds: float = Field(300.0, gt=0, description="Bound on WAITING_READY.")
+    abort_scale_down_delay_seconds: Seconds = Field(
+        30.0,
+        ge=0,
+        le=MAX_DURATION_SECONDS,
+        description="New colour kept this long after a rollback (<= 30 days).",
+    )
+    ready_timeout_seconds: Seconds = Field(
+        300.0, gt=0, le=MAX_DURATION_SECONDS, description="Bound on WAITING_READY (<= 30 days)."
+    )
     requested_by: str = Field("", max_length=200, description="Who asked; kept in the record.")
 
     @model_validator(mode="after")

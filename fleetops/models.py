@@ -14,6 +14,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleetops.constants import AGENT_ID_PATTERN
+from fleetops.limits import (
+    MAX_CPU_MILLICORES,
+    MAX_DURATION_SECONDS,
+    MAX_FAILURE_THRESHOLD,
+    MAX_HEALTH_ROUNDS_PER_RUN,
+    MAX_INTERVAL_SECONDS,
+    MAX_MEMORY_MIB,
+    MAX_REPLICAS,
+    Count,
+    Seconds,
+)
 
 SAMPLE_AGENT_COMMAND = ["fleetops-sample-agent"]
 """Default ``AgentSpec.command``: the sample agent shipped in ``infra/sample_agent``."""
@@ -35,12 +46,24 @@ class FrozenModel(StrictModel):
 
 
 class Resources(StrictModel):
-    """CPU and memory of one replica (Kubernetes requests and limits)."""
+    """CPU and memory of one replica (Kubernetes requests and limits).
 
-    cpu_request_millicores: int = Field(250, ge=1, description="CPU request, millicores.")
-    cpu_limit_millicores: int = Field(1000, ge=1, description="CPU limit, millicores.")
-    memory_request_mib: int = Field(256, ge=1, description="Memory request, MiB.")
-    memory_limit_mib: int = Field(512, ge=1, description="Memory limit, MiB.")
+    Bounds: CPU at most :data:`~fleetops.limits.MAX_CPU_MILLICORES` (256 cores), memory at most
+    :data:`~fleetops.limits.MAX_MEMORY_MIB` (1 TiB).
+    """
+
+    cpu_request_millicores: Count = Field(
+        250, ge=1, le=MAX_CPU_MILLICORES, description="CPU request, millicores (<= 256000)."
+    )
+    cpu_limit_millicores: Count = Field(
+        1000, ge=1, le=MAX_CPU_MILLICORES, description="CPU limit, millicores (<= 256000)."
+    )
+    memory_request_mib: Count = Field(
+        256, ge=1, le=MAX_MEMORY_MIB, description="Memory request, MiB (<= 1048576)."
+    )
+    memory_limit_mib: Count = Field(
+        512, ge=1, le=MAX_MEMORY_MIB, description="Memory limit, MiB (<= 1048576)."
+    )
 
     @model_validator(mode="after")
     def _limits_cover_requests(self) -> Resources:
@@ -55,20 +78,42 @@ class HealthCheck(StrictModel):
     """How replicas are probed (HTTP GET ``path`` on each replica every ``interval_seconds``).
 
     Semantics follow Kubernetes probes: ``failure_threshold`` consecutive failures mark a replica
-    unhealthy.
+    unhealthy. Intervals are at most :data:`~fleetops.limits.MAX_INTERVAL_SECONDS` (1 day),
+    timeouts at most :data:`~fleetops.limits.MAX_DURATION_SECONDS` (30 days).
     """
 
-    path: str = Field("/health", pattern=r"^/", description="HTTP path probed on each replica.")
-    interval_seconds: float = Field(10.0, gt=0, description="Seconds between health rounds.")
-    timeout_seconds: float = Field(2.0, gt=0, description="Seconds before one probe fails.")
-    failure_threshold: int = Field(
-        3, ge=1, description="Consecutive failed probes before a replica is unhealthy."
+    path: str = Field(
+        "/health", pattern=r"^/", max_length=2048, description="HTTP path probed on each replica."
     )
-    startup_timeout_seconds: float = Field(
-        120.0, gt=0, description="Seconds for new replicas to become healthy before ERROR."
+    interval_seconds: Seconds = Field(
+        10.0,
+        gt=0,
+        le=MAX_INTERVAL_SECONDS,
+        description="Seconds between health rounds (<= 86400, 1 day).",
     )
-    recovery_timeout_seconds: float = Field(
-        300.0, gt=0, description="Seconds DEGRADED may last (self-heal included) before ERROR."
+    timeout_seconds: Seconds = Field(
+        2.0,
+        gt=0,
+        le=MAX_DURATION_SECONDS,
+        description="Seconds before one probe fails (<= 2592000, 30 days).",
+    )
+    failure_threshold: Count = Field(
+        3,
+        ge=1,
+        le=MAX_FAILURE_THRESHOLD,
+        description="Consecutive failed probes before a replica is unhealthy (<= 100).",
+    )
+    startup_timeout_seconds: Seconds = Field(
+        120.0,
+        gt=0,
+        le=MAX_DURATION_SECONDS,
+        description="Seconds for new replicas to become healthy before ERROR (<= 30 days).",
+    )
+    recovery_timeout_seconds: Seconds = Field(
+        300.0,
+        gt=0,
+        le=MAX_DURATION_SECONDS,
+        description="Seconds DEGRADED may last (self-heal included) before ERROR (<= 30 days).",
     )
 
 
@@ -76,25 +121,32 @@ class AgentSpec(StrictModel):
     """Input of ``AgentLifecycle``: what to run and how to keep it healthy.
 
     Exactly one of ``command`` (local platform) or ``image`` (Kubernetes) is normally used; with
-    neither, ``command`` defaults to the sample agent.
+    neither, ``command`` defaults to the sample agent. Replica counts are at most
+    :data:`~fleetops.limits.MAX_REPLICAS` here; the worker's ``max_replicas_per_agent`` quota
+    (default 50) is checked when replicas are provisioned (see ``activities/quota.py``).
     """
 
     agent_id: str = Field(pattern=AGENT_ID_PATTERN, description="DNS-label id of the agent.")
     command: list[str] | None = Field(None, description="argv of one replica (local platform).")
     image: str | None = Field(None, min_length=1, description="Container image (Kubernetes).")
     version: str = Field("v1", min_length=1, max_length=63, description="Version label.")
-    replicas: int = Field(1, ge=1, description="Desired replicas.")
-    min_replicas: int = Field(1, ge=1, description="Lowest replica count `scale` accepts.")
-    max_replicas: int = Field(10, ge=1, description="Highest replica count `scale` accepts.")
+    replicas: Count = Field(1, ge=1, le=MAX_REPLICAS, description="Desired replicas (<= 1000).")
+    min_replicas: Count = Field(
+        1, ge=1, le=MAX_REPLICAS, description="Lowest replica count `scale` accepts (<= 1000)."
+    )
+    max_replicas: Count = Field(
+        10, ge=1, le=MAX_REPLICAS, description="Highest replica count `scale` accepts (<= 1000)."
+    )
     resources: Resources = Field(default_factory=Resources)
     env: dict[str, str] = Field(default_factory=dict, description="Environment of each replica.")
     health: HealthCheck = Field(default_factory=HealthCheck)
-    health_rounds_per_run: int = Field(
+    health_rounds_per_run: Count = Field(
         300,
         ge=1,
+        le=MAX_HEALTH_ROUNDS_PER_RUN,
         description=(
             "Health rounds before continue-as-new (bounds history; ~11 events per round, so the"
-            " server's own suggestion at ~4K events comes later)."
+            " server's own suggestion at ~4K events comes later). At most 1000."
         ),
     )
 
@@ -153,7 +205,7 @@ class Transition(FrozenModel):
 class ScaleRequest(StrictModel):
     """Payload of the ``scale`` signal: ``{"replicas": n}``."""
 
-    replicas: int = Field(ge=1, description="New desired replica count.")
+    replicas: Count = Field(ge=1, le=MAX_REPLICAS, description="New desired replica count.")
 
 
 class OperatorRequest(StrictModel):
@@ -167,7 +219,9 @@ class TransitionRequest(StrictModel):
     """Payload of the ``transition`` update: an operator action answered synchronously."""
 
     action: Action
-    replicas: int | None = Field(None, ge=1, description="Required for `scale`.")
+    replicas: Count | None = Field(
+        None, ge=1, le=MAX_REPLICAS, description="Required for `scale` (<= 1000)."
+    )
     reason: str = Field("", max_length=500)
     requested_by: str = Field("", max_length=200)
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleetops.constants import TASK_QUEUE
+from fleetops.limits import DEFAULT_MAX_REPLICAS_PER_AGENT, MAX_REPLICAS
 
 
 class TemporalSettings(BaseModel):
@@ -207,6 +208,15 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     max_concurrent_activities: int = Field(
         200, ge=1, description="Activities one worker runs at once."
+    )
+    max_replicas_per_agent: int = Field(
+        DEFAULT_MAX_REPLICAS_PER_AGENT,
+        ge=1,
+        le=MAX_REPLICAS,
+        description=(
+            "Quota: replicas one colour of one agent may run. The worker refuses to provision "
+            "more (non-retryable QuotaExceeded); at most 1000, the bound of the models."
+        ),
     )
 
 

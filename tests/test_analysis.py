@@ -509,7 +509,7 @@ async def test_configuration_error_fails_the_workflow(env: WorkflowEnvironment) 
 async def test_cancellation_stops_measurements(isolated_env: WorkflowEnvironment) -> None:
     env = isolated_env  # a cancelled activity on a shared test server can stall other tests
     fake = Scripted({"errors": ["hang"], "rate": [1.0]})
-    rate = {"name": "rate", "builtin": "request_rate", "interval_seconds": 600, "count": 1000}
+    rate = {"name": "rate", "builtin": "request_rate", "interval_seconds": 600, "count": 80}
     inp = ProbeInput(analysis=Analysis.model_validate({"metrics": [ERRORS, rate]}))
     async with probe_worker(env, fake) as w:
         handle = await env.client.start_workflow(
@@ -545,7 +545,7 @@ async def test_a_measurement_racing_the_cancellation_does_not_resume_the_analysi
     # measure again (which would go on for 1000 rounds of 10 minutes).
     env = isolated_env
     fake = Scripted({"errors": ["hang"], "rate": ["block", 1.0]})
-    rate = {"name": "rate", "builtin": "request_rate", "interval_seconds": 600, "count": 1000}
+    rate = {"name": "rate", "builtin": "request_rate", "interval_seconds": 600, "count": 80}
     inp = ProbeInput(analysis=Analysis.model_validate({"metrics": [ERRORS, rate]}))
     queue = f"tq-{uuid.uuid4()}"
 

@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         check_transition,
         deployment_error,
     )
+    from workflows.payload_guard import requires_input
 
 S = AgentState
 MAX_TRANSITIONS = 50
@@ -80,6 +81,7 @@ class AgentLifecycle(DeploymentOwner):
     """Keeps one agent's replicas running and healthy until it is shut down."""
 
     @workflow.init
+    @requires_input
     def __init__(self, input: AgentLifecycleInput) -> None:
         """Set up state from the spec, or from the previous run on continue-as-new."""
         self._spec = spec = input.spec()

@@ -53,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.analysis_run import run_analysis
     from workflows.approval import ApprovalGate, ApprovalHandlers
     from workflows.blue_green_gate import promotion_request
+    from workflows.payload_guard import requires_input
 
 T = TypeVar("T")
 
@@ -70,6 +71,7 @@ class BlueGreenDeployment(ApprovalHandlers):
     """Deploys ``version`` of an agent to its idle colour and promotes it, or rolls back."""
 
     @workflow.init
+    @requires_input
     def __init__(self, run: DeploymentRun) -> None:
         """Set up state; nothing runs until ``run``."""
         self._req = req = run.request
@@ -176,8 +178,9 @@ class BlueGreenDeployment(ApprovalHandlers):
                 if raw is None
                 else workflow.payload_converter().from_payload(raw.payload, AbortRequest)
             )
-        except ApplicationError as err:
-            req = AbortRequest(reason=f"(unreadable abort payload: {err.message})")
+        except ApplicationError as err:  # nothing runs from a payload that did not validate
+            self._approval_gate.refuse(None, f"abort signal ignored: {err.message}")
+            return
         if not self._abortable:
             workflow.logger.warning("abort ignored in %s: %s", self._phase, req.reason)
             return
