@@ -80,6 +80,7 @@ async def fleetops_worker(
                 probes.run_smoke_tests,
                 DeploymentActivities(client).claim_agent,
                 notify.send_notification,
+                notify.approval_policy,
                 notify.approver_roles,
                 metrics.measure_metric,
             ],

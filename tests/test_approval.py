@@ -130,15 +130,23 @@ def settings_for(rec: Receiver, **kw: Any) -> ApprovalSettings:
 
 @asynccontextmanager
 async def started(
-    env: WorkflowEnvironment, settings: ApprovalSettings, **req: Any
+    env: WorkflowEnvironment,
+    settings: ApprovalSettings,
+    *,
+    activities: list[Any] | None = None,
+    **req: Any,
 ) -> AsyncIterator[WorkflowHandle[Any, ApprovalDecision]]:
-    """A worker with the real notify activities, and a started ApprovalProbe that is pending."""
+    """A worker with the real notify activities, and a started ApprovalProbe that is pending.
+
+    ``activities`` replaces the notify activities (e.g. with a broken ``approval_policy``).
+    """
     async with httpx.AsyncClient(timeout=5) as http:
         notify = NotifyActivities(http, settings)
         worker = new_worker(
             env.client,
             workflows=[ApprovalProbe],
-            activities=[notify.send_notification, notify.approver_roles],
+            activities=activities
+            or [notify.send_notification, notify.approval_policy, notify.approver_roles],
         )
         async with worker:
             handle = await env.client.start_workflow(

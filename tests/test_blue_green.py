@@ -59,6 +59,7 @@ async def worker(env: WorkflowEnvironment, platform: ColorPlatform) -> AsyncIter
                 *platform.activities(),
                 DeploymentActivities(env.client).claim_agent,
                 notify.send_notification,
+                notify.approval_policy,
                 notify.approver_roles,
             ],
         )
