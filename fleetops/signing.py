@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -38,6 +39,18 @@ MAX_CLOCK_SKEW_SECONDS = 60.0
 
 class SigningError(ValueError):
     """A key or signature cannot be read (wrong format, wrong algorithm)."""
+
+
+def _load_exception_types() -> None:
+    # cryptography's Rust core imports cryptography.exceptions the first time it raises
+    # InvalidSignature. Inside Temporal's workflow sandbox that import fails and pyo3 aborts the
+    # whole worker process, so a forged signature would kill the worker. The first failure
+    # therefore happens here, when this module is imported, outside any sandbox.
+    with contextlib.suppress(InvalidSignature):
+        Ed25519PrivateKey.generate().public_key().verify(b"\0" * 64, b"")
+
+
+_load_exception_types()
 
 
 def decision_message(

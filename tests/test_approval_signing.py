@@ -6,9 +6,12 @@ Reuses ``ApprovalProbe`` and the helpers of ``tests/test_approval.py``; the real
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from temporalio import workflow
@@ -270,7 +273,23 @@ async def test_forged_decide_is_refused_before_history(env: WorkflowEnvironment)
         assert (await handle.result()).signed
 
 
-async def test_forged_signals_are_audited_as_refusals(env: WorkflowEnvironment) -> None:
+REPLAY_IN_FRESH_PROCESS = """
+import asyncio, sys
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+from fleetops.converter import data_converter
+from tests.test_approval import ApprovalProbe
+
+history = WorkflowHistory.from_json(sys.argv[2], open(sys.argv[1]).read())
+replayer = Replayer(workflows=[ApprovalProbe], data_converter=data_converter())
+asyncio.run(replayer.replay_workflow(history))
+print("replayed")
+"""
+
+
+async def test_forged_signals_are_audited_as_refusals(
+    env: WorkflowEnvironment, tmp_path: Path
+) -> None:
     async with started(env, signed_settings(), roles=["sre"]) as handle:
         bad = await forgeries(handle, decide=False)
         for forged in bad.values():
@@ -291,6 +310,18 @@ async def test_forged_signals_are_audited_as_refusals(env: WorkflowEnvironment) 
         await handle.signal("reject", await sign(handle, ALICE, approved=False, decide=False))
         d = await handle.result()
         assert (d.approved, d.outcome, d.signed) == (False, "rejected", True)
+        # The first bad signature a process sees, checked inside the workflow sandbox, must not
+        # abort it (cryptography's Rust core once did): replay in a fresh interpreter.
+        path = tmp_path / "history.json"
+        path.write_text((await handle.fetch_history()).to_json())
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", REPLAY_IN_FRESH_PROCESS, str(path), handle.id,
+        cwd=Path(__file__).parent.parent,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert (proc.returncode, out.strip()) == (0, b"replayed"), err.decode()[-2000:]
 
 
 async def test_approver_without_key_is_refused(env: WorkflowEnvironment) -> None:
