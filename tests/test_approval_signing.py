@@ -23,7 +23,12 @@ with workflow.unsafe.imports_passed_through():
     from temporalio import activity
     from temporalio.api.common.v1 import Payload
     from temporalio.api.enums.v1 import EventType
-    from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+    from temporalio.client import (
+        WorkflowFailureError,
+        WorkflowHandle,
+        WorkflowHistory,
+        WorkflowUpdateFailedError,
+    )
     from temporalio.common import RawValue
     from temporalio.exceptions import ApplicationError
     from temporalio.testing import WorkflowEnvironment
@@ -36,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalSignal,
         DecisionRequest,
     )
+    from fleetops.converter import data_converter
     from fleetops.settings import ApprovalSettings
     from fleetops.signing import (
         decision_message,
@@ -419,3 +425,17 @@ async def test_bad_payloads_never_fail_a_workflow_task(env: WorkflowEnvironment)
         assert d.approver == "alice"
         await handle.signal(ApprovalProbe.finish)
         assert (await handle.result()).approved
+
+
+# --- replay of a history recorded before the approval policy ---------------------------------
+
+BEFORE_POLICY = Path(__file__).parent / "histories/approval/before_policy.json"
+
+
+async def test_history_from_before_the_policy_replays() -> None:
+    """Recorded with the gate that read only roles (``approver_roles``), a refused signal and an
+    approval by ``decide``: running executions of that code must replay (``POLICY_PATCH``)."""
+    history = WorkflowHistory.from_json("approval-before-policy", BEFORE_POLICY.read_text())
+    replayer = Replayer(workflows=[ApprovalProbe], data_converter=data_converter())
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, result.replay_failure
