@@ -247,10 +247,15 @@ def request_text(title: str, pending: PendingApproval | None, workflow_id: str) 
         f"Who may decide: {who}. Deadline: {p.deadline:%Y-%m-%d %H:%M:%S} UTC "
         f"(then: {p.timeout_outcome})."
     )
-    lines.append(
-        f"Decide: temporal workflow update execute --workflow-id '{workflow_id}' --name decide "
-        '--input \'{"approver": "<you>", "approved": true, "comment": "..."}\''
-    )
+    if p.signatures_required:
+        lines.append(
+            f"Decide (signed): fleetops approve|reject '{workflow_id}' --as <you> --key <key>"
+        )
+    else:
+        lines.append(
+            f"Decide: temporal workflow update execute --workflow-id '{workflow_id}' --name decide "
+            '--input \'{"approver": "<you>", "approved": true, "comment": "..."}\''
+        )
     return "\n".join(lines)
 
 

@@ -100,14 +100,14 @@ def _decide(
     key = _read_key(key_path) if key_path is not None else None
     if print_input:
         if key is None:
-            out.print_json(d.model_dump_json(exclude_none=True))
+            typer.echo(d.model_dump_json(exclude_none=True))
             return
 
         async def sign(client: Client) -> DecisionRequest:
             assert key is not None
             return await api.signed_decision(client, workflow_id, d, key, request_id=request_id)
 
-        out.print_json(run(sign).model_dump_json(exclude_none=True))
+        typer.echo(run(sign).model_dump_json(exclude_none=True))
         return
 
     async def go(client: Client) -> ApprovalDecision:
