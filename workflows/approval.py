@@ -26,11 +26,10 @@ from datetime import timedelta
 from typing import TypeVar
 
 from temporalio import workflow
-from temporalio.common import RawValue, RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.common import RawValue
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.notify import NotifyActivities
     from fleetops.approvals import (
         ApprovalDecision,
         ApprovalOutcome,
@@ -48,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from fleetops.constants import AWAITING_APPROVAL_KEY
     from fleetops.signing import signature_problem
+    from workflows.approval_calls import read_policy, send_notification
     from workflows.payloads import decode_payload
 
 APPROVAL_REFUSED = "ApprovalRefused"
@@ -56,16 +56,6 @@ MAX_AUDIT_ENTRIES = 100
 """Audit entries kept (oldest dropped) so history and query answers stay bounded."""
 MAX_DECISIONS = 100
 """Decisions kept (oldest dropped)."""
-NOTIFY_TIMEOUT = timedelta(seconds=30)
-"""Start-to-close timeout of one webhook notification."""
-NOTIFY_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
-"""A notification is tried 5 times (1, 2, 4, 8 s apart); one that still fails is audited, and
-the approval goes on waiting."""
-ROLES_TIMEOUT = timedelta(seconds=10)
-"""Start-to-close timeout of the activity that reads roles and keys from settings."""
-POLICY_PATCH = "fleetops-approval-policy"
-"""``workflow.patched`` id: requests read roles and keys (``approval_policy``); histories from
-before read only roles (``approver_roles``)."""
 MAX_DETAIL_CHARS = 500
 """Audit details are cut to this many characters (a refusal quotes what was sent)."""
 _MIN_WAIT = timedelta(milliseconds=1)
@@ -134,10 +124,10 @@ class ApprovalGate:
             raise RuntimeError("an approval is already pending on this gate; await it first")
         self._count += 1
         self._request_id = f"approval-{self._count}"
-        if workflow.patched(POLICY_PATCH):
-            self._policy = await self._fetch_policy()
-        else:
-            self._policy = ApprovalPolicy(roles=await self._fetch_roles())
+        self._policy, unavailable = await read_policy()
+        if unavailable is not None:
+            workflow.logger.warning(unavailable)
+            self._record("requested", None, unavailable)
         now = workflow.now()
         self._req, self._resolved, self._slot = req, None, 0
         self._pending = PendingApproval(
@@ -338,39 +328,6 @@ class ApprovalGate:
 
     # --- activities ------------------------------------------------------------------------
 
-    async def _fetch_policy(self) -> ApprovalPolicy:
-        try:
-            return await workflow.execute_local_activity_method(
-                NotifyActivities.approval_policy,
-                start_to_close_timeout=ROLES_TIMEOUT,
-                retry_policy=RetryPolicy(maximum_attempts=3),
-            )
-        except (ActivityError, ApplicationError) as err:
-            # A local activity's failure may arrive as the ApplicationError itself.
-            # Fail closed: without the keys nobody can tell a forged decision from a real one,
-            # so every decision is refused (no approver has a key) until the timeout applies.
-            cause = err.cause if isinstance(err, ActivityError) and err.cause else err
-            detail = (
-                f"approval policy unavailable ({cause}); every decision is refused "
-                "and the request ends at its timeout"
-            )
-            workflow.logger.warning(detail)
-            self._record("requested", None, detail)
-            return ApprovalPolicy(public_keys={"": ""})
-
-    async def _fetch_roles(self) -> dict[str, list[str]]:
-        try:
-            return await workflow.execute_local_activity_method(
-                NotifyActivities.approver_roles,
-                start_to_close_timeout=ROLES_TIMEOUT,
-                retry_policy=RetryPolicy(maximum_attempts=3),
-            )
-        except ActivityError as err:
-            detail = f"approver roles unavailable ({err.cause or err}); only listed names decide"
-            workflow.logger.warning(detail)
-            self._record("requested", None, detail)
-            return {}
-
     def _notification(
         self, kind: NotificationKind, text: str, *, escalation: bool = False
     ) -> Notification:
@@ -396,20 +353,10 @@ class ApprovalGate:
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, n: Notification) -> None:
-        try:
-            sent = await workflow.execute_activity_method(
-                NotifyActivities.send_notification,
-                n,
-                start_to_close_timeout=NOTIFY_TIMEOUT,
-                retry_policy=NOTIFY_RETRY,
-            )
-        except ActivityError as err:
-            detail = f"{n.kind} notification failed: {err.cause or err}"
-            workflow.logger.warning(detail)
-            self._record(_AUDIT_KIND[n.kind], None, detail)
-            return
-        if not sent:
-            workflow.logger.info("%s notification not sent: no approval webhook", n.kind)
+        failure = await send_notification(n)
+        if failure is not None:
+            workflow.logger.warning(failure)
+            self._record(_AUDIT_KIND[n.kind], None, failure)
 
     def _record(self, kind: AuditKind, actor: str | None, detail: str) -> None:
         if len(detail) > MAX_DETAIL_CHARS:
