@@ -183,6 +183,7 @@ class PendingApproval(FrozenModel):
     """Answer of the ``pending_approval`` query: the open request, as shown to approvers."""
 
     request_id: str
+    run_id: str = Field("", description="The workflow run asking (signed decisions name it).")
     question: str
     context: dict[str, ContextValue]
     approvers: list[str]

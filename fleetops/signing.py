@@ -2,10 +2,11 @@
 
 An approver holds an Ed25519 private key; ``approval.public_keys`` maps each approver to the
 public half. A decision is signed over the canonical bytes of :func:`decision_message` (workflow
-id, request id, decision, approver, time, comment). The gate verifies the signature in the
-``decide`` update validator (nothing is written to history for a bad one) and in the
-``approve``/``reject`` signal handlers (a bad one is audited as a refusal). The request id binds
-a signature to one request, so it cannot be replayed on the next one; the time bounds it to a few
+id and run id, request id, decision, approver, time, comment). The gate verifies the signature in
+the ``decide`` update validator (nothing is written to history for a bad one) and in the
+``approve``/``reject`` signal handlers (a bad one is audited as a refusal). The run id and
+request id bind a signature to one request of one run, so it cannot be replayed on the next
+request or on a new run under the same workflow id; the time bounds it to a few
 minutes around the workflow's clock (``signature_max_age_seconds`` in the past,
 :data:`MAX_CLOCK_SKEW_SECONDS` in the future).
 
@@ -56,6 +57,7 @@ _load_exception_types()
 def decision_message(
     *,
     workflow_id: str,
+    run_id: str,
     request_id: str,
     approved: bool,
     approver: str,
@@ -65,11 +67,12 @@ def decision_message(
     """The canonical bytes an approver signs for one decision.
 
     A JSON object with sorted keys and no whitespace (UTF-8): ``v`` (:data:`MESSAGE_VERSION`),
-    ``workflow_id``, ``request_id``, ``decision`` (``approve``/``reject``), ``approver``,
-    ``signed_at`` (UTC, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``) and ``comment``.
+    ``workflow_id``, ``run_id``, ``request_id``, ``decision`` (``approve``/``reject``),
+    ``approver``, ``signed_at`` (UTC, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``) and ``comment``.
 
     Args:
         workflow_id: the waiting workflow, e.g. ``deploy/demo/v2``.
+        run_id: its run (``run_id`` of the ``pending_approval`` query).
         request_id: the pending request (``pending_approval`` query), e.g. ``approval-1``.
         approved: True approves, False rejects.
         approver: who decides (as in ``approval.public_keys``).
@@ -82,6 +85,7 @@ def decision_message(
     doc = {
         "v": MESSAGE_VERSION,
         "workflow_id": workflow_id,
+        "run_id": run_id,
         "request_id": request_id,
         "decision": "approve" if approved else "reject",
         "approver": approver,
@@ -163,6 +167,7 @@ def sign_decision(
     decision: ApprovalSignal,
     *,
     workflow_id: str,
+    run_id: str,
     request_id: str,
     approved: bool,
     signed_at: datetime,
@@ -173,6 +178,7 @@ def sign_decision(
         key: the approver's private key.
         decision: approver and comment (an ``ApprovalSignal`` or ``DecisionRequest``).
         workflow_id: the waiting workflow.
+        run_id: its run.
         request_id: the pending request's id.
         approved: True approves, False rejects (must match the message sent).
         signed_at: now, timezone-aware.
@@ -182,6 +188,7 @@ def sign_decision(
     """
     message = decision_message(
         workflow_id=workflow_id,
+        run_id=run_id,
         request_id=request_id,
         approved=approved,
         approver=decision.approver,
@@ -199,6 +206,7 @@ def signature_problem(
     decision: ApprovalSignal,
     *,
     workflow_id: str,
+    run_id: str,
     request_id: str,
     approved: bool,
     now: datetime,
@@ -213,6 +221,7 @@ def signature_problem(
         policy: keys and the maximum signature age, as recorded when the request started.
         decision: the decision as received.
         workflow_id: the workflow deciding (``workflow.info().workflow_id``).
+        run_id: its run (``workflow.info().run_id``).
         request_id: the pending request's id.
         approved: the decision (from the signal name or ``approved``).
         now: workflow time.
@@ -246,6 +255,7 @@ def signature_problem(
         return f"the signature is from the future ({d.signed_at.isoformat()}); check the clock"
     message = decision_message(
         workflow_id=workflow_id,
+        run_id=run_id,
         request_id=request_id,
         approved=approved,
         approver=name,
@@ -254,7 +264,10 @@ def signature_problem(
     )
     if not verify(key, d.signature, message):
         verb = "approve" if approved else "reject"
-        return f"bad signature: not {name}'s signature of this {verb} of {request_id}"
+        return (
+            f"bad signature: not {name}'s signature of this {verb} of {request_id} "
+            "(of this workflow run)"
+        )
     return None
 
 

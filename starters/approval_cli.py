@@ -41,10 +41,6 @@ PrintInput = Annotated[
         "instead of sending it.",
     ),
 ]
-RequestId = Annotated[
-    str | None,
-    typer.Option(help="Sign for this request id (default: the pending one, queried)."),
-]
 
 keys_app = typer.Typer(help="Approver signing keys (Ed25519).", no_args_is_help=True)
 _KEY_NAME = re.compile(r"^[A-Za-z0-9_@-][A-Za-z0-9._@-]{0,99}$")
@@ -64,10 +60,9 @@ def approve(
     comment: Comment = "",
     key: Key = None,
     print_input: PrintInput = False,
-    request_id: RequestId = None,
 ) -> None:
     """Approve what WORKFLOW_ID waits for (signed with --key)."""
-    _decide(workflow_id, as_, comment, key, print_input, request_id, approved=True)
+    _decide(workflow_id, as_, comment, key, print_input, approved=True)
 
 
 def reject(
@@ -76,10 +71,9 @@ def reject(
     comment: Comment = "",
     key: Key = None,
     print_input: PrintInput = False,
-    request_id: RequestId = None,
 ) -> None:
     """Reject what WORKFLOW_ID waits for (a deployment then rolls back)."""
-    _decide(workflow_id, as_, comment, key, print_input, request_id, approved=False)
+    _decide(workflow_id, as_, comment, key, print_input, approved=False)
 
 
 def _decide(
@@ -88,7 +82,6 @@ def _decide(
     comment: str,
     key_path: Path | None,
     print_input: bool,
-    request_id: str | None,
     *,
     approved: bool,
 ) -> None:
@@ -105,7 +98,7 @@ def _decide(
 
         async def sign(client: Client) -> DecisionRequest:
             assert key is not None
-            return await api.signed_decision(client, workflow_id, d, key, request_id=request_id)
+            return await api.signed_decision(client, workflow_id, d, key)
 
         typer.echo(run(sign).model_dump_json(exclude_none=True))
         return

@@ -62,17 +62,14 @@ async def signed_decision(
     workflow_id: str,
     decision: DecisionRequest,
     key: Ed25519PrivateKey,
-    *,
-    request_id: str | None = None,
 ) -> DecisionRequest:
-    """``decision`` signed with ``key`` for the pending request of ``workflow_id``.
+    """``decision`` signed with ``key`` for the request ``workflow_id`` waits for now.
 
     Args:
-        client: a connected client (used only when ``request_id`` is None).
+        client: a connected client (queries ``pending_approval`` for the run and request ids).
         workflow_id: the waiting workflow.
         decision: approver, comment and ``approved``.
         key: the approver's Ed25519 private key.
-        request_id: the request to sign for; None: the one pending now.
 
     Returns:
         The decision with ``request_id``, ``signed_at`` (now, UTC) and ``signature``.
@@ -81,16 +78,15 @@ async def signed_decision(
         ApprovalRefusedError: nothing is pending.
         NoOpenWorkflowError: no workflow ``workflow_id``.
     """
-    if request_id is None:
-        pending = await pending_approval(client, workflow_id)
-        if pending is None:
-            raise ApprovalRefusedError(f"{workflow_id} is not waiting for an approval")
-        request_id = pending.request_id
+    pending = await pending_approval(client, workflow_id)
+    if pending is None:
+        raise ApprovalRefusedError(f"{workflow_id} is not waiting for an approval")
     signed = sign_decision(
         key,
         decision,
         workflow_id=workflow_id,
-        request_id=request_id,
+        run_id=pending.run_id,
+        request_id=pending.request_id,
         approved=decision.approved,
         signed_at=datetime.now(UTC).replace(microsecond=0),
     )

@@ -27,7 +27,12 @@ with workflow.unsafe.imports_passed_through():
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
     from temporalio.api.enums.v1 import EventType
-    from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+    from temporalio.client import (
+        WorkflowExecutionStatus,
+        WorkflowFailureError,
+        WorkflowHandle,
+        WorkflowUpdateFailedError,
+    )
     from temporalio.exceptions import ApplicationError, CancelledError
     from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
     from temporalio.worker import Replayer
@@ -157,7 +162,13 @@ async def started(
                 result_type=ApprovalDecision,
             )
             await pending(handle)
-            yield handle
+            try:
+                yield handle
+            finally:
+                # A workflow left running has timers nobody serves once the worker stops, and
+                # they hold the session's time-skipping server back in later tests.
+                if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                    await handle.terminate("test over")
 
 
 async def pending(handle: WorkflowHandle[Any, Any]) -> PendingApproval:

@@ -82,6 +82,7 @@ async def sign(
     approved: bool = True,
     comment: str = "lgtm",
     request_id: str = "approval-1",
+    run_id: str | None = None,
     age: timedelta = timedelta(seconds=5),
     decide: bool = True,
 ) -> dict[str, Any]:
@@ -90,12 +91,14 @@ async def sign(
     Signed ``age`` before the request's workflow time: the time-skipping server's clock runs
     ahead of the wall clock once a test has skipped time.
     """
-    now = (await pending(handle)).requested_at
+    p = await pending(handle)
+    now = p.requested_at
     base = ApprovalSignal(approver=approver, comment=comment)
     signed = sign_decision(
         key,
         base,
         workflow_id=handle.id,
+        run_id=p.run_id if run_id is None else run_id,
         request_id=request_id,
         approved=approved,
         signed_at=now - age,
@@ -117,6 +120,7 @@ async def forgeries(handle: WorkflowHandle[Any, Any], *, decide: bool) -> dict[s
         "mallory's key": await sign(handle, MALLORY, decide=decide),
         "bob's key as alice": await sign(handle, BOB, decide=decide),
         "other request": await sign(handle, ALICE, request_id="approval-0", decide=decide),
+        "other run": await sign(handle, ALICE, run_id="an-earlier-run", decide=decide),
         "stale": await sign(handle, ALICE, age=timedelta(minutes=11), decide=decide),
         "future": await sign(handle, ALICE, age=-timedelta(minutes=5), decide=decide),
         "comment changed": {**good, "comment": "ship it, and also drop the database"},
@@ -137,6 +141,7 @@ def test_sign_and_verify_cover_every_field() -> None:
     at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     fields: dict[str, Any] = {
         "workflow_id": "deploy/a/v2",
+        "run_id": "r1",
         "request_id": "approval-1",
         "approved": True,
         "approver": "alice",
@@ -149,6 +154,7 @@ def test_sign_and_verify_cover_every_field() -> None:
     assert not verify(KEYS["bob"], signature, message)
     changed = {
         "workflow_id": "deploy/a/v3",
+        "run_id": "r2",
         "request_id": "approval-2",
         "approved": False,
         "approver": "bob",
@@ -178,7 +184,9 @@ def test_public_key_forms() -> None:
 
 def test_no_keys_no_signature_needed_but_request_id_is_checked() -> None:
     now = datetime.now(UTC)
-    common: dict[str, Any] = {"workflow_id": "w", "request_id": "approval-2", "approved": True}
+    common: dict[str, Any] = {
+        "workflow_id": "w", "run_id": "r", "request_id": "approval-2", "approved": True,
+    }  # fmt: skip
     assert (
         signature_problem(ApprovalPolicy(), ApprovalSignal(approver="a"), now=now, **common) is None
     )
@@ -308,7 +316,8 @@ async def test_forged_signals_are_audited_as_refusals(
 
         details = await assert_eventually(all_refused)
         reasons = ["unsigned", "bad signature", "bad signature", "bad signature", "bad signature"]
-        reasons += ["is for approval-0", "stale", "future", "bad signature", "bad signature"]
+        reasons += ["is for approval-0", "bad signature", "stale", "future", "bad signature"]
+        reasons += ["bad signature"]
         for name, reason, detail in zip(bad, reasons, details, strict=True):
             assert reason in detail, (name, detail)
         assert await pending(handle)

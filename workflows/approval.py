@@ -132,6 +132,7 @@ class ApprovalGate:
         self._req, self._resolved, self._slot = req, None, 0
         self._pending = PendingApproval(
             request_id=self._request_id,
+            run_id=workflow.info().run_id,
             question=req.question,
             context=req.context,
             approvers=req.approvers,
@@ -196,6 +197,7 @@ class ApprovalGate:
             self._policy,
             d.model_copy(update={"approver": name}),
             workflow_id=workflow.info().workflow_id,
+            run_id=workflow.info().run_id,
             request_id=rid,
             approved=approved,
             now=workflow.now(),
