@@ -88,6 +88,7 @@ async def fleetops_worker(
                 probes.run_smoke_tests,
                 DeploymentActivities(client).describe_deployment,
                 notify.send_notification,
+                notify.approval_policy,
                 notify.approver_roles,
                 metrics.measure_metric,
             ],

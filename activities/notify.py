@@ -20,7 +20,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities._text import shorten
-from fleetops.approvals import Notification
+from fleetops.approvals import ApprovalPolicy, Notification
 from fleetops.settings import ApprovalSettings
 
 _MAX_BODY_CHARS = 200
@@ -140,10 +140,29 @@ class NotifyActivities:
     async def approver_roles(self) -> dict[str, list[str]]:
         """The approver role map from settings (``approval.roles``).
 
+        Kept for histories recorded before :meth:`approval_policy` existed (they replay it).
+
         Returns:
             User name -> role names.
         """
         return {user: list(roles) for user, roles in self._settings.roles.items()}
+
+    @activity.defn(name="approval_policy")
+    async def approval_policy(self) -> ApprovalPolicy:
+        """Roles, approver public keys and the signature age limit from ``approval.*`` settings.
+
+        The gate calls it (as a local activity) when a request starts, so the policy is recorded
+        in history and the workflow verifies signatures deterministically.
+
+        Returns:
+            The policy; keys are base64 of the 32 raw Ed25519 public-key bytes.
+        """
+        s = self._settings
+        return ApprovalPolicy(
+            roles={user: list(roles) for user, roles in s.roles.items()},
+            public_keys=dict(s.public_keys),
+            signature_max_age_seconds=s.signature_max_age_seconds,
+        )
 
     def _url(self, escalation: bool) -> str | None:
         if escalation and self._settings.escalation_webhook_url:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import AwareDatetime, Field, StrictBool, StringConstraints
 
 from fleetops.models import FrozenModel, StrictModel
 
@@ -39,8 +39,32 @@ NotificationKind = Literal["request", "reminder", "escalation", "decision"]
 ContextValue = str | int | float | bool | None
 """A value shown to approvers next to the question (JSON scalars only)."""
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+MAX_NAME_CHARS = 200
+"""Longest user or role name, in characters."""
+
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME_CHARS)
+]
 """A user or role name; surrounding whitespace is stripped and an empty name is invalid."""
+
+MAX_NAMES = 100
+"""Most approvers (or roles) one request may list."""
+MAX_TIMEOUT_SECONDS = 30 * 24 * 3600.0
+"""Upper bound of every approval timeout: 30 days, in seconds (larger ones overflow datetimes)."""
+MAX_REMINDER_INTERVAL_SECONDS = 24 * 3600.0
+"""Upper bound of the reminder interval: 1 day, in seconds."""
+MIN_REMINDER_INTERVAL_SECONDS = 60.0
+"""Lower bound of the reminder interval: 1 minute, so reminders keep history bounded."""
+
+TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS, allow_inf_nan=False)]
+"""Seconds, in ``(0, 30 days]``: every approval timeout (also ``Promotion``'s)."""
+ReminderIntervalSeconds = Annotated[
+    float,
+    Field(ge=MIN_REMINDER_INTERVAL_SECONDS, le=MAX_REMINDER_INTERVAL_SECONDS, allow_inf_nan=False),
+]
+"""Seconds between reminders, in ``[1 minute, 1 day]``."""
+Names = Annotated[list[Name], Field(max_length=MAX_NAMES)]
+"""A list of at most ``MAX_NAMES`` non-empty names (approvers or roles)."""
 
 DEFAULT_TIMEOUT_SECONDS = 3 * 24 * 3600.0
 """Default time an approval waits for a human: 3 days, in seconds."""
@@ -61,25 +85,24 @@ class ApprovalRequest(StrictModel):
     context: dict[str, ContextValue] = Field(
         default_factory=dict, description="Facts shown with the question, e.g. version, error rate."
     )
-    approvers: list[Name] = Field(default_factory=list, description="Users who may decide.")
-    roles: list[Name] = Field(
+    approvers: Names = Field(default_factory=list, description="Users who may decide.")
+    roles: Names = Field(
         default_factory=list, description="Roles whose members may decide (see approval.roles)."
     )
-    timeout_seconds: float = Field(
-        DEFAULT_TIMEOUT_SECONDS, gt=0, description="Seconds to wait for a decision (3 days)."
+    timeout_seconds: TimeoutSeconds = Field(
+        DEFAULT_TIMEOUT_SECONDS, description="Seconds to wait for a decision (3 days, <= 30 days)."
     )
     timeout_outcome: TimeoutOutcome = Field(
         "reject", description="What happens at the timeout: reject, proceed, or escalate."
     )
-    reminder_interval_seconds: float | None = Field(
+    reminder_interval_seconds: ReminderIntervalSeconds | None = Field(
         DEFAULT_REMINDER_INTERVAL_SECONDS,
-        gt=0,
-        description="Seconds between reminders while pending (4 hours); null: no reminders.",
+        description="Seconds between reminders while pending (4 hours; 1 minute to 1 day); "
+        "null: no reminders.",
     )
-    escalation_timeout_seconds: float | None = Field(
+    escalation_timeout_seconds: TimeoutSeconds | None = Field(
         None,
-        gt=0,
-        description="After an escalation, seconds to wait more before rejecting; "
+        description="After an escalation, seconds to wait more before rejecting (<= 30 days); "
         "null: timeout_seconds.",
     )
 
@@ -92,16 +115,49 @@ class ApprovalRequest(StrictModel):
 
 
 class ApprovalSignal(StrictModel):
-    """Payload of the ``approve`` and ``reject`` signals: ``{"approver": ..., "comment": ...}``."""
+    """Payload of the ``approve`` and ``reject`` signals: ``{"approver": ..., "comment": ...}``.
+
+    The signature fields are required when ``approval.public_keys`` is set (see
+    :mod:`fleetops.signing`); ``request_id``, when given, must name the pending request.
+    """
 
     approver: Name = Field(description="Who decides (user name, as in approval.roles).")
     comment: str = Field("", max_length=2000, description="Why; kept in the decision record.")
+    request_id: str | None = Field(
+        None, min_length=1, max_length=100, description="The request decided, e.g. approval-1."
+    )
+    signed_at: AwareDatetime | None = Field(
+        None, description="When the approver signed (RFC 3339 with offset)."
+    )
+    signature: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Base64 Ed25519 signature of fleetops.signing.decision_message.",
+    )
 
 
 class DecisionRequest(ApprovalSignal):
     """Payload of the ``decide`` update: an :class:`ApprovalSignal` plus ``approved``."""
 
-    approved: bool = Field(description="true approves, false rejects.")
+    approved: StrictBool = Field(description="true approves, false rejects (a JSON boolean).")
+
+
+class ApprovalPolicy(FrozenModel):
+    """Who may decide and how decisions are verified, read from settings when a request starts.
+
+    Result of the ``approval_policy`` activity; recorded in history, so a request keeps the
+    roles and keys it started with.
+    """
+
+    roles: dict[str, list[str]] = Field(default_factory=dict, description="User -> roles.")
+    public_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="Approver -> base64 Ed25519 public key; not empty: signatures required.",
+    )
+    signature_max_age_seconds: float = Field(
+        600.0, gt=0, description="Oldest signature accepted, seconds before workflow time."
+    )
 
 
 class ApprovalDecision(FrozenModel):
@@ -120,12 +176,14 @@ class ApprovalDecision(FrozenModel):
     at: datetime = Field(description="When (workflow time, UTC).")
     comment: str = ""
     escalated: bool = Field(False, description="Whether the request had been escalated.")
+    signed: bool = Field(False, description="Whether the approver's signature was verified.")
 
 
 class PendingApproval(FrozenModel):
     """Answer of the ``pending_approval`` query: the open request, as shown to approvers."""
 
     request_id: str
+    run_id: str = Field("", description="The workflow run asking (signed decisions name it).")
     question: str
     context: dict[str, ContextValue]
     approvers: list[str]
@@ -137,6 +195,9 @@ class PendingApproval(FrozenModel):
     timeout_outcome: TimeoutOutcome = "reject"
     escalated: bool = False
     reminders_sent: int = Field(0, ge=0)
+    signatures_required: bool = Field(
+        False, description="Decisions must be signed (fleetops approve --key)."
+    )
 
 
 class AuditEntry(FrozenModel):
@@ -187,10 +248,15 @@ def request_text(title: str, pending: PendingApproval | None, workflow_id: str) 
         f"Who may decide: {who}. Deadline: {p.deadline:%Y-%m-%d %H:%M:%S} UTC "
         f"(then: {p.timeout_outcome})."
     )
-    lines.append(
-        f"Decide: temporal workflow update execute --workflow-id '{workflow_id}' --name decide "
-        '--input \'{"approver": "<you>", "approved": true, "comment": "..."}\''
-    )
+    if p.signatures_required:
+        lines.append(
+            f"Decide (signed): fleetops approve|reject '{workflow_id}' --as <you> --key <key>"
+        )
+    else:
+        lines.append(
+            f"Decide: temporal workflow update execute --workflow-id '{workflow_id}' --name decide "
+            '--input \'{"approver": "<you>", "approved": true, "comment": "..."}\''
+        )
     return "\n".join(lines)
 
 

@@ -12,11 +12,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fleetops.approvals import MAX_NAME_CHARS
 from fleetops.constants import TASK_QUEUE
 from fleetops.limits import DEFAULT_MAX_REPLICAS_PER_AGENT, MAX_REPLICAS
+from fleetops.signing import SigningError, public_key_base64
 
 
 class TemporalSettings(BaseModel):
@@ -84,6 +86,18 @@ class CodecServerSettings(BaseModel):
         default_factory=lambda: ["http://localhost:8233", "http://127.0.0.1:8233"],
         description="Origins allowed to call the codec server (the Web UI).",
     )
+    token: SecretStr | None = Field(
+        None,
+        description="Bearer token callers must send (Authorization: Bearer <token>); "
+        "unset: no authentication.",
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _token_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().strip():
+            raise ValueError("codec_server.token must not be blank; unset it to disable the check")
+        return v
 
 
 class TelemetrySettings(BaseModel):
@@ -172,6 +186,31 @@ class ApprovalSettings(BaseModel):
     escalation_webhook_url: str | None = Field(
         None, description="Webhook for escalations; unset: webhook_url."
     )
+    public_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="Approver -> Ed25519 public key (PEM or base64 of the 32 raw bytes); "
+        "not empty: every decision must be signed by its approver's key.",
+    )
+    signature_max_age_seconds: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description="Oldest signed decision accepted, seconds before the workflow's clock.",
+    )
+
+    @field_validator("public_keys")
+    @classmethod
+    def _keys_readable(cls, keys: dict[str, str]) -> dict[str, str]:
+        normalised = {}
+        for name, key in keys.items():
+            user = name.strip()
+            if not user or len(user) > MAX_NAME_CHARS:
+                raise ValueError(f"approval.public_keys: approver name {name!r} is empty or long")
+            try:
+                normalised[user] = public_key_base64(key)
+            except SigningError as err:
+                raise ValueError(f"approval.public_keys[{user!r}]: {err}") from None
+        return normalised
 
 
 class MetricsSettings(BaseModel):

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from starters.agent_cli import agent_app
+from starters.approval_cli import register as register_approval_commands
 from starters.cli_common import load_settings
 from starters.deploy_cli import register as register_deploy_commands
 
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(agent_app, name="agent")
 register_deploy_commands(app)
+register_approval_commands(app)
 console = Console(stderr=True)
 
 

@@ -11,10 +11,18 @@ CORS follows the samples-python ``encryption/codec_server.py`` sample: requests 
 configured get ``Access-Control-Allow-Origin`` plus, on the ``OPTIONS`` preflight, the allowed
 method (``POST``) and headers (``X-Namespace``, ``Content-Type``, ``Authorization``); other origins
 get none, so browsers block them.
+
+Authentication: with a token configured (``codec_server.token``), ``/encode`` and ``/decode``
+answer ``401`` (``WWW-Authenticate: Bearer``) unless the request carries ``Authorization: Bearer
+<token>`` (compared in constant time); the ``OPTIONS`` preflight needs none, as browsers send it
+without credentials. The ``temporal`` CLI sends the header with ``--codec-auth 'Bearer <token>'``;
+the Web UI sends its user's access token when "Pass the user access token" is on in its codec
+settings.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,13 +49,16 @@ ALLOW_HEADERS = "X-Namespace, Content-Type, Authorization"
 _CodecFn = Callable[[Sequence[Payload]], Awaitable[list[Payload]]]
 
 
-def create_codec_app(codec: PayloadCodec, cors_origins: list[str]) -> Starlette:
+def create_codec_app(
+    codec: PayloadCodec, cors_origins: list[str], *, token: str | None = None
+) -> Starlette:
     """Build the codec server ASGI app.
 
     Args:
         codec: the codec applied by ``/encode`` and ``/decode``.
         cors_origins: browser origins allowed to call the server (the Web UI's URL, e.g.
             ``http://localhost:8233``). Exact match on scheme, host and port.
+        token: bearer token every ``POST`` must carry; None: no authentication.
 
     Returns:
         A Starlette app serving ``POST``/``OPTIONS`` on any path ending in ``/encode`` or
@@ -55,6 +66,13 @@ def create_codec_app(codec: PayloadCodec, cors_origins: list[str]) -> Starlette:
     """
     allowed = frozenset(origin.rstrip("/") for origin in cors_origins)
     operations: dict[str, _CodecFn] = {"encode": codec.encode, "decode": codec.decode}
+    expected = f"Bearer {token}".encode() if token is not None else None
+
+    def authorized(request: Request) -> bool:
+        if expected is None:
+            return True
+        given = request.headers.get("authorization", "").strip().encode()
+        return hmac.compare_digest(given, expected)
 
     def cors_headers(request: Request, *, preflight: bool) -> dict[str, str]:
         origin = request.headers.get("origin")
@@ -74,6 +92,13 @@ def create_codec_app(codec: PayloadCodec, cors_origins: list[str]) -> Starlette:
         if request.method == "OPTIONS":
             return Response(status_code=200, headers=cors_headers(request, preflight=True))
         headers = cors_headers(request, preflight=False)
+        if not authorized(request):
+            logger.warning("codec server: %s without a valid bearer token", request.url.path)
+            return PlainTextResponse(
+                "unauthorized: send Authorization: Bearer <FLEETOPS_CODEC_SERVER__TOKEN>",
+                status_code=401,
+                headers={**headers, "WWW-Authenticate": "Bearer"},
+            )
         try:
             payloads = _parse_payloads(await request.body())
         except ValueError as err:
@@ -107,7 +132,8 @@ def _parse_payloads(body: bytes) -> list[Payload]:
 def serve_codec_server(settings: Settings) -> None:
     """Run the codec server with uvicorn until interrupted (``fleetops codec-server``).
 
-    Binds ``settings.codec_server.host``/``port`` and allows ``settings.codec_server.cors_origins``.
+    Binds ``settings.codec_server.host``/``port``, allows ``settings.codec_server.cors_origins``,
+    and requires ``settings.codec_server.token`` as a bearer token when set.
     Point the Web UI (``--ui-codec-endpoint`` / codec settings) or the CLI
     (``--codec-endpoint http://host:port``) at it.
 
@@ -126,5 +152,13 @@ def serve_codec_server(settings: Settings) -> None:
         )
     import uvicorn  # Imported here: only the codec-server command needs it.
 
-    app = create_codec_app(codec, settings.codec_server.cors_origins)
-    uvicorn.run(app, host=settings.codec_server.host, port=settings.codec_server.port)
+    cs = settings.codec_server
+    token = cs.token.get_secret_value() if cs.token is not None else None
+    if token is None and cs.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(
+            "codec server on %s decrypts for anyone who can reach it; set "
+            "FLEETOPS_CODEC_SERVER__TOKEN",
+            cs.host,
+        )
+    app = create_codec_app(codec, cs.cors_origins, token=token)
+    uvicorn.run(app, host=cs.host, port=cs.port)

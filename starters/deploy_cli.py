@@ -1,4 +1,4 @@
-"""``fleetops deploy | deploy-status | approve | reject | abort | approvals``.
+"""``fleetops deploy | deploy-status | abort`` (approvals: :mod:`starters.approval_cli`).
 
 Built on :mod:`starters.deployments`; exit codes as in :mod:`starters.cli_common`.
 """
@@ -22,17 +22,13 @@ from starters.cli_common import current_user, fail, out, run
 
 WorkflowId = Annotated[str, typer.Argument(help="Workflow id, e.g. deploy/support-bot/v2.")]
 As = Annotated[str, typer.Option("--as", help="Approver identity (default: OS user).")]
-Comment = Annotated[str, typer.Option(help="Kept in the decision record.")]
 
 
 def register(app: typer.Typer) -> None:
     """Add the deployment and approval commands to the root ``fleetops`` app."""
     app.command("deploy")(deploy)
     app.command("deploy-status")(deploy_status)
-    app.command("approve")(approve)
-    app.command("reject")(reject)
     app.command("abort")(abort)
-    app.command("approvals")(approvals)
 
 
 def _request(
@@ -130,28 +126,6 @@ def deploy_status(
         out.print(st.message)
 
 
-def approve(workflow_id: WorkflowId, as_: As = "", comment: Comment = "") -> None:
-    """Approve what WORKFLOW_ID waits for."""
-    _decide(workflow_id, as_ or current_user(), comment, approved=True)
-
-
-def reject(workflow_id: WorkflowId, as_: As = "", comment: Comment = "") -> None:
-    """Reject what WORKFLOW_ID waits for (a deployment then rolls back)."""
-    _decide(workflow_id, as_ or current_user(), comment, approved=False)
-
-
-def _decide(workflow_id: str, approver: str, comment: str, *, approved: bool) -> None:
-    if not approver:
-        fail("say who decides with --as <user>", 2)
-    fn = deployments.approve if approved else deployments.reject
-
-    async def go(client: Client) -> str:
-        d = await fn(client, workflow_id, approver=approver, comment=comment)
-        return f"{d.outcome} by {d.approver} ({', '.join(d.approver_roles) or 'no roles'})"
-
-    out.print(f"{workflow_id}: {run(go)}")
-
-
 def abort(
     workflow_id: WorkflowId,
     reason: Annotated[str, typer.Option(help="Why; kept in the report.")] = "",
@@ -166,24 +140,3 @@ def abort(
 
     run(go)
     out.print(f"abort sent to {workflow_id}; follow it: fleetops deploy-status {workflow_id}")
-
-
-def approvals() -> None:
-    """The approver's inbox: every workflow waiting for a human, and what it asks."""
-
-    async def go(client: Client) -> list[deployments.InboxItem]:
-        return await deployments.approvals_inbox(client)
-
-    items = run(go)
-    table = Table("workflow", "agent", "question", "approvers", "roles", "deadline")
-    for i in items:
-        p = i.pending
-        table.add_row(
-            i.workflow_id,
-            i.agent_id or "",
-            p.question,
-            ", ".join(p.approvers) or "anyone",
-            ", ".join(p.roles),
-            p.deadline.isoformat(timespec="seconds"),
-        )
-    out.print(table if items else "nothing is waiting for approval")

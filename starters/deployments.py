@@ -1,15 +1,15 @@
-"""Typed async helpers for deployments and approvals, for other Python apps and the CLI.
+"""Typed async helpers for deployments, for other Python apps and the CLI.
 
     client = await connect(get_settings())
     handle = await deploy(client, DeploymentRequest(agent_id="support-bot", version="v2"))
-    await approve(client, handle.id, approver="alice", comment="canary looks good")
+    await approvals.approve(client, handle.id, approver="alice", comment="canary looks good")
     report = await handle.result()
 
 A deployment is started by the agent it changes (update ``deploy`` of ``agent/<agent_id>``),
 which owns it as its child workflow and reconciles from the platform however it ends.
 
-Approvals work on any FleetOps workflow that waits for a human (they all share the gate), so
-``approve``/``reject`` take a workflow id, and ``approvals_inbox`` lists every pending request.
+Approvals (signed or not) are in :mod:`starters.approvals`: they work on any FleetOps workflow
+that waits for a human.
 """
 
 from __future__ import annotations
@@ -18,15 +18,13 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from fleetops.approvals import ApprovalDecision, DecisionRequest, PendingApproval
-from fleetops.constants import AGENT_ID_KEY, AWAITING_APPROVAL_KEY, agent_workflow_id
+from fleetops.constants import agent_workflow_id
 from fleetops.deploy import (
     AbortRequest,
     DeploymentReport,
     DeploymentRequest,
     DeploymentStatus,
 )
-from fleetops.models import FrozenModel
 from starters.agents import AgentNotFoundError, FleetOpsClientError
 from workflows.agent_lifecycle import AgentLifecycle
 from workflows.blue_green import BlueGreenDeployment
@@ -39,10 +37,6 @@ class DeploymentRefusedError(FleetOpsClientError):
 
 class WorkflowNotFoundError(FleetOpsClientError):
     """No open workflow with that id."""
-
-
-class ApprovalRefusedError(FleetOpsClientError):
-    """The gate refused the decision (not allowed, or nothing pending); nothing was recorded."""
 
 
 async def deploy(client: Client, req: DeploymentRequest) -> WorkflowHandle:
@@ -79,37 +73,6 @@ async def deploy(client: Client, req: DeploymentRequest) -> WorkflowHandle:
     return client.get_workflow_handle(
         started.deployment_id, run_id=started.run_id, result_type=DeploymentReport
     )
-
-
-async def approve(
-    client: Client, workflow_id: str, *, approver: str, comment: str = ""
-) -> ApprovalDecision:
-    """Approve what ``workflow_id`` waits for, as ``approver`` (update ``decide``).
-
-    Args:
-        client: a connected client.
-        workflow_id: the waiting workflow, e.g. ``deploy/demo/v2``.
-        approver: who decides; checked against the request's approvers and the roles of
-            ``FLEETOPS_APPROVAL__ROLES``.
-        comment: kept in the decision record.
-
-    Returns:
-        The decision record (who, role, when, comment, outcome).
-
-    Raises:
-        ApprovalRefusedError: ``approver`` may not decide, or nothing is pending (the update
-            validator refused: nothing was written to history).
-        WorkflowNotFoundError: no open workflow ``workflow_id``.
-        RPCError: any other server error.
-    """
-    return await _decide(client, workflow_id, approver, comment, approved=True)
-
-
-async def reject(
-    client: Client, workflow_id: str, *, approver: str, comment: str = ""
-) -> ApprovalDecision:
-    """Reject what ``workflow_id`` waits for, as ``approver``; see :func:`approve`."""
-    return await _decide(client, workflow_id, approver, comment, approved=False)
 
 
 async def abort(
@@ -191,64 +154,6 @@ async def deployment_status(client: Client, workflow_id: str) -> DeploymentStatu
     """
     try:
         return await client.get_workflow_handle(workflow_id).query(BlueGreenDeployment.status)
-    except RPCError as err:
-        raise _not_found(workflow_id, err) from None
-
-
-class InboxItem(FrozenModel):
-    """One workflow waiting for a human."""
-
-    workflow_id: str
-    workflow_type: str
-    agent_id: str | None
-    pending: PendingApproval
-
-
-async def approvals_inbox(client: Client) -> list[InboxItem]:
-    """Every running workflow with ``FleetOpsAwaitingApproval=true`` and what it asks.
-
-    Visibility is eventually consistent: a request made a second ago may not be listed yet.
-
-    Args:
-        client: a connected client.
-
-    Returns:
-        One item per waiting workflow, in the server's listing order; workflows that finished
-        between the listing and the query are left out.
-    """
-    items = []
-    query = f"{AWAITING_APPROVAL_KEY.name}=true AND ExecutionStatus='Running'"
-    async for wf in client.list_workflows(query):
-        try:
-            raw = await client.get_workflow_handle(wf.id, run_id=wf.run_id).query(
-                "pending_approval"
-            )
-        except RPCError:
-            continue  # finished between list and query
-        if raw is not None:
-            pending = PendingApproval.model_validate(raw)
-            items.append(
-                InboxItem(
-                    workflow_id=wf.id,
-                    workflow_type=wf.workflow_type,
-                    agent_id=wf.typed_search_attributes.get(AGENT_ID_KEY),
-                    pending=pending,
-                )
-            )
-    return items
-
-
-async def _decide(
-    client: Client, workflow_id: str, approver: str, comment: str, *, approved: bool
-) -> ApprovalDecision:
-    req = DecisionRequest(approver=approver, comment=comment, approved=approved)
-    try:
-        return await client.get_workflow_handle(workflow_id).execute_update(
-            "decide", req, result_type=ApprovalDecision
-        )
-    except WorkflowUpdateFailedError as err:
-        cause = err.cause
-        raise ApprovalRefusedError(getattr(cause, "message", None) or str(cause)) from None
     except RPCError as err:
         raise _not_found(workflow_id, err) from None
 

@@ -27,7 +27,12 @@ with workflow.unsafe.imports_passed_through():
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
     from temporalio.api.enums.v1 import EventType
-    from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+    from temporalio.client import (
+        WorkflowExecutionStatus,
+        WorkflowFailureError,
+        WorkflowHandle,
+        WorkflowUpdateFailedError,
+    )
     from temporalio.exceptions import ApplicationError, CancelledError
     from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
     from temporalio.worker import Replayer
@@ -130,15 +135,23 @@ def settings_for(rec: Receiver, **kw: Any) -> ApprovalSettings:
 
 @asynccontextmanager
 async def started(
-    env: WorkflowEnvironment, settings: ApprovalSettings, **req: Any
+    env: WorkflowEnvironment,
+    settings: ApprovalSettings,
+    *,
+    activities: list[Any] | None = None,
+    **req: Any,
 ) -> AsyncIterator[WorkflowHandle[Any, ApprovalDecision]]:
-    """A worker with the real notify activities, and a started ApprovalProbe that is pending."""
+    """A worker with the real notify activities, and a started ApprovalProbe that is pending.
+
+    ``activities`` replaces the notify activities (e.g. with a broken ``approval_policy``).
+    """
     async with httpx.AsyncClient(timeout=5) as http:
         notify = NotifyActivities(http, settings)
         worker = new_worker(
             env.client,
             workflows=[ApprovalProbe],
-            activities=[notify.send_notification, notify.approver_roles],
+            activities=activities
+            or [notify.send_notification, notify.approval_policy, notify.approver_roles],
         )
         async with worker:
             handle = await env.client.start_workflow(
@@ -149,7 +162,13 @@ async def started(
                 result_type=ApprovalDecision,
             )
             await pending(handle)
-            yield handle
+            try:
+                yield handle
+            finally:
+                # A workflow left running has timers nobody serves once the worker stops, and
+                # they hold the session's time-skipping server back in later tests.
+                if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                    await handle.terminate("test over")
 
 
 async def pending(handle: WorkflowHandle[Any, Any]) -> PendingApproval:

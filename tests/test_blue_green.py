@@ -75,6 +75,7 @@ async def worker(env: WorkflowEnvironment, platform: ColorPlatform) -> AsyncIter
                 *platform.activities(),
                 DeploymentActivities(env.client).describe_deployment,
                 notify.send_notification,
+                notify.approval_policy,
                 notify.approver_roles,
             ],
         )

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from google.protobuf import json_format
 from temporalio import workflow
-from temporalio.api.common.v1 import Payload
+from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():
     import httpx
-    from pydantic import SecretStr
+    import uvicorn
+    from pydantic import SecretStr, ValidationError
 
     from fleetops.codec import (
         ENCRYPTED_ENCODING,
@@ -28,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
         generate_key,
     )
     from fleetops.converter import data_converter
-    from fleetops.settings import EncryptionSettings
+    from fleetops.settings import EncryptionSettings, Settings
     from starters.codec_server import create_codec_app
 
 SECRET = "s3cr3t-plaintext-do-not-leak"
@@ -247,3 +251,100 @@ async def test_end_to_end_plain_input_accepted(env: WorkflowEnvironment) -> None
     history = await plain_handle.fetch_history()
     started = history.events[0].workflow_execution_started_event_attributes
     assert started.input.payloads[0].metadata["encoding"] == b"json/plain"
+
+
+# --- bearer token, over real HTTP -------------------------------------------------------------
+
+TOKEN = "codec-token-for-tests"
+
+
+@pytest.fixture
+async def token_server() -> AsyncIterator[str]:
+    """The codec server with a token (keys of ``codec`` and ``env``), served by uvicorn on a
+    loopback port; yields its URL."""
+    codec = EncryptionCodec({"k1": OLD_KEY, "new": NEW_KEY}, active_key_id="new")
+    app = create_codec_app(codec, [UI_ORIGIN], token=TOKEN)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        assert not task.done(), "codec server failed to start"
+        await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    await task
+    sock.close()
+
+
+async def test_token_required(token_server: str, codec: EncryptionCodec) -> None:
+    (encrypted,) = await codec.encode([json_payload(SECRET)])
+    body = json_format.MessageToDict(Payloads(payloads=[encrypted]))
+    async with httpx.AsyncClient(base_url=token_server) as http:
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": TOKEN},
+            {"Authorization": f"Basic {TOKEN}"},
+            {"Authorization": f"Bearer {TOKEN}x"},
+        ):
+            r = await http.post(
+                "/default/decode", json=body, headers={"Origin": UI_ORIGIN, **headers}
+            )
+            assert r.status_code == 401, headers
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert r.headers["access-control-allow-origin"] == UI_ORIGIN  # the UI can read it
+            assert SECRET not in r.text
+        r = await http.post("/encode", json=body)
+        assert r.status_code == 401
+        preflight = await http.options(
+            "/default/decode",
+            headers={"Origin": UI_ORIGIN, "Access-Control-Request-Method": "POST"},
+        )
+        assert preflight.status_code == 200  # browsers send the preflight without credentials
+        r = await http.post(
+            "/default/decode", json=body, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        assert r.status_code == 200
+        (decoded,) = r.json()["payloads"]
+        assert SECRET in base64.b64decode(decoded["data"]).decode()
+
+
+def test_token_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETOPS_CODEC_SERVER__TOKEN", TOKEN)
+    token = Settings().codec_server.token
+    assert token is not None and token.get_secret_value() == TOKEN
+    assert TOKEN not in repr(Settings().codec_server)
+    monkeypatch.setenv("FLEETOPS_CODEC_SERVER__TOKEN", "  ")
+    with pytest.raises(ValidationError, match=r"codec_server\.token"):
+        Settings()
+
+
+async def test_temporal_cli_decodes_with_the_token(
+    env: WorkflowEnvironment, token_server: str
+) -> None:
+    task_queue = str(uuid.uuid4())
+    async with Worker(env.client, task_queue=task_queue, workflows=[EchoWorkflow]):
+        handle = await env.client.start_workflow(
+            EchoWorkflow.run, SECRET, id=f"echo-{uuid.uuid4()}", task_queue=task_queue
+        )
+        await handle.result()
+
+    async def show(*auth: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "temporal"),
+            "workflow", "show", "--workflow-id", handle.id, "--output", "json",
+            "--address", env.client.service_client.config.target_host,
+            "--codec-endpoint", token_server + "/{namespace}", *auth,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode() + err.decode()
+
+    code, text = await show("--codec-auth", f"Bearer {TOKEN}")
+    assert code == 0, text
+    assert base64.b64encode(f'"{SECRET}"'.encode()).decode() in text
+    code, text = await show()
+    assert base64.b64encode(f'"{SECRET}"'.encode()).decode() not in text and SECRET not in text

@@ -44,9 +44,6 @@ from worker import INTERCEPTORS, WORKFLOWS
 
 QUOTA = 50
 """``max_replicas_per_agent`` of the test worker (the default)."""
-APPROVAL_GATE = {"approve", "reject", "decide"}
-"""Handlers of the approval gate, hardened on another branch."""
-GATE_XFAIL = pytest.mark.xfail(strict=False, reason="approval gate hardening lands separately")
 E = EventType
 
 
@@ -102,12 +99,10 @@ def handlers() -> list[Any]:
             for name, h in sorted((n, h) for n, h in table.items() if n is not None):
                 args = list(inspect.signature(h.fn).parameters.values())[1:]
                 optional = not args or args[0].default is not inspect.Parameter.empty
-                marks = [GATE_XFAIL] if name in APPROVAL_GATE else []
                 params.append(
                     pytest.param(
                         Handler(defn.name, kind, name, optional),
                         id=f"{defn.name}.{kind}.{name}",
-                        marks=marks,
                     )
                 )
     return params
@@ -142,6 +137,7 @@ async def world() -> AsyncIterator[World]:
                 *[a for a in platform.activities() if a != platform.provision],
                 DeploymentActivities(env.client).describe_deployment,
                 notify.send_notification,
+                notify.approval_policy,
                 notify.approver_roles,
             ],
             interceptors=list(INTERCEPTORS),  # as worker.py registers them

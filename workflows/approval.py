@@ -4,7 +4,13 @@ A workflow inherits :class:`ApprovalHandlers` (signals ``approve``/``reject``, u
 query ``pending_approval``; the SDK collects handlers from base classes), creates an
 :class:`ApprovalGate` as ``self._approval_gate`` in its ``__init__``, and awaits
 ``self._approval_gate.request(ApprovalRequest(...))``. The worker must register
-``NotifyActivities.send_notification`` and ``NotifyActivities.approver_roles``.
+``NotifyActivities.send_notification``, ``NotifyActivities.approval_policy`` and (for histories
+recorded before the policy existed) ``NotifyActivities.approver_roles``.
+
+Every message handler takes a ``RawValue`` and decodes it itself, so no payload (``binary/plain``,
+``null``, an array, wrong types) can fail a workflow task: a bad signal is audited as a refusal,
+a bad ``decide`` is refused by the validator before anything is written to history. When
+``approval.public_keys`` is set, decisions must be signed (:mod:`fleetops.signing`).
 
 Semantics follow Spinnaker's manual judgment stage and StackStorm inquiries: a question with
 context, allowed approvers and roles, reminders, a timeout with an explicit outcome, escalation,
@@ -17,16 +23,17 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import TypeVar
 
 from temporalio import workflow
-from temporalio.common import RawValue, RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.common import RawValue
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.notify import NotifyActivities
     from fleetops.approvals import (
         ApprovalDecision,
         ApprovalOutcome,
+        ApprovalPolicy,
         ApprovalRequest,
         ApprovalSignal,
         AuditEntry,
@@ -39,6 +46,9 @@ with workflow.unsafe.imports_passed_through():
         request_text,
     )
     from fleetops.constants import AWAITING_APPROVAL_KEY
+    from fleetops.signing import signature_problem
+    from workflows.approval_calls import read_policy, send_notification
+    from workflows.payloads import decode_payload
 
 APPROVAL_REFUSED = "ApprovalRefused"
 """``ApplicationError.type`` of a refused decision (nothing pending, empty or unknown approver)."""
@@ -46,13 +56,8 @@ MAX_AUDIT_ENTRIES = 100
 """Audit entries kept (oldest dropped) so history and query answers stay bounded."""
 MAX_DECISIONS = 100
 """Decisions kept (oldest dropped)."""
-NOTIFY_TIMEOUT = timedelta(seconds=30)
-"""Start-to-close timeout of one webhook notification."""
-NOTIFY_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
-"""A notification is tried 5 times (1, 2, 4, 8 s apart); one that still fails is audited, and
-the approval goes on waiting."""
-ROLES_TIMEOUT = timedelta(seconds=10)
-"""Start-to-close timeout of the activity that reads an approver's roles from settings."""
+MAX_DETAIL_CHARS = 500
+"""Audit details are cut to this many characters (a refusal quotes what was sent)."""
 _MIN_WAIT = timedelta(milliseconds=1)
 _AUDIT_KIND: dict[NotificationKind, AuditKind] = {
     "request": "requested",
@@ -75,7 +80,7 @@ class ApprovalGate:
         self._pending: PendingApproval | None = None
         self._request_id = ""
         self._slot = 0  # reminder schedule slots passed (sent, or skipped by an escalation)
-        self._roles: dict[str, list[str]] = {}
+        self._policy = ApprovalPolicy()
         self._resolved: ApprovalDecision | None = None
         self._count = 0
         self._audit: list[AuditEntry] = []
@@ -100,7 +105,7 @@ class ApprovalGate:
     async def request(self, req: ApprovalRequest) -> ApprovalDecision:
         """Ask a human and wait for the decision, the timeout, or :meth:`cancel`.
 
-        Reads the role map (local activity ``approver_roles``) for this request, sets
+        Reads roles and approver keys (local activity ``approval_policy``) for this request, sets
         ``FleetOpsAwaitingApproval=true``, notifies, reminds every
         ``req.reminder_interval_seconds`` seconds, and applies ``req.timeout_outcome`` after
         ``req.timeout_seconds`` seconds. Notification failures are logged and audited; they never
@@ -119,11 +124,15 @@ class ApprovalGate:
             raise RuntimeError("an approval is already pending on this gate; await it first")
         self._count += 1
         self._request_id = f"approval-{self._count}"
-        self._roles = await self._fetch_roles()
+        self._policy, unavailable = await read_policy()
+        if unavailable is not None:
+            workflow.logger.warning(unavailable)
+            self._record("requested", None, unavailable)
         now = workflow.now()
         self._req, self._resolved, self._slot = req, None, 0
         self._pending = PendingApproval(
             request_id=self._request_id,
+            run_id=workflow.info().run_id,
             question=req.question,
             context=req.context,
             approvers=req.approvers,
@@ -131,6 +140,7 @@ class ApprovalGate:
             requested_at=now,
             deadline=now + timedelta(seconds=req.timeout_seconds),
             timeout_outcome=req.timeout_outcome,
+            signatures_required=bool(self._policy.public_keys),
         )
         workflow.upsert_search_attributes([AWAITING_APPROVAL_KEY.value_set(True)])
         self._record("requested", None, req.question)
@@ -151,52 +161,70 @@ class ApprovalGate:
             return False
         if not req.approvers and not req.roles:
             return True
-        return name in req.approvers or bool(set(self._roles.get(name, [])) & set(req.roles))
+        roles = self._policy.roles.get(name, [])
+        return name in req.approvers or bool(set(roles) & set(req.roles))
 
-    def check(self, approver: str, *, approved: bool) -> None:
+    def check(self, d: ApprovalSignal, *, approved: bool) -> None:
         """Refuse a decision that may not be taken now (the ``decide`` update validator).
 
+        Deterministic and read-only: it uses the policy recorded when the request started and
+        ``workflow.now()``.
+
         Args:
-            approver: who wants to decide.
-            approved: whether they approve (only used in the message).
+            d: the decision as received (approver, comment, optional signature fields).
+            approved: whether it approves.
 
         Raises:
             ApplicationError: ``ApprovalRefused`` (non-retryable) when nothing is pending, the
-                approver is empty, or the approver is neither listed nor holds a listed role.
+                approver is empty, the approver is neither listed nor holds a listed role, the
+                decision names another request, or (``approval.public_keys`` set) its signature
+                is missing, stale, from the future, or not the approver's.
         """
         verb = "approve" if approved else "reject"
-        req, name = self._req, approver.strip()
+        req, name, rid = self._req, d.approver.strip(), self._request_id
         if req is None:
             raise _refused(f"nothing to {verb}: no approval is pending (query pending_approval)")
         if not name:
-            raise _refused(f"cannot {verb} {self._request_id}: pass your user name as approver")
+            raise _refused(f"cannot {verb} {rid}: pass your user name as approver")
         if not self.allowed(name):
-            theirs = sorted(self._roles.get(name, [])) or "none"
+            theirs = sorted(self._policy.roles.get(name, [])) or "none"
             raise _refused(
-                f"{name!r} may not {verb} {self._request_id}: allowed approvers "
+                f"{name!r} may not {verb} {rid}: allowed approvers "
                 f"{req.approvers or 'none'}, roles {req.roles or 'none'}; {name!r} has roles "
                 f"{theirs} (setting approval.roles). Ask an allowed approver."
             )
+        problem = signature_problem(
+            self._policy,
+            d.model_copy(update={"approver": name}),
+            workflow_id=workflow.info().workflow_id,
+            run_id=workflow.info().run_id,
+            request_id=rid,
+            approved=approved,
+            now=workflow.now(),
+        )
+        if problem is not None:
+            raise _refused(f"{name!r} may not {verb} {rid}: {problem}")
 
-    def decide(self, approver: str, *, approved: bool, comment: str = "") -> ApprovalDecision:
+    def decide(self, d: ApprovalSignal, *, approved: bool) -> ApprovalDecision:
         """Record a human decision on the pending request and wake :meth:`request`.
 
         Args:
-            approver: who decides.
+            d: the decision (approver, comment, optional signature fields).
             approved: True approves, False rejects.
-            comment: why (kept in the decision and the audit trail).
 
         Returns:
-            The recorded decision (the approver's roles, workflow time).
+            The recorded decision (the approver's roles, workflow time, whether it was signed).
 
         Raises:
             ApplicationError: ``ApprovalRefused``, see :meth:`check`.
         """
-        self.check(approver, approved=approved)
-        name = approver.strip()
+        self.check(d, approved=approved)
+        name, comment = d.approver.strip(), d.comment
+        signed = bool(self._policy.public_keys)
         outcome: ApprovalOutcome = "approved" if approved else "rejected"
-        self._record("decided", name, outcome + (f": {comment}" if comment else ""))
-        return self._resolve(outcome, approved, comment, approver=name)
+        how = " (signed)" if signed else ""
+        self._record("decided", name, outcome + how + (f": {comment}" if comment else ""))
+        return self._resolve(outcome, approved, comment, approver=name, signed=signed)
 
     def cancel(self, reason: str) -> bool:
         """End a pending wait with outcome ``cancelled`` (``approved=False``), e.g. on abort.
@@ -276,17 +304,24 @@ class ApprovalGate:
         return self._resolve("timed_out", approved, detail)
 
     def _resolve(
-        self, outcome: ApprovalOutcome, approved: bool, comment: str, *, approver: str | None = None
+        self,
+        outcome: ApprovalOutcome,
+        approved: bool,
+        comment: str,
+        *,
+        approver: str | None = None,
+        signed: bool = False,
     ) -> ApprovalDecision:
         decision = ApprovalDecision(
             request_id=self._request_id,
             approved=approved,
             outcome=outcome,
             approver=approver,
-            approver_roles=sorted(self._roles.get(approver, [])) if approver else [],
+            approver_roles=sorted(self._policy.roles.get(approver, [])) if approver else [],
             at=workflow.now(),
             comment=comment,
             escalated=self._pending.escalated if self._pending else False,
+            signed=signed,
         )
         self._resolved, self._req, self._pending = decision, None, None
         self._decisions.append(decision)
@@ -294,19 +329,6 @@ class ApprovalGate:
         return decision
 
     # --- activities ------------------------------------------------------------------------
-
-    async def _fetch_roles(self) -> dict[str, list[str]]:
-        try:
-            return await workflow.execute_local_activity_method(
-                NotifyActivities.approver_roles,
-                start_to_close_timeout=ROLES_TIMEOUT,
-                retry_policy=RetryPolicy(maximum_attempts=3),
-            )
-        except ActivityError as err:
-            detail = f"approver roles unavailable ({err.cause or err}); only listed names decide"
-            workflow.logger.warning(detail)
-            self._record("requested", None, detail)
-            return {}
 
     def _notification(
         self, kind: NotificationKind, text: str, *, escalation: bool = False
@@ -333,24 +355,19 @@ class ApprovalGate:
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, n: Notification) -> None:
-        try:
-            sent = await workflow.execute_activity_method(
-                NotifyActivities.send_notification,
-                n,
-                start_to_close_timeout=NOTIFY_TIMEOUT,
-                retry_policy=NOTIFY_RETRY,
-            )
-        except ActivityError as err:
-            detail = f"{n.kind} notification failed: {err.cause or err}"
-            workflow.logger.warning(detail)
-            self._record(_AUDIT_KIND[n.kind], None, detail)
-            return
-        if not sent:
-            workflow.logger.info("%s notification not sent: no approval webhook", n.kind)
+        failure = await send_notification(n)
+        if failure is not None:
+            workflow.logger.warning(failure)
+            self._record(_AUDIT_KIND[n.kind], None, failure)
 
     def _record(self, kind: AuditKind, actor: str | None, detail: str) -> None:
+        if len(detail) > MAX_DETAIL_CHARS:
+            detail = detail[: MAX_DETAIL_CHARS - 3] + "..."
         self._audit.append(AuditEntry(at=workflow.now(), kind=kind, actor=actor, detail=detail))
         del self._audit[:-MAX_AUDIT_ENTRIES]
+
+
+_M = TypeVar("_M", ApprovalSignal, DecisionRequest)
 
 
 class ApprovalHandlers:
@@ -364,27 +381,38 @@ class ApprovalHandlers:
 
     @workflow.signal(name="approve")
     def approve(self, raw: RawValue = None) -> None:  # type: ignore[assignment]
-        """Approve: ``{"approver": str, "comment": str}``. Refusals are audited, not raised."""
+        """Approve: ``{"approver": str, "comment": str}`` plus, when keys are configured,
+        ``request_id``, ``signed_at``, ``signature``. Refusals are audited, not raised."""
         _on_signal(self._approval_gate, raw, approved=True)
 
     @workflow.signal(name="reject")
     def reject(self, raw: RawValue = None) -> None:  # type: ignore[assignment]
-        """Reject: ``{"approver": str, "comment": str}``. Refusals are audited, not raised."""
+        """Reject: the same payload as ``approve``. Refusals are audited, not raised."""
         _on_signal(self._approval_gate, raw, approved=False)
 
     @workflow.update(name="decide")
-    async def decide(self, d: DecisionRequest) -> ApprovalDecision:
+    async def decide(self, raw: RawValue = None) -> ApprovalDecision:  # type: ignore[assignment]
         """Decide the pending request and return the recorded decision.
 
+        Payload: :class:`DecisionRequest` (``approve``'s payload plus ``"approved": bool``).
+
         Raises:
-            ApplicationError: ``ApprovalRefused`` (from the validator, before history) or
-                ``InvalidInput`` (bad payload, e.g. an empty approver).
+            ApplicationError: from the validator, before anything is written to history:
+                ``InvalidInput`` (the payload is not a DecisionRequest object, e.g.
+                ``binary/plain``, ``null``, an empty approver, ``"approved": "yes"``) or
+                ``ApprovalRefused`` (see :meth:`ApprovalGate.check`).
         """
-        return self._approval_gate.decide(d.approver, approved=d.approved, comment=d.comment)
+        d = _decode(raw, DecisionRequest)
+        return self._approval_gate.decide(d, approved=d.approved)
 
     @decide.validator
-    def _validate_decide(self, d: DecisionRequest) -> None:
-        self._approval_gate.check(d.approver, approved=d.approved)
+    def _validate_decide(self, raw: RawValue = None) -> None:  # type: ignore[assignment]
+        try:
+            d = _decode(raw, DecisionRequest)
+            self._approval_gate.check(d, approved=d.approved)
+        except ApplicationError as err:
+            workflow.logger.warning("decide refused (%s): %s", err.type, err.message)
+            raise
 
     @workflow.query(name="pending_approval")
     def pending_approval(self) -> PendingApproval | None:
@@ -392,18 +420,23 @@ class ApprovalHandlers:
         return self._approval_gate.pending
 
 
+_EXAMPLE = '{"approver": "<you>", "comment": "..."}'
+
+
+def _decode(raw: RawValue | None, model: type[_M]) -> _M:
+    return decode_payload(raw, model, example=_EXAMPLE)
+
+
 def _on_signal(gate: ApprovalGate, raw: RawValue | None, *, approved: bool) -> None:
-    # Decoded here so a malformed payload is audited instead of dropped with a worker log line.
+    # Decoded here so a malformed payload is audited instead of failing the workflow task.
     verb = "approve" if approved else "reject"
     try:
-        if raw is None:
-            raise ValueError('payload required: {"approver": "<you>", "comment": "..."}')
-        sig = workflow.payload_converter().from_payload(raw.payload, ApprovalSignal)
-    except Exception as err:
-        gate.refuse(None, f"{verb} signal ignored: {err}")
+        sig = _decode(raw, ApprovalSignal)
+    except ApplicationError as err:
+        gate.refuse(None, f"{verb} signal ignored: {err.message}")
         return
     try:
-        gate.decide(sig.approver, approved=approved, comment=sig.comment)
+        gate.decide(sig, approved=approved)
     except ApplicationError as err:
         gate.refuse(sig.approver, f"{verb} signal refused: {err.message}")
 
