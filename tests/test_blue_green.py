@@ -6,6 +6,7 @@ probes and metrics are the in-memory stand-ins of tests/standins.py.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -139,7 +140,7 @@ async def test_auto_promotion_after_delay(env, worker, platform) -> None:
         promotion={"mode": "auto", "auto_promote_after_seconds": 600},
         scale_down_delay_seconds=120,
     )  # fmt: skip
-    report: DeploymentReport = await h.result()
+    report: DeploymentReport = await asyncio.wait_for(h.result(), 120)
     assert report.outcome == "promoted" and report.active_color == "green"
     waited = {p.phase: p for p in report.phases}["AWAITING_PROMOTION"]
     assert waited.ended_at is not None
@@ -162,7 +163,7 @@ async def test_manual_promotion_waits_days_then_applies_timeout_outcome(
     await wait_phase(h, "AWAITING_PROMOTION")
     await env.sleep(DAY)
     assert (await h.query(BlueGreenDeployment.status)).phase == "AWAITING_PROMOTION"
-    report: DeploymentReport = await h.result()
+    report: DeploymentReport = await asyncio.wait_for(h.result(), 120)
     assert report.outcome == "rejected"
     assert report.approvals[-1].outcome == "timed_out"
     await assert_rolled_back(platform, agent, lifecycle, report)
@@ -174,7 +175,7 @@ async def test_timeout_outcome_proceed_promotes(env, worker, platform) -> None:
         env, worker, agent,
         promotion={"approval_timeout_seconds": 3600, "timeout_outcome": "proceed"},
     )  # fmt: skip
-    report: DeploymentReport = await h.result()
+    report: DeploymentReport = await asyncio.wait_for(h.result(), 120)
     assert report.outcome == "promoted"
 
 
@@ -182,7 +183,7 @@ async def test_validator_refuses_unauthorised_approver(env, worker, platform) ->
     agent, lifecycle = await start_agent(env, worker)
     h = await deploy(env, worker, agent, promotion={"approvers": ["alice"], "roles": ["sre"]})
     await wait_phase(h, "AWAITING_PROMOTION")
-    with pytest.raises(WorkflowUpdateFailedError) as exc:
+    with pytest.raises(WorkflowUpdateFailedError, match="update failed") as exc:
         await h.execute_update("decide", DecisionRequest(approver="mallory", approved=True))
     assert "mallory" in str(exc.value.cause)
     events = [e async for e in h.fetch_history_events()]
@@ -195,7 +196,7 @@ async def test_validator_refuses_unauthorised_approver(env, worker, platform) ->
         result_type=ApprovalDecision,
     )
     assert decision.approver == "bob" and decision.approver_roles == ["sre"]
-    report: DeploymentReport = await h.result()
+    report: DeploymentReport = await asyncio.wait_for(h.result(), 120)
     assert report.outcome == "promoted"
     assert report.approvals[-1].comment == "metrics look fine"
     assert (await agent_status(lifecycle)).version == "v2"
@@ -231,7 +232,7 @@ async def test_failure_in_each_phase_rolls_back(env, worker, platform, failing, 
     else:
         platform.fail.add(failing)
     h = await deploy(env, worker, agent, **kw)
-    report: DeploymentReport = await h.result()
+    report: DeploymentReport = await asyncio.wait_for(h.result(), 120)
     assert report.outcome == "rolled_back", report.message
     await assert_rolled_back(platform, agent, lifecycle, report)
     if failing == "post_analysis":
@@ -262,7 +263,8 @@ async def test_abort_in_phase_rolls_back(env, worker, platform, phase) -> None:
     await h.signal(
         BlueGreenDeployment.abort, AbortRequest(reason="pager went off", requested_by="carol")
     )
-    report: DeploymentReport = await h.result()  # the hung activity is cancelled by the abort
+    # the hung activity is cancelled by the abort
+    report: DeploymentReport = await asyncio.wait_for(h.result(), 120)
     platform.release.set()
     assert report.outcome == "aborted" and "carol" in report.message and phase in report.message
     await assert_rolled_back(platform, agent, lifecycle, report)
@@ -283,7 +285,7 @@ async def test_inconclusive_analysis_goes_to_approval(env, worker, platform) -> 
     pending = await h.query("pending_approval")
     assert "inconclusive" in pending["question"].lower()
     await h.execute_update("decide", DecisionRequest(approver="dave", approved=False))
-    report: DeploymentReport = await h.result()
+    report: DeploymentReport = await asyncio.wait_for(h.result(), 120)
     assert report.outcome == "rejected"
 
 
@@ -292,13 +294,13 @@ async def test_concurrent_deployment_refused(env, worker, platform) -> None:
     first = await deploy(env, worker, agent)
     await wait_phase(first, "AWAITING_PROMOTION")
     second = await deploy(env, worker, agent, version="v3")
-    with pytest.raises(WorkflowFailureError) as exc:
-        await second.result()
+    with pytest.raises(WorkflowFailureError, match="execution failed") as exc:
+        await asyncio.wait_for(second.result(), 120)
     cause = exc.value.cause
     assert isinstance(cause, ApplicationError) and cause.type == "DeploymentRefused"
     assert first.id in cause.message
     await first.signal(BlueGreenDeployment.abort, AbortRequest(reason="done testing"))
-    assert (await first.result()).outcome == "aborted"
+    assert (await asyncio.wait_for(first.result(), 120)).outcome == "aborted"
 
 
 async def test_inconsistent_promotion_rejected_at_start(env, worker) -> None:
@@ -308,8 +310,8 @@ async def test_inconsistent_promotion_rejected_at_start(env, worker) -> None:
         id=f"deploy/x/{uuid.uuid4().hex[:6]}",
         task_queue=worker.task_queue,
     )
-    with pytest.raises(WorkflowFailureError) as exc:
-        await h.result()
+    with pytest.raises(WorkflowFailureError, match="execution failed") as exc:
+        await asyncio.wait_for(h.result(), 120)
     cause = exc.value.cause
     assert isinstance(cause, ApplicationError) and cause.type == "InvalidInput"
     assert "promotion.approvers applies only to mode 'manual'" in cause.message
