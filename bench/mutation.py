@@ -17,22 +17,24 @@ is neither killed nor listed as equivalent.
 How mutmut (3.x) works, which bounds what this measures: it rewrites every function of the
 listed modules into a trampoline that dispatches to the original or to one mutant (chosen by an
 environment variable), records once which tests reach which function, and then runs, per
-mutant, only those tests in a process forked from a warm one. Code outside functions (module
-constants and tables, class bodies, pydantic field definitions) and functions with decorators
-other than ``@staticmethod``/``@classmethod`` (``@property``, ``@lru_cache``, pydantic
-validators, activity definitions are still mutated: ``@activity.defn`` is a decorator, so
-activity *methods* are not, but the helpers they call are) are not mutated; tables such as
-``TRANSITIONS`` are pinned by table-driven tests instead (``tests/test_lifecycle_rules.py``).
+mutant, only those tests in a process forked from a warm one. It does not mutate code outside
+functions (module constants and tables, class bodies, pydantic field definitions) nor functions
+with decorators other than ``@staticmethod``/``@classmethod`` (``@property``, ``@lru_cache``,
+pydantic validators, ``@activity.defn`` methods; the helpers they call are mutated). Tables
+such as ``TRANSITIONS`` are pinned by table-driven tests (``tests/test_lifecycle_rules.py``).
+Tests must not rely on state cached before they run (``parse_condition`` is memoised, so
+``tests/test_analysis.py`` clears its cache per test), or a mutant is never reached.
 
 Workflow code (``workflows/agent_lifecycle.py``, ``workflows/approval.py``) is not in the
-fast subset: its tests need the time-skipping server, and each mutant would cost seconds.
+fast subset: its tests need the time-skipping server, and each mutant would cost seconds. The
+lifecycle's main-loop decisions are pinned by ``tests/test_lifecycle_behaviours.py``, whose
+tests fail with each of the regressions the issue planted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -46,8 +48,63 @@ WORK = ROOT / "bench" / "results" / "mutation"
 TARGET = 0.85
 """Minimum overall score (killed / non-equivalent mutants)."""
 
+_ASYNC_BOUND = (
+    "asyncio.timeout() of the same seconds already bounds the whole request, so an httpx "
+    "timeout of None changes nothing"
+)
+_HEADER_CASE = "HTTP header names are case-insensitive (RFC 9110 5.1; httpx.Headers too)"
+_SAME_LENGTH = (
+    "both scrape lists come from the same endpoints (gather keeps order and length), so zip "
+    "never sees unequal lengths"
+)
+
 EQUIVALENT: dict[str, tuple[str, str]] = {
     # mutant name: (text of the mutated line, why no test can tell it from the original)
+    "activities.metrics.x_bucket_quantile__mutmut_47": (
+        "buckets[0][0] < 0",
+        "with a lowest bound of exactly 0, interpolating from 0 to 0 also answers 0",
+    ),
+    "activities.metrics.xǁMetricsActivitiesǁ_query__mutmut_13": ("timeout=None)", _ASYNC_BOUND),
+    "activities.metrics.xǁMetricsActivitiesǁ_scrape_one__mutmut_12": (
+        "timeout=None)",
+        _ASYNC_BOUND,
+    ),
+    "activities.probes.xǁProbeActivitiesǁ_probe__mutmut_10": ("timeout=None)", _ASYNC_BOUND),
+    "activities.probes.xǁProbeActivitiesǁ_smoke__mutmut_11": ("timeout=None", _ASYNC_BOUND),
+    "activities.metrics.xǁMetricsActivitiesǁ_scrape__mutmut_11": (
+        ">= 0:",
+        "at exactly 0 s left the extra round sleeps 0 s; the same scrapes follow",
+    ),
+    "activities.metrics.xǁMetricsActivitiesǁ_scrape__mutmut_32": ("strict=None", _SAME_LENGTH),
+    "activities.metrics.xǁMetricsActivitiesǁ_scrape__mutmut_35": (
+        "zip(after, before, )",
+        _SAME_LENGTH,
+    ),
+    "activities.metrics.xǁMetricsActivitiesǁ_scrape__mutmut_36": ("strict=False", _SAME_LENGTH),
+    "activities.notify.xǁNotifyActivitiesǁ_check__mutmut_10": ('get("retry-after")', _HEADER_CASE),
+    "activities.notify.xǁNotifyActivitiesǁ_check__mutmut_11": ('get("RETRY-AFTER")', _HEADER_CASE),
+    "activities.notify.xǁNotifyActivitiesǁ_post__mutmut_10": ('"idempotency-key"', _HEADER_CASE),
+    "activities.notify.xǁNotifyActivitiesǁ_post__mutmut_11": ('"IDEMPOTENCY-KEY"', _HEADER_CASE),
+    "activities.probes.x__in_flight__mutmut_12": (
+        "value > 0",
+        "the only value it changes is 0, which both versions return",
+    ),
+    "activities.probes.x__in_flight__mutmut_13": (
+        "value >= 1",
+        "the only value it changes is 0, which both versions return",
+    ),
+    "activities.probes.xǁProbeActivitiesǁ_probe__mutmut_47": (
+        "",
+        "ProbeResult.in_flight defaults to 0: dropping in_flight=0 is the same",
+    ),
+    "fleetops.codec.x_generate_key__mutmut_6": (
+        'decode("ASCII")',
+        "codec names are case-insensitive: 'ASCII' is the 'ascii' codec",
+    ),
+    "fleetops.converter.x_describe_validation_error__mutmut_3": (
+        "include_url=True",
+        "only loc and msg are read; include_url only adds a 'url' key",
+    ),
 }
 """Survivors that behave exactly like the original. The text guards against a renumbering:
 an entry whose mutated line no longer matches is ignored (and reported as stale)."""

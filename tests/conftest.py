@@ -37,7 +37,9 @@ SLOW_FIXTURES = frozenset(
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        callspec = getattr(item, "callspec", None)
+        params = set(callspec.params) if callspec is not None else set()  # not fixtures
+        if SLOW_FIXTURES & (set(getattr(item, "fixturenames", ())) - params):
             item.add_marker(pytest.mark.slow)
 
 

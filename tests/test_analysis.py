@@ -75,6 +75,7 @@ def _parse_afresh() -> None:
         ("result < .5", 0.25, True),
         ("result > 0.9 and result < 1.1", 1.0, True),
         ("result > 0.9 && result < 1.1", 1.2, False),
+        ("result > 0.9 and result < 1.1", 0.5, False),  # the left side counts too
         ("result < 1 or result > 5", 6.0, True),
         ("result < 1 || result > 5", 3.0, False),
         # and binds tighter than or: 0.5 < 1 holds, whatever the right-hand 'and' says

@@ -248,7 +248,8 @@ async def test_names_too_long_are_platform_errors(platform: KubernetesPlatform) 
 
 @pytest.mark.parametrize(
     ("code", "retryable"),
-    [(c, False) for c in (400, 401, 403, 422)] + [(c, True) for c in (409, 429, 500, 503)],
+    [(c, False) for c in (400, 401, 403, 405, 410, 422)]
+    + [(c, True) for c in (404, 409, 429, 500, 502, 503, 504)],
 )
 async def test_errors_map_by_status(
     fake: FakeKubernetes, platform: KubernetesPlatform, code: int, retryable: bool

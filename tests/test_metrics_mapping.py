@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -359,3 +360,40 @@ async def test_scrape_waits_the_window_and_heartbeats() -> None:
     assert m.value is not None and 30 / 2.5 <= m.value <= 30 / 1.5  # requests / elapsed seconds
     assert len(beats) == 2  # one per second of the window (1 s, then the last 0.5 s)
     assert all(len(b) == 1 and str(b[0]).endswith("s of the window left") for b in beats)
+
+
+async def test_urls_keep_the_host() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.url.host}{request.url.path}")
+        if request.url.path == "/metrics":
+            return httpx.Response(200, text=exposition(1, 0, {"+Inf": 1}))
+        return httpx.Response(200, json=vector("1"))
+
+    await measure(handler, req(RATE), prometheus="http://promX/")
+    await measure(handler, req(RATE, ["http://nodeX/"], 0.01), None)
+    assert seen == ["promx/api/v1/query", "nodex/metrics", "nodex/metrics"]
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """A listener whose accept queue holds connections that are never answered."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def test_the_query_timeout_overrides_the_client_default(silent: str) -> None:
+    # The client's own (short) timeout must not cut a measurement short.
+    async with httpx.AsyncClient(timeout=0.01) as http:
+        run_ = ActivityEnvironment().run
+        prom = MetricsActivities(
+            http, MetricsSettings(prometheus_url=silent, query_timeout_seconds=0.3)
+        )
+        m = await run_(prom.measure_metric, req(RATE))
+        scrape = MetricsActivities(http, MetricsSettings(query_timeout_seconds=0.3))
+        s = await run_(scrape.measure_metric, req(RATE, [silent], 0.01))
+    assert m.error == "prometheus query timed out after 0.3s"
+    assert s.error == f"scrape of {silent}/metrics timed out after 0.3s"

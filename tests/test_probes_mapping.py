@@ -192,3 +192,31 @@ async def test_wait_healthy_gives_up_naming_the_unhealthy() -> None:
     ) as info:
         await run(handler, "wait_healthy", req)
     assert (info.value.type, info.value.non_retryable) == ("ReplicasNotReady", True)
+
+
+# --- the request itself -------------------------------------------------------------------------
+
+
+async def test_probe_and_smoke_urls_keep_the_host() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200)
+
+    await run(handler, "probe_replicas", ProbeRequest(endpoints=["http://nodeX/"], path="/h"))
+    smoke = SmokeRequest(endpoints=["http://nodeX/"], tests=[SmokeTest(name="s", path="/s")])
+    await run(handler, "run_smoke_tests", smoke)
+    assert seen == ["http://nodex/h", "http://nodex/s"]
+
+
+async def test_the_probe_timeout_overrides_the_client_default(silent: str) -> None:
+    # The client's own (short) timeout must not cut a probe short: each request sets its own.
+    async with httpx.AsyncClient(timeout=0.01) as http:
+        acts = ProbeActivities(http)
+        run_ = ActivityEnvironment().run
+        [p] = await run_(acts.probe_replicas, ProbeRequest(endpoints=[silent], timeout_seconds=0.3))
+        smoke = SmokeRequest(endpoints=[silent], tests=[SmokeTest(name="h", timeout_seconds=0.3)])
+        [s] = await run_(acts.run_smoke_tests, smoke)
+    assert p.error == "timed out after 0.3s"
+    assert s.error == "timed out after 0.3s"
