@@ -36,6 +36,8 @@ SLOW_FIXTURES = frozenset(
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that uses one of :data:`SLOW_FIXTURES` (parameters named like
+    one, e.g. ``replicas``, are not fixtures and do not count)."""
     for item in items:
         callspec = getattr(item, "callspec", None)
         params = set(callspec.params) if callspec is not None else set()  # not fixtures
