@@ -22,9 +22,43 @@ from temporalio.worker import Worker
 
 from fleetops.constants import SEARCH_ATTRIBUTES
 from fleetops.converter import data_converter
+from tests.helpers import in_ci
 
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
+
+
+SLOW_FIXTURES = frozenset(
+    {"env", "dev_env", "isolated_env", "agent", "replicas", "prometheus", "tag"}
+)
+"""Fixtures that start a Temporal server or OS processes; tests using one are marked ``slow``
+(``-m "not slow"`` is the fast, pure-Python subset that mutation testing runs)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that uses one of :data:`SLOW_FIXTURES` (parameters named like
+    one, e.g. ``replicas``, are not fixtures and do not count)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = set(callspec.params) if callspec is not None else set()  # not fixtures
+        if SLOW_FIXTURES & (set(getattr(item, "fixturenames", ())) - params):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Under ``CI=true``, a skip because a required program "is not installed" is a failure.
+
+    New tests say so with ``tests.helpers.require_binary``; this also catches a plain
+    ``pytest.skip("... is not installed ...")``, so CI cannot pass by skipping what it must run.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and in_ci() and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        if "is not installed" in reason:
+            report.outcome = "failed"
+            report.longrepr = f"{reason} (CI=true: a missing program fails the test)"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -41,6 +41,7 @@ from fleetops.models import (
     TransitionRequest,
 )
 from tests.conftest import assert_eventually, new_worker
+from tests.helpers import result_within
 from workflows.agent_lifecycle import AgentLifecycle
 
 S = AgentState
@@ -178,7 +179,7 @@ async def test_start_reaches_ready_and_shutdown_completes(env, worker, platform)
     assert desc.typed_search_attributes.get(STATE_KEY) == "READY"
 
     await h.signal(AgentLifecycle.shutdown)
-    report = await h.result()
+    report = await result_within(h.result())
     assert isinstance(report, AgentReport)
     assert report.final_state == S.TERMINATED
     assert s.agent_id not in platform.replicas
@@ -200,13 +201,13 @@ async def test_pause_and_resume_by_update(env, worker, platform) -> None:
     await wait_state(h, S.READY)
     assert len(platform.replicas[s.agent_id]) == 2
     await h.signal(AgentLifecycle.shutdown)
-    await h.result()
+    await result_within(h.result())
 
 
 async def test_invalid_transition_rejected_before_history(env, worker) -> None:
     h = await start(env, worker, spec())
     await wait_state(h, S.READY)
-    with pytest.raises(WorkflowUpdateFailedError) as exc:
+    with pytest.raises(WorkflowUpdateFailedError, match="update failed") as exc:
         await h.execute_update(AgentLifecycle.transition, TransitionRequest(action="resume"))
     assert "cannot resume" in str(exc.value.cause)
     events = [e async for e in h.fetch_history_events()]
@@ -218,7 +219,7 @@ async def test_invalid_transition_rejected_before_history(env, worker) -> None:
     st = await assert_eventually(lambda: _rejections(h, 1))
     assert st.state == S.READY and "cannot resume" in (st.last_rejection or "")
     await h.signal(AgentLifecycle.shutdown)
-    await h.result()
+    await result_within(h.result())
 
 
 async def _rejections(h: WorkflowHandle, n: int) -> AgentStatus:
@@ -231,7 +232,7 @@ async def test_scale_within_bounds_only(env, worker, platform) -> None:
     s = spec(replicas=1, max_replicas=3)
     h = await start(env, worker, s)
     await wait_state(h, S.READY)
-    with pytest.raises(WorkflowUpdateFailedError) as exc:
+    with pytest.raises(WorkflowUpdateFailedError, match="update failed") as exc:
         await h.execute_update(
             AgentLifecycle.transition, TransitionRequest(action="scale", replicas=4)
         )
@@ -254,7 +255,7 @@ async def test_scale_within_bounds_only(env, worker, platform) -> None:
     assert "max_replicas=3" in (st.last_rejection or "") and st.desired_replicas == 2
     res = await h.execute_update(AgentLifecycle.transition, TransitionRequest(action="shutdown"))
     assert res.state == S.TERMINATED
-    assert (await h.result()).final_state == S.TERMINATED
+    assert (await result_within(h.result())).final_state == S.TERMINATED
 
 
 async def _desired(h: WorkflowHandle, n: int) -> None:
@@ -274,7 +275,7 @@ async def test_self_heal_restarts_failing_replica(env, worker, platform) -> None
     path = [(t.from_state, t.to_state) for t in st.transitions]
     assert (S.READY, S.DEGRADED) in path and path[-1] == (S.DEGRADED, S.READY)
     await h.signal(AgentLifecycle.shutdown)
-    await h.result()
+    await result_within(h.result())
 
 
 async def test_unrecovered_replica_goes_to_error_then_recovers(env, worker, platform) -> None:
@@ -293,7 +294,7 @@ async def test_unrecovered_replica_goes_to_error_then_recovers(env, worker, plat
     await env.sleep(15)
     await wait_state(h, S.READY)
     await h.signal(AgentLifecycle.shutdown)
-    await h.result()
+    await result_within(h.result())
 
 
 async def test_processing_while_replicas_execute(env, worker, platform) -> None:
@@ -306,7 +307,7 @@ async def test_processing_while_replicas_execute(env, worker, platform) -> None:
     await env.sleep(15)
     await wait_state(h, S.READY)
     await h.signal(AgentLifecycle.shutdown)
-    await h.result()
+    await result_within(h.result())
 
 
 async def test_continue_as_new_carries_state(env, worker, platform) -> None:
@@ -329,7 +330,7 @@ async def test_continue_as_new_carries_state(env, worker, platform) -> None:
     assert st.transitions[0].to_state == S.READY  # history of transitions survived
     assert platform.starts == 2  # no replica started twice across runs
     await h.signal(AgentLifecycle.shutdown)
-    await h.result()
+    await result_within(h.result())
 
 
 @pytest.mark.parametrize(
@@ -347,8 +348,8 @@ async def test_bad_input_fails_workflow_at_once(env, worker, bad, field) -> None
     h = await env.client.start_workflow(
         "AgentLifecycle", payload, id=f"agent/{uuid.uuid4()}", task_queue=worker.task_queue
     )
-    with pytest.raises(WorkflowFailureError) as exc:
-        await h.result()
+    with pytest.raises(WorkflowFailureError, match="execution failed") as exc:
+        await result_within(h.result())
     cause = exc.value.cause
     assert isinstance(cause, ApplicationError)
     assert cause.type == "InvalidInput" and cause.non_retryable

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,9 +44,18 @@ with workflow.unsafe.imports_passed_through():
     from fleetops.converter import data_converter
     from fleetops.models import FrozenModel
     from tests.conftest import assert_eventually, new_worker
+    from tests.helpers import result_within
     from workflows.analysis_run import run_analysis
 
 OK, BAD, INC, ERR = "Successful", "Failed", "Inconclusive", "Error"
+
+
+@pytest.fixture(autouse=True)
+def _parse_afresh() -> None:
+    """``parse_condition`` is memoised: start each test with an empty cache, so every test runs
+    the parser itself (and mutation testing sees what each test parses)."""
+    parse_condition.cache_clear()
+
 
 # --- conditions -------------------------------------------------------------------------------
 
@@ -65,6 +75,7 @@ OK, BAD, INC, ERR = "Successful", "Failed", "Inconclusive", "Error"
         ("result < .5", 0.25, True),
         ("result > 0.9 and result < 1.1", 1.0, True),
         ("result > 0.9 && result < 1.1", 1.2, False),
+        ("result > 0.9 and result < 1.1", 0.5, False),  # the left side counts too
         ("result < 1 or result > 5", 6.0, True),
         ("result < 1 || result > 5", 3.0, False),
         # and binds tighter than or: 0.5 < 1 holds, whatever the right-hand 'and' says
@@ -84,33 +95,44 @@ def test_condition_evaluates(text: str, value: float, expected: bool) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "cannot be empty"),
-        ("result", "expected a comparison"),
-        ("result <", "expected 'result' or a number"),
-        ("result < 1 and", "expected 'result' or a number"),
-        ("(result < 1", "expected ')'"),
-        ("result < 1)", "expected 'and', 'or' or the end"),
-        ("result < 1 < 2", "expected 'and', 'or' or the end"),
+        ("", "a condition cannot be empty; omit it instead"),
+        ("result", "expected a comparison (< <= > >= == !=), found the end at column 7"),
+        ("result <", "expected 'result' or a number, found the end at column 9"),
+        ("result < 1 and", "expected 'result' or a number, found the end at column 15"),
+        ("result < 1 &&", "expected 'result' or a number, found the end at column 14"),
+        ("result < 1 ||", "expected 'result' or a number, found the end at column 14"),
+        ("(result < 1", "expected ')', found the end at column 12"),
+        ("(result < 1 or result > 2", "expected ')', found the end at column 26"),
+        ("result < 1)", "expected 'and', 'or' or the end, found ) at column 11"),
+        ("result < 1 < 2", "expected 'and', 'or' or the end, found < at column 12"),
+        ("result < (1)", "expected 'result' or a number, found ( at column 10"),
         ("result = 1", "unexpected '= 1' at column 8"),
-        ("result[1] > 0", "only result[0] exists"),
-        ("1 < 2", "needs 'result' on one side"),
-        ("results < 1", "unexpected 'results < 1'"),
-        ("len(result) > 0", "unexpected"),
-        ("__import__('os').system('true')", "unexpected"),
-        ("not result < 1", "unexpected"),
+        ("result[1] > 0", "only result[0] exists (a measurement is one value) at column 1"),
+        ("1 < 2", "a comparison needs 'result' on one side at column 3"),
+        ("results < 1", "unexpected 'results < 1' at column 1"),
+        ("len(result) > 0", "unexpected 'len(result) ' at column 1"),  # 12 characters shown
+        ("__import__('os').system('true')", 'unexpected "__import__(\'" at column 1'),
+        ("not result < 1", "unexpected 'not result <' at column 1"),
+        ("result <= 0.5 and result > 0.1 extra", "unexpected 'extra' at column 32"),
     ],
+    ids=lambda v: "".join(c if c.isalnum() else "_" for c in v)[:40],
 )
 def test_invalid_condition_rejected(text: str, message: str) -> None:
     with pytest.raises(ConditionError) as exc:
         parse_condition(text)
-    assert message in str(exc.value)
+    if text:
+        message += (
+            f" of {text!r}; write conditions like 'result < 0.05' or "
+            "'result >= 0.9 and result[0] < 2'"
+        )
+    assert str(exc.value) == message
 
 
 # --- models -----------------------------------------------------------------------------------
 
 
 def test_bad_condition_fails_validation_naming_the_field() -> None:
-    with pytest.raises(ValidationError) as exc:
+    with pytest.raises(ValidationError, match=r"failure_condition") as exc:
         Analysis.model_validate(
             {"metrics": [{"name": "e", "builtin": "error_rate", "failure_condition": "result >"}]}
         )
@@ -122,7 +144,7 @@ def test_bad_condition_fails_validation_naming_the_field() -> None:
 def test_bad_condition_fails_a_deployment_request() -> None:
     from fleetops.deploy import DeploymentRequest
 
-    with pytest.raises(ValidationError) as exc:
+    with pytest.raises(ValidationError, match=r"pre_promotion_analysis") as exc:
         DeploymentRequest.model_validate(
             {
                 "agent_id": "a",
@@ -150,9 +172,8 @@ def test_bad_condition_fails_a_deployment_request() -> None:
     ],
 )
 def test_invalid_metric(spec: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValidationError) as exc:
+    with pytest.raises(ValidationError, match=re.escape(message)):
         Metric.model_validate(spec)
-    assert message in str(exc.value)
 
 
 def test_analysis_needs_unique_names_and_a_metric() -> None:
@@ -317,7 +338,7 @@ def test_summarize(phases: list[str], expected: str, named: str | None) -> None:
 def test_summarize_needs_finished_metrics() -> None:
     with pytest.raises(ValueError, match=r"still running: \['b'\]"):
         summarize([finished("a", OK), finished("b", "Running")])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"summarize needs finished metrics; still running: \[\]"):
         summarize([])
 
 
@@ -421,7 +442,7 @@ async def run_probe(
         handle = await env.client.start_workflow(
             AnalysisProbe.run, inp, id=f"analysis-{uuid.uuid4()}", task_queue=w.task_queue
         )
-        result = await handle.result()
+        result = await result_within(handle.result())
         assert await handle.query(AnalysisProbe.update_count) >= 2
     return result, fake, handle.id
 
@@ -499,7 +520,7 @@ async def test_activity_failure_is_an_error_measurement(env: WorkflowEnvironment
 
 async def test_configuration_error_fails_the_workflow(env: WorkflowEnvironment) -> None:
     bad = ApplicationError("no prometheus", type="AnalysisConfigError", non_retryable=True)
-    with pytest.raises(WorkflowFailureError) as exc:
+    with pytest.raises(WorkflowFailureError, match="execution failed") as exc:
         await run_probe(env, {"errors": [bad]}, [ERRORS])
     cause = exc.value.cause
     assert isinstance(cause, ActivityError) and isinstance(cause.cause, ApplicationError)
@@ -517,7 +538,7 @@ async def test_cancellation_stops_measurements(isolated_env: WorkflowEnvironment
         )
         await asyncio.wait_for(fake.started.wait(), timeout=10)
         await handle.signal(AnalysisProbe.abort)
-        assert await handle.result() is None
+        assert await result_within(handle.result()) is None
         history = await handle.fetch_history()
     events = [e.event_type for e in history.events]
     # UNHANDLED_COMMAND is the server asking for another task because an event (a measurement
@@ -595,3 +616,9 @@ async def test_histories_recorded_before_the_cancel_race_fix_still_replay() -> N
     await Replayer(workflows=[AnalysisProbe], data_converter=data_converter()).replay_workflow(
         history
     )
+
+
+def test_render_query_needs_a_query_metric() -> None:
+    metric = Metric(name="e", builtin="error_rate")
+    with pytest.raises(AssertionError, match=r"^render_query\(\) needs a query metric$"):
+        metric.render_query(agent_id="a", color="blue", version="v1", window=10)

@@ -49,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
     from fleetops.constants import AWAITING_APPROVAL_KEY
     from fleetops.settings import ApprovalSettings
     from tests.conftest import assert_eventually, new_worker
+    from tests.helpers import result_within
     from workflows.approval import ApprovalGate, ApprovalHandlers
 
 ROLES = {"alice": ["sre"], "bob": ["dev"], "carol": ["release-manager", "dev"]}
@@ -196,7 +197,7 @@ async def update_accepted_events(handle: WorkflowHandle[Any, Any]) -> int:
 
 async def refused(handle: WorkflowHandle[Any, Any], d: DecisionRequest | dict[str, Any]) -> str:
     """Send ``decide`` and return the ApplicationError type it was refused with."""
-    with pytest.raises(WorkflowUpdateFailedError) as info:
+    with pytest.raises(WorkflowUpdateFailedError, match="update failed") as info:
         await handle.execute_update("decide", d, result_type=ApprovalDecision)
     cause = info.value.cause
     assert isinstance(cause, ApplicationError), cause
@@ -217,6 +218,18 @@ async def test_decide_by_named_approver(env: WorkflowEnvironment, receiver: Rece
         assert p.deadline - p.requested_at == timedelta(days=3)
         assert (p.escalated, p.reminders_sent, p.timeout_outcome) == (False, 0, "reject")
         assert await awaiting(handle) is True
+        # Approvers only, no roles: anyone else is refused, whatever roles they hold.
+        for outsider in ("bob", "carol", "zed"):
+            with pytest.raises(WorkflowUpdateFailedError, match="update failed") as info:
+                await handle.execute_update(
+                    ApprovalProbe.decide, DecisionRequest(approver=outsider, approved=True)
+                )
+            cause = info.value.cause
+            assert isinstance(cause, ApplicationError) and cause.type == "ApprovalRefused"
+            assert f"'{outsider}' may not approve approval-1: allowed approvers ['alice']" in str(
+                cause
+            )
+        assert await update_accepted_events(handle) == 0
 
         d = await handle.execute_update(
             ApprovalProbe.decide, DecisionRequest(approver=" alice ", approved=True, comment="lgtm")
@@ -226,7 +239,7 @@ async def test_decide_by_named_approver(env: WorkflowEnvironment, receiver: Rece
         )  # fmt: skip
         assert (d.comment, d.escalated, d.request_id) == ("lgtm", False, p.request_id)
         assert p.requested_at <= d.at < p.deadline
-        assert await handle.result() == d
+        assert await result_within(handle.result()) == d
         assert await awaiting(handle) is False
         assert await handle.query("pending_approval") is None
         kinds = [(e.kind, e.actor) for e in await audit(handle)]
@@ -246,7 +259,7 @@ async def test_decide_by_role(env: WorkflowEnvironment, receiver: Receiver) -> N
         )
         assert (d.approved, d.outcome, d.approver) == (False, "rejected", "carol")
         assert d.approver_roles == ["dev", "release-manager"]
-        assert await handle.result() == d
+        assert await result_within(handle.result()) == d
 
 
 async def test_validator_refuses_before_history(
@@ -275,7 +288,7 @@ async def test_validator_refuses_before_history(
         )
         assert await update_accepted_events(handle) == 1
         await handle.signal(ApprovalProbe.finish)
-        assert (await handle.result()).approver == "alice"
+        assert (await result_within(handle.result())).approver == "alice"
 
 
 async def test_signal_from_not_allowed_approver_is_audited(
@@ -299,7 +312,7 @@ async def test_signal_from_not_allowed_approver_is_audited(
         assert await awaiting(handle) is True
 
         await handle.signal("reject", {"approver": "alice", "comment": "metrics look bad"})
-        d = await handle.result()
+        d = await result_within(handle.result())
         assert (d.approved, d.outcome, d.approver, d.comment) == (
             False, "rejected", "alice", "metrics look bad",
         )  # fmt: skip
@@ -311,14 +324,14 @@ async def test_open_request_accepts_any_named_approver(
     async with started(env, settings_for(receiver)) as handle:
         assert await refused(handle, {"approver": "", "approved": True}) == "InvalidInput"
         await handle.signal("approve", {"approver": "zed"})
-        d = await handle.result()
+        d = await result_within(handle.result())
         assert (d.approved, d.approver, d.approver_roles) == (True, "zed", [])
 
 
 async def test_cancel_ends_the_wait(env: WorkflowEnvironment, receiver: Receiver) -> None:
     async with started(env, settings_for(receiver)) as handle:
         await handle.signal(ApprovalProbe.abort, "deployment aborted")
-        d = await handle.result()
+        d = await result_within(handle.result())
         assert (d.approved, d.outcome, d.approver, d.comment) == (
             False, "cancelled", None, "deployment aborted",
         )  # fmt: skip
@@ -330,8 +343,8 @@ async def test_workflow_cancellation_clears_the_gate(
 ) -> None:
     async with started(env, settings_for(receiver)) as handle:
         await handle.cancel()
-        with pytest.raises(WorkflowFailureError) as info:
-            await handle.result()
+        with pytest.raises(WorkflowFailureError, match="execution failed") as info:
+            await result_within(handle.result())
         assert isinstance(info.value.cause, CancelledError)
         assert await awaiting(handle) is False
         assert [e.kind for e in await audit(handle)] == ["requested", "cancelled"]
@@ -351,7 +364,7 @@ async def test_timeout_outcome(
     ) as handle:
         await env.sleep(1300)
         assert (await pending(handle)).reminders_sent == 2
-        d = await handle.result()
+        d = await result_within(handle.result())
         assert (d.approved, d.outcome, d.approver, d.escalated) == (
             approved, "timed_out", None, False,
         )  # fmt: skip
@@ -378,7 +391,7 @@ async def test_timeout_escalates_then_rejects(env: WorkflowEnvironment, receiver
         p = await pending(handle)
         assert p.escalated and p.deadline - p.requested_at == timedelta(seconds=5400)
         assert await awaiting(handle) is True
-        d = await handle.result()
+        d = await result_within(handle.result())
         assert (d.approved, d.outcome, d.escalated) == (False, "timed_out", True)
         # Deterministic: the recorded history replays without nondeterminism errors.
         await Replayer(
@@ -401,7 +414,7 @@ async def test_escalated_request_can_still_be_approved(
             ApprovalProbe.decide, DecisionRequest(approver="alice", approved=True)
         )
         assert (d.approved, d.outcome, d.escalated) == (True, "approved", True)
-        assert await handle.result() == d
+        assert await result_within(handle.result()) == d
     # No escalation webhook configured: the escalation went to the main webhook.
     assert any("escalated" in t for t in receiver.texts("main"))
 
@@ -418,7 +431,7 @@ async def test_webhook_500_is_retried(env: WorkflowEnvironment, receiver: Receiv
 
         await assert_eventually(posted_twice)
         await handle.signal("approve", {"approver": "zed"})
-        assert (await handle.result()).approved
+        assert (await result_within(handle.result())).approved
         assert not any("failed" in e.detail for e in await audit(handle))
     (h1, b1), (h2, b2), _decision = receiver.posts["main"]
     assert b1 == b2 and h1["idempotency-key"] == h2["idempotency-key"]
@@ -436,14 +449,14 @@ async def test_webhook_400_does_not_fail_the_gate(
 
         await assert_eventually(failure_audited)
         await handle.signal("approve", {"approver": "zed"})
-        assert (await handle.result()).approved
+        assert (await result_within(handle.result())).approved
     assert len(receiver.posts["main"]) == 2  # the refused request (not retried), the decision
 
 
 async def test_no_webhook_configured(env: WorkflowEnvironment, receiver: Receiver) -> None:
     async with started(env, ApprovalSettings(roles=ROLES), approvers=["alice"]) as handle:
         await handle.signal("approve", {"approver": "alice"})
-        assert (await handle.result()).approver_roles == ["sre"]
+        assert (await result_within(handle.result())).approver_roles == ["sre"]
     assert receiver.posts == {}
 
 
@@ -472,10 +485,18 @@ async def notify_with(
     [
         (429, {"Retry-After": "7"}, "WebhookRateLimited", True, timedelta(seconds=7)),
         (429, {}, "WebhookRateLimited", True, None),
+        (429, {"Retry-After": "soon"}, "WebhookRateLimited", True, None),
+        (408, {}, "WebhookUnavailable", True, None),
         (500, {}, "WebhookUnavailable", True, None),
+        (502, {}, "WebhookUnavailable", True, None),
         (503, {}, "WebhookUnavailable", True, None),
+        (504, {}, "WebhookUnavailable", True, None),
         (400, {}, "WebhookRejected", False, None),
+        (401, {}, "WebhookRejected", False, None),
+        (403, {}, "WebhookRejected", False, None),
         (404, {}, "WebhookRejected", False, None),
+        (410, {}, "WebhookRejected", False, None),
+        (499, {}, "WebhookRejected", False, None),
     ],
 )
 async def test_notify_error_mapping(
@@ -484,7 +505,7 @@ async def test_notify_error_mapping(
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, headers=headers, text="x" * 1000 + SECRET_URL)
 
-    with pytest.raises(ApplicationError) as info:
+    with pytest.raises(ApplicationError, match=f"answered HTTP {status}: ") as info:
         await notify_with(handler, note())
     err = info.value
     assert (err.type, err.non_retryable, err.next_retry_delay) == (type_, not retryable, delay)
@@ -496,7 +517,7 @@ async def test_notify_connect_error_is_retryable() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError(f"cannot connect to {request.url}", request=request)
 
-    with pytest.raises(ApplicationError) as info:
+    with pytest.raises(ApplicationError, match=r"unreachable: cannot connect to") as info:
         await notify_with(handler, note())
     assert (info.value.type, info.value.non_retryable) == ("WebhookUnavailable", False)
     assert "SECRET" not in str(info.value)

@@ -231,6 +231,7 @@ async def test_timeout_outcome_proceed_promotes(env, worker, platform) -> None:
     )  # fmt: skip
     report: DeploymentReport = await finish(env, h)
     assert report.outcome == "promoted"
+    assert report.approvals[-1].outcome == "timed_out"
     await assert_consistent(platform, agent, lifecycle, version="v2")
 
 
@@ -238,7 +239,7 @@ async def test_validator_refuses_unauthorised_approver(env, worker, platform) ->
     agent, lifecycle = await start_agent(env, worker)
     h = await deploy(env, worker, agent, promotion={"approvers": ["alice"], "roles": ["sre"]})
     await wait_phase(h, "AWAITING_PROMOTION")
-    with pytest.raises(WorkflowUpdateFailedError) as exc:
+    with pytest.raises(WorkflowUpdateFailedError, match="update failed") as exc:
         await h.execute_update("decide", DecisionRequest(approver="mallory", approved=True))
     assert "mallory" in str(exc.value.cause)
     events = [e async for e in h.fetch_history_events()]
@@ -365,7 +366,7 @@ async def test_deploying_the_running_version_is_refused(env, worker, platform) -
 async def test_inconsistent_promotion_refused_by_the_agent(env, worker) -> None:
     _, lifecycle = await start_agent(env, worker)
     bad = {"agent_id": "x", "version": "v2", "promotion": {"mode": "auto", "approvers": ["a"]}}
-    with pytest.raises(WorkflowUpdateFailedError) as exc:
+    with pytest.raises(WorkflowUpdateFailedError, match="update failed") as exc:
         await lifecycle.execute_update("deploy", bad)
     cause = exc.value.cause
     assert isinstance(cause, ApplicationError) and cause.type == "InvalidInput"
@@ -385,13 +386,13 @@ async def test_deployment_started_by_a_client_refuses_to_run(env, worker, platfo
     h = await env.client.start_workflow(
         "BlueGreenDeployment", forged, id=f"deploy/{agent}/v666", task_queue=worker.task_queue
     )
-    with pytest.raises(WorkflowFailureError) as exc:
+    with pytest.raises(WorkflowFailureError, match="failed") as exc:
         await finish(env, h)
     cause = exc.value.cause
     assert isinstance(cause, ApplicationError) and cause.type == "DeploymentRefused"
     assert f"agent/{agent} --name deploy" in cause.message
     # the old hand-off messages are gone, and the change hint takes nothing from its payload
-    with pytest.raises(WorkflowUpdateFailedError) as refused:  # no such handler any more
+    with pytest.raises(WorkflowUpdateFailedError, match="update failed") as refused:  # no handler
         await lifecycle.execute_update("begin_deployment", {"deployment_id": "x", "version": "v6"})
     assert "begin_deployment" in str(refused.value.cause)
     await lifecycle.signal("deployment_changed", {"promoted": True, "spec": {"version": "v666"}})
@@ -462,7 +463,7 @@ async def test_cancel_rolls_back_and_ends_canceled(env, worker, platform, phase)
     h = await deploy(env, worker, agent, **kw)
     await wait_phase(h, phase)
     await h.cancel()
-    with pytest.raises(WorkflowFailureError):
+    with pytest.raises(WorkflowFailureError, match="failed"):
         await finish(env, h)
     assert (await h.describe()).status == WorkflowExecutionStatus.CANCELED
     st = await h.query(BlueGreenDeployment.status)
@@ -477,7 +478,7 @@ async def test_cancel_after_verified_switch_finishes_the_promotion(env, worker, 
     h = await deploy(env, worker, agent, promotion={"mode": "auto"}, scale_down_delay_seconds=60)
     await wait_phase(h, "SCALING_DOWN_OLD")
     await h.cancel()
-    with pytest.raises(WorkflowFailureError):
+    with pytest.raises(WorkflowFailureError, match="failed"):
         await finish(env, h)
     st = await h.query(BlueGreenDeployment.status)
     assert st.outcome == "promoted" and "verified" in st.message

@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from fleetops.converter import data_converter
     from fleetops.settings import EncryptionSettings, Settings
     from starters.codec_server import create_codec_app
+    from tests.helpers import result_within
 
 SECRET = "s3cr3t-plaintext-do-not-leak"
 OLD_KEY = b"o" * 32
@@ -230,7 +231,7 @@ async def test_end_to_end_encrypted_history(env: WorkflowEnvironment) -> None:
         handle = await env.client.start_workflow(
             EchoWorkflow.run, SECRET, id=f"echo-{uuid.uuid4()}", task_queue=task_queue
         )
-        assert await handle.result() == SECRET
+        assert await result_within(handle.result()) == SECRET
     history = await plain_client(env).get_workflow_handle(handle.id).fetch_history()
     started = history.events[0].workflow_execution_started_event_attributes
     (stored,) = started.input.payloads
@@ -246,7 +247,7 @@ async def test_end_to_end_plain_input_accepted(env: WorkflowEnvironment) -> None
         plain_handle = await plain_client(env).start_workflow(
             EchoWorkflow.run, SECRET, id=f"echo-{uuid.uuid4()}", task_queue=task_queue
         )
-        result = await env.client.get_workflow_handle(plain_handle.id).result()
+        result = await result_within(env.client.get_workflow_handle(plain_handle.id).result())
     assert result == SECRET
     history = await plain_handle.fetch_history()
     started = history.events[0].workflow_execution_started_event_attributes

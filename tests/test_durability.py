@@ -36,6 +36,7 @@ from tests.e2e_support import (
     tagged_pids,
     wait_ready,
 )
+from tests.helpers import result_within
 from worker import fleetops_worker
 from workflows.agent_lifecycle import AgentLifecycle
 
@@ -96,7 +97,7 @@ async def test_new_worker_adopts_replicas_of_stopped_worker(
         )
 
         await handle.signal(AgentLifecycle.shutdown)
-        report = await handle.result()
+        report = await result_within(handle.result())
     assert report.final_state == S.TERMINATED
     assert tagged_pids(tag) == set()
 
@@ -246,7 +247,7 @@ async def test_fleetops_up_restart_keeps_agent_and_adopts_replicas(
     assert tagged_pids(tag) == set(pids)
 
     await handle.signal(AgentLifecycle.shutdown)
-    report = await handle.result()
+    report = await result_within(handle.result())
     assert report.final_state == S.TERMINATED
     assert tagged_pids(tag) == set()
     assert await up.interrupt() == 0, up.output()

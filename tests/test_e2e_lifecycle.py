@@ -35,6 +35,7 @@ from tests.e2e_support import (
     tagged_pids,
     wait_ready,
 )
+from tests.helpers import result_within
 from worker import fleetops_worker
 from workflows.agent_lifecycle import AgentLifecycle
 
@@ -109,7 +110,7 @@ async def test_agent_lifecycle_end_to_end(
 
         # shutdown: TERMINATED, nothing left running.
         await handle.signal(AgentLifecycle.shutdown)
-        report = await handle.result()
+        report = await result_within(handle.result())
         assert report.final_state == S.TERMINATED
         assert report.counters.replica_restarts >= 1
         assert tagged_pids(tag) == set()

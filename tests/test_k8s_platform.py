@@ -248,19 +248,19 @@ async def test_names_too_long_are_platform_errors(platform: KubernetesPlatform) 
 
 @pytest.mark.parametrize(
     ("code", "retryable"),
-    [(c, False) for c in (400, 401, 403, 422)] + [(c, True) for c in (409, 429, 500, 503)],
+    [(c, False) for c in (400, 401, 403, 405, 410, 422)]
+    + [(c, True) for c in (404, 409, 429, 500, 502, 503, 504)],
 )
 async def test_errors_map_by_status(
     fake: FakeKubernetes, platform: KubernetesPlatform, code: int, retryable: bool
 ) -> None:
     fake.fail_next(code, method="PATCH", resource="deployments")
-    with pytest.raises((PlatformError, ApplicationError)) as caught:
+    expected = ApplicationError if retryable else PlatformError
+    with pytest.raises(expected, match=f"HTTP {code}: ") as caught:
         await platform.ensure(SPEC, 1)
     if retryable:
         assert isinstance(caught.value, ApplicationError) and not caught.value.non_retryable
         assert caught.value.type == "KubernetesUnavailable"
-    else:
-        assert isinstance(caught.value, PlatformError) and f"HTTP {code}" in str(caught.value)
     if code == 403:
         assert "worker-rbac.yaml" in str(caught.value)
 
@@ -303,7 +303,7 @@ async def test_platform_activities_over_kubernetes(
     assert await env.run(activities.list_replicas, "echo") == replicas
 
     fake.fail_next(403, method="DELETE")
-    with pytest.raises(ApplicationError) as caught:
+    with pytest.raises(ApplicationError, match="HTTP 403") as caught:
         await env.run(activities.deprovision_agent, DeprovisionRequest(agent_id="echo"))
     assert caught.value.non_retryable and caught.value.type == "PlatformError"
     assert await env.run(activities.deprovision_agent, DeprovisionRequest(agent_id="echo")) == 1

@@ -374,7 +374,7 @@ async def test_activity_maps_platform_error_to_non_retryable(
     activities = PlatformActivities(platform)
     spec = make_spec(tag, command=["fleetops-no-such-binary"])
 
-    with pytest.raises(ApplicationError) as info:
+    with pytest.raises(ApplicationError, match="fleetops-no-such-binary") as info:
         await ActivityEnvironment().run(
             activities.provision_replicas, ProvisionRequest(spec=spec, replicas=1)
         )
@@ -393,5 +393,6 @@ def test_build_platform(tmp_path: Path) -> None:
             "platform": {"kind": "kubernetes", "kubernetes": {"kubeconfig": tmp_path / "none"}},
         }
     )
-    with pytest.raises(PlatformError):  # no usable cluster configuration here
+    # no usable cluster configuration here
+    with pytest.raises(PlatformError, match=r"no Kubernetes configuration .*KUBECONFIG"):
         build_platform(kubernetes)

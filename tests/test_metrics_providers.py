@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,9 +27,9 @@ from temporalio.testing import ActivityEnvironment
 from activities.metrics import MetricsActivities, bucket_quantile
 from fleetops.analysis import Builtin, Measurement, MeasureRequest, Metric
 from fleetops.settings import MetricsSettings
+from tests.helpers import require_binary
 
 BIN = Path(sys.executable).parent
-PROMETHEUS = Path("/usr/bin/prometheus")
 AGENT = "prov-test"
 
 
@@ -219,7 +218,7 @@ async def test_scrape_provider_errors_and_config_errors(replicas: list[str]) -> 
             activities, request(Metric(name="e", builtin="error_rate"), [*replicas, down], 0.1)
         )
         assert m.phase == "Error" and m.error is not None and "ConnectError" in m.error
-        with pytest.raises(ApplicationError) as exc:
+        with pytest.raises(ApplicationError, match="FLEETOPS_METRICS__PROMETHEUS_URL") as exc:
             await measure(activities, request(Metric(name="q", query="up"), replicas, 0.1))
     assert exc.value.type == "AnalysisConfigError" and exc.value.non_retryable
     assert "FLEETOPS_METRICS__PROMETHEUS_URL" in exc.value.message
@@ -233,9 +232,7 @@ async def prometheus(
     replicas: list[str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[str]:
     """A real Prometheus scraping the replicas every second; its base URL."""
-    binary = str(PROMETHEUS) if PROMETHEUS.exists() else shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("Prometheus is not installed (apt-get install prometheus)")
+    binary = require_binary("prometheus", hint="apt-get install prometheus")
     tmp = tmp_path_factory.mktemp("prometheus")
     targets = ", ".join(f'"{e.removeprefix("http://")}"' for e in replicas)
     (tmp / "prometheus.yml").write_text(
@@ -328,7 +325,7 @@ async def test_prometheus_provider(replicas: list[str], prometheus: str) -> None
             update={"agent_id": "nobody"}
         )
         assert await measure(activities, other) == Measurement(error="no data", phase="Error")
-        with pytest.raises(ApplicationError) as exc:
+        with pytest.raises(ApplicationError, match=r"prometheus answered 400 to 'sum\(up'") as exc:
             await measure(activities, request(Metric(name="bad", query="sum(up"), [], window))
         assert exc.value.type == "AnalysisConfigError" and "400" in exc.value.message
 

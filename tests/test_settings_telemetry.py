@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from fleetops.client import connect
     from fleetops.settings import Settings
     from tests.conftest import new_worker
+    from tests.helpers import result_within
 
 
 def test_nested_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,9 +87,10 @@ async def test_sdk_metrics_endpoint_and_traces(dev_env: WorkflowEnvironment) -> 
     provider.add_span_processor(SimpleSpanProcessor(spans))
     worker = new_worker(client, workflows=[TelemetryProbe], activities=[ping])
     async with worker:
-        result = await client.execute_workflow(
+        handle = await client.start_workflow(
             TelemetryProbe.run, "hi", id=f"telemetry-{uuid.uuid4()}", task_queue=worker.task_queue
         )
+        result = await result_within(handle.result())
     assert result == "HI"
 
     async with httpx.AsyncClient() as http:

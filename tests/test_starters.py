@@ -17,6 +17,7 @@ from starters.agents import (
     InvalidTransitionError,
 )
 from tests.conftest import assert_eventually, new_worker
+from tests.helpers import result_within
 from tests.test_agent_lifecycle import FakePlatform, spec
 from workflows.agent_lifecycle import AgentLifecycle
 
@@ -93,15 +94,15 @@ async def test_start_steer_and_shutdown(env: WorkflowEnvironment, worker: Worker
     await wait_state(env, s.agent_id, S.READY)
     result = await agents.shutdown(client, s.agent_id, wait=False)
     assert isinstance(result, TransitionResult) and result.state == S.TERMINATED
-    await again.result()
+    await result_within(again.result())
 
 
 async def test_unknown_agent_is_not_found(env: WorkflowEnvironment) -> None:
     with pytest.raises(AgentNotFoundError, match="never-started is not running"):
         await agents.scale(env.client, "never-started", 2)
-    with pytest.raises(AgentNotFoundError):
+    with pytest.raises(AgentNotFoundError, match="agent never-started is not running"):
         await agents.status(env.client, "never-started")
-    with pytest.raises(AgentNotFoundError):
+    with pytest.raises(AgentNotFoundError, match="agent never-started is not running"):
         await agents.shutdown(env.client, "never-started")
 
 

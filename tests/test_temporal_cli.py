@@ -14,6 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from tests.conftest import BIN, assert_eventually, new_worker
+from tests.helpers import result_within
 from tests.test_agent_lifecycle import FakePlatform
 from workflows.agent_lifecycle import AgentLifecycle
 
@@ -119,7 +120,7 @@ async def test_operator_session_with_plain_json(dev_env, worker) -> None:
         dev_env, "workflow", "signal", "--workflow-id", wid, "--name", "shutdown"
     )
     assert code == 0, out
-    result = await dev_env.client.get_workflow_handle(wid).result()
+    result = await result_within(dev_env.client.get_workflow_handle(wid).result())
     assert result["final_state"] == "TERMINATED"
     code, out = await temporal(
         dev_env, "workflow", "signal", "--workflow-id", wid, "--name", "pause"
