@@ -32,9 +32,10 @@ from temporalio.exceptions import ApplicationError
 
 from activities._text import shorten
 from fleetops.analysis import Builtin, Measurement, MeasureRequest, classify, prometheus_duration
+from fleetops.errors import ANALYSIS_CONFIG_ERROR
 from fleetops.settings import MetricsSettings
 
-CONFIG_ERROR = "AnalysisConfigError"
+CONFIG_ERROR = ANALYSIS_CONFIG_ERROR
 """``ApplicationError.type`` of a measurement that cannot work as configured (non-retryable)."""
 EXECUTE = "/execute"
 _SELECTOR = 'fleetops_agent="{agent}",fleetops_color="{color}"'

@@ -21,6 +21,12 @@ from temporalio.exceptions import ApplicationError
 
 from activities._text import shorten
 from fleetops.approvals import ApprovalPolicy, Notification
+from fleetops.errors import (
+    WEBHOOK_MISCONFIGURED,
+    WEBHOOK_RATE_LIMITED,
+    WEBHOOK_REJECTED,
+    WEBHOOK_UNAVAILABLE,
+)
 from fleetops.settings import ApprovalSettings
 
 _MAX_BODY_CHARS = 200
@@ -179,17 +185,17 @@ class NotifyActivities:
         except (httpx.InvalidURL, httpx.UnsupportedProtocol):
             raise ApplicationError(
                 f"approval webhook URL for {where} is invalid; fix FLEETOPS_APPROVAL__WEBHOOK_URL",
-                type="WebhookMisconfigured",
+                type=WEBHOOK_MISCONFIGURED,
                 non_retryable=True,
             ) from None
         except httpx.TimeoutException:
             raise ApplicationError(
-                f"approval webhook {where} timed out", type="WebhookUnavailable"
+                f"approval webhook {where} timed out", type=WEBHOOK_UNAVAILABLE
             ) from None
         except httpx.HTTPError as err:
             detail = _short(str(err).replace(url, where)) or type(err).__name__
             raise ApplicationError(
-                f"approval webhook {where} unreachable: {detail}", type="WebhookUnavailable"
+                f"approval webhook {where} unreachable: {detail}", type=WEBHOOK_UNAVAILABLE
             ) from None
 
     @staticmethod
@@ -202,13 +208,13 @@ class NotifyActivities:
             delay = retry_after_seconds(response.headers.get("Retry-After"))
             raise ApplicationError(
                 message,
-                type="WebhookRateLimited",
+                type=WEBHOOK_RATE_LIMITED,
                 next_retry_delay=timedelta(seconds=delay) if delay is not None else None,
             )
         if status >= 500 or status == 408:
-            raise ApplicationError(message, type="WebhookUnavailable")
+            raise ApplicationError(message, type=WEBHOOK_UNAVAILABLE)
         raise ApplicationError(
             message + " (check the webhook URL and payload; not retried)",
-            type="WebhookRejected",
+            type=WEBHOOK_REJECTED,
             non_retryable=True,
         )

@@ -12,6 +12,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities._text import shorten
 from fleetops.checks import SmokeRequest, SmokeResult, SmokeTest, WaitHealthyRequest
+from fleetops.errors import REPLICAS_NOT_READY
 from fleetops.models import ProbeRequest, ProbeResult
 
 _MAX_ERROR_CHARS = 200
@@ -119,7 +120,7 @@ class ProbeActivities:
             if time.monotonic() >= deadline:
                 raise ApplicationError(
                     f"replicas not healthy within {req.timeout_seconds:g}s: {_short(bad)}",
-                    type="ReplicasNotReady",
+                    type=REPLICAS_NOT_READY,
                     non_retryable=True,
                 )
             await asyncio.sleep(req.interval_seconds)

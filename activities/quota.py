@@ -16,9 +16,10 @@ from collections.abc import Awaitable, Callable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from fleetops import errors
 from fleetops.models import ProvisionRequest, Replica
 
-QUOTA_EXCEEDED = "QuotaExceeded"
+QUOTA_EXCEEDED = errors.QUOTA_EXCEEDED
 """``ApplicationError.type`` of a provisioning refused by the replica quota."""
 
 Provision = Callable[[ProvisionRequest], Awaitable[list[Replica]]]

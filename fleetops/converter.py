@@ -26,8 +26,9 @@ from temporalio.contrib.pydantic import PydanticPayloadConverter
 from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.exceptions import ApplicationError
 
-INVALID_INPUT = "InvalidInput"
-"""``ApplicationError.type`` of every validation failure FleetOps raises."""
+from fleetops.errors import INVALID_INPUT
+
+__all__ = ["INVALID_INPUT", "FleetOpsPayloadConverter", "data_converter", "invalid_input"]
 
 
 _UNTYPED_ENCODINGS = frozenset({b"binary/null", b"binary/plain"})

@@ -251,7 +251,9 @@ async def shutdown(
     result = await _transition(client, agent_id, req)
     if not wait or result.state != AgentState.TERMINATED:
         return result
-    handle = client.get_workflow_handle_for(AgentLifecycle.run, agent_workflow_id(agent_id))
+    handle: WorkflowHandle[AgentLifecycle, AgentReport] = client.get_workflow_handle(
+        agent_workflow_id(agent_id), result_type=AgentReport
+    )
     try:
         return await handle.result()
     except WorkflowFailureError as err:
@@ -273,7 +275,9 @@ async def status(client: Client, agent_id: str) -> AgentStatus:
     Raises:
         AgentNotFoundError: the agent is not running (completed agents are not queried).
     """
-    handle = client.get_workflow_handle_for(AgentLifecycle.run, agent_workflow_id(agent_id))
+    handle: WorkflowHandle[AgentLifecycle, AgentReport] = client.get_workflow_handle(
+        agent_workflow_id(agent_id), result_type=AgentReport
+    )
     try:
         return await handle.query(
             AgentLifecycle.status, reject_condition=QueryRejectCondition.NOT_OPEN
@@ -321,7 +325,9 @@ async def list_agents(
 
 
 async def _transition(client: Client, agent_id: str, req: TransitionRequest) -> TransitionResult:
-    handle = client.get_workflow_handle_for(AgentLifecycle.run, agent_workflow_id(agent_id))
+    handle: WorkflowHandle[AgentLifecycle, AgentReport] = client.get_workflow_handle(
+        agent_workflow_id(agent_id), result_type=AgentReport
+    )
     try:
         return await handle.execute_update(AgentLifecycle.transition, req)
     except WorkflowUpdateFailedError as err:

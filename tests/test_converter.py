@@ -87,13 +87,14 @@ def test_malformed_json_is_invalid_input() -> None:
     assert e.value.type == INVALID_INPUT and e.value.non_retryable
 
 
-def test_other_decoding_errors_pass_through() -> None:
+def test_unknown_encoding_is_invalid_input() -> None:
+    """A payload no converter knows is bad input, never a workflow-task failure."""
     conv = FleetOpsPayloadConverter()
     [payload] = conv.to_payloads([1])
     payload.metadata["encoding"] = b"made/up"
-    with pytest.raises(KeyError, match=r"Unknown payload encoding made/up") as info:
+    with pytest.raises(ApplicationError, match=r"unknown payload encoding b'made/up'") as info:
         conv.from_payloads([payload], [ScaleRequest])
-    assert not isinstance(info.value, ApplicationError)
+    assert info.value.type == "InvalidInput" and info.value.non_retryable
 
 
 def test_data_converter_uses_the_codec() -> None:

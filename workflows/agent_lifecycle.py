@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from fleetops.constants import AGENT_ID_KEY, STATE_KEY
     from fleetops.converter import INVALID_INPUT
     from fleetops.deploy import DeploymentReport, DeploymentRequest, DeploymentStarted, new_spec
+    from fleetops.errors import DEPLOYMENT_REFUSED, INVALID_TRANSITION
     from fleetops.models import (
         Action,
         AgentCounters,
@@ -208,7 +209,7 @@ class AgentLifecycle(DeploymentOwner):
         self._commands.append(cmd)
         await workflow.wait_condition(lambda: cmd.result is not None or cmd.error is not None)
         if cmd.error is not None:
-            raise ApplicationError(cmd.error, type="InvalidTransition", non_retryable=True)
+            raise ApplicationError(cmd.error, type=INVALID_TRANSITION, non_retryable=True)
         assert cmd.result is not None
         return cmd.result
 
@@ -217,7 +218,7 @@ class AgentLifecycle(DeploymentOwner):
         """Reject, before anything is written to history, an action the state does not allow."""
         error = action_error(self._state, self._spec, req.action, req.replicas, self._deploying)
         if error is not None:
-            raise ApplicationError(error, type="InvalidTransition", non_retryable=True)
+            raise ApplicationError(error, type=INVALID_TRANSITION, non_retryable=True)
 
     @workflow.query
     def status(self) -> AgentStatus:
@@ -284,7 +285,7 @@ class AgentLifecycle(DeploymentOwner):
         self._commands.append(cmd)
         await workflow.wait_condition(lambda: cmd.started is not None or cmd.error is not None)
         if cmd.error is not None:
-            raise ApplicationError(cmd.error, type="DeploymentRefused", non_retryable=True)
+            raise ApplicationError(cmd.error, type=DEPLOYMENT_REFUSED, non_retryable=True)
         assert cmd.started is not None
         return cmd.started
 
@@ -299,7 +300,7 @@ class AgentLifecycle(DeploymentOwner):
             )
         error = deployment_error(self._state, self._spec, self._deploying, req.version)
         if error is not None:
-            raise ApplicationError(error, type="DeploymentRefused", non_retryable=True)
+            raise ApplicationError(error, type=DEPLOYMENT_REFUSED, non_retryable=True)
         try:
             new_spec(self._spec, req)
         except ValueError as err:

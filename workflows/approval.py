@@ -30,6 +30,7 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from fleetops import errors
     from fleetops.approvals import (
         ApprovalDecision,
         ApprovalOutcome,
@@ -50,7 +51,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.approval_calls import read_policy, send_notification
     from workflows.payloads import decode_payload
 
-APPROVAL_REFUSED = "ApprovalRefused"
+APPROVAL_REFUSED = errors.APPROVAL_REFUSED
 """``ApplicationError.type`` of a refused decision (nothing pending, empty or unknown approver)."""
 MAX_AUDIT_ENTRIES = 100
 """Audit entries kept (oldest dropped) so history and query answers stay bounded."""

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         PhaseRecord,
         new_spec,
     )
+    from fleetops.errors import DEPLOYMENT_REFUSED
     from fleetops.models import (
         AgentSpec,
         Color,
@@ -116,7 +117,7 @@ class BlueGreenDeployment(ApprovalHandlers):
                 f"deployments of {self._req.agent_id} are started by its agent: fleetops deploy "
                 f"{self._req.agent_id} --version {self._req.version}, or temporal workflow update "
                 f"execute --workflow-id {self._owner} --name deploy --input '{{...}}'",
-                type="DeploymentRefused",
+                type=DEPLOYMENT_REFUSED,
                 non_retryable=True,
             )
         workflow.set_current_details(self._details())

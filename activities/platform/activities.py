@@ -11,6 +11,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.platform.base import Platform, PlatformError
+from fleetops.errors import PLATFORM_ERROR
 from fleetops.models import (
     DeprovisionRequest,
     ProvisionRequest,
@@ -54,7 +55,7 @@ async def _call(op: Awaitable[T]) -> T:
         async with _heartbeating():
             return await op
     except PlatformError as e:
-        raise ApplicationError(str(e), type="PlatformError", non_retryable=True) from e
+        raise ApplicationError(str(e), type=PLATFORM_ERROR, non_retryable=True) from e
 
 
 class PlatformActivities:

@@ -46,6 +46,7 @@ from activities.platform._k8s_manifests import (
     service_manifest,
 )
 from activities.platform.base import PlatformError
+from fleetops.errors import KUBERNETES_UNAVAILABLE, ROLLOUT_TIMEOUT
 from fleetops.models import AgentSpec, Color, Replica, ServiceInfo
 from fleetops.settings import KubernetesSettings
 
@@ -306,7 +307,7 @@ class KubernetesPlatform:
                 raise ApplicationError(
                     f"deployment {self._ns}/{name} not rolled out after "
                     f"{self._rollout_timeout:.0f} s ({progress}); check its pods' events",
-                    type="RolloutTimeout",
+                    type=ROLLOUT_TIMEOUT,
                 )
             if activity.in_activity():
                 activity.heartbeat(progress)
@@ -331,7 +332,7 @@ class KubernetesPlatform:
             raise _api_error(what, e) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise ApplicationError(
-                f"{what}: Kubernetes API unreachable: {e}", type="KubernetesUnavailable"
+                f"{what}: Kubernetes API unreachable: {e}", type=KUBERNETES_UNAVAILABLE
             ) from e
 
 
@@ -346,7 +347,7 @@ def _api_error(what: str, e: ApiException) -> Exception:
     if code in (0, 404, 409, 429) or code >= 500:
         retry_after = str((e.headers or {}).get("Retry-After", ""))
         delay = timedelta(seconds=int(retry_after)) if retry_after.isdigit() else None
-        return ApplicationError(message, type="KubernetesUnavailable", next_retry_delay=delay)
+        return ApplicationError(message, type=KUBERNETES_UNAVAILABLE, next_retry_delay=delay)
     hint = {
         401: "; check the worker's Kubernetes credentials",
         403: "; grant the worker's ServiceAccount the Role in infra/k8s/worker-rbac.yaml",
