@@ -451,10 +451,14 @@ async def test_terminated_after_switch_keeps_what_the_service_serves(env, worker
     assert st.active_color == "green" and st.last_deployment.closed_as == "terminated"
 
 
-@pytest.mark.parametrize("phase", ["AWAITING_PROMOTION", "POST_PROMOTION_ANALYSIS"])
+@pytest.mark.parametrize(
+    "phase", ["WAITING_READY", "AWAITING_PROMOTION", "POST_PROMOTION_ANALYSIS"]
+)
 async def test_cancel_rolls_back_and_ends_canceled(env, worker, platform, phase) -> None:
     agent, lifecycle = await start_agent(env, worker)
     kw: dict[str, Any] = {"scale_down_delay_seconds": 60}
+    if phase == "WAITING_READY":
+        platform.hang.add("wait_healthy")  # released only by the cancellation
     if phase == "POST_PROMOTION_ANALYSIS":
         kw["promotion"] = {"mode": "auto"}
         kw["post_promotion_analysis"] = {"metrics": [
