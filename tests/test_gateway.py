@@ -20,10 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
-from activities.platform import LocalPlatform, _process
+from activities.platform import LocalPlatform
+from activities.platform.local import process as _process
+from activities.platform.local.gateway import Gateway, GatewayError
 from fleetops.models import AgentSpec, Color, Replica, ServiceInfo
 from fleetops.settings import Settings
-from starters.gateway import Gateway, GatewayError
 from tests.e2e_support import TAG_VAR, port_block, tag
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")

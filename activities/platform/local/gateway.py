@@ -7,17 +7,20 @@ preview Services of a BlueGreen rollout:
 - the active port routes to the running replicas of the active colour;
 - the preview port routes to those of the preview colour, and answers 503 when there is none.
 
-It polls the files' identity (inode, mtime, size) every ``platform.gateway.reload_seconds`` and,
-on a change, builds a new route table and swaps it in one assignment: each request sees the old
-or the new routes, never a mix, and requests in flight keep the replica they started on. Ports
-open and close as agents appear and disappear, one ``uvicorn.Server`` per port in one event loop
-(why: :mod:`starters._listeners`). Proxying and passive health: :mod:`starters._proxy`; which
-replica gets a request (readiness, draining, balancing): :mod:`starters._balancer` and
-:mod:`starters._readiness`.
+Changes are pushed, not polled: the gateway reads every agent's files when it starts, and
+afterwards one agent's files whenever the local platform calls ``POST /agents/{id}/sync`` or
+``/drain`` on its admin endpoint (contract: :mod:`activities.platform.local.admin`), off the
+event loop. It then builds a new route table and swaps it in one assignment: each request sees
+the old or the new routes, never a mix, and requests in flight keep the replica they started
+on. Ports open and close as agents appear and disappear, one ``uvicorn.Server`` per port in one
+event loop (why: :mod:`activities.platform.local.listeners`); a port that was busy is retried
+every ``platform.gateway.reload_seconds``. Proxying and passive health:
+:mod:`activities.platform.local.proxy`; which replica gets a request (readiness, draining,
+balancing): :mod:`activities.platform.local.balancer` and
+:mod:`activities.platform.local.readiness`.
 
-The admin endpoint (``GET /routes``, ``GET /healthz``) listens on a free port of 127.0.0.1,
-announced with the gateway's pid in ``<state_dir>/gateway.json``; ``LocalPlatform.switch_traffic``
-polls it until the new generation is served.
+The admin endpoint listens on a free port of 127.0.0.1, announced with the gateway's pid in
+``<state_dir>/gateway.json``.
 """
 
 from __future__ import annotations
@@ -28,27 +31,26 @@ import functools
 import http.cookiejar
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import httpx
 import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
-from activities.platform import _process
-from activities.platform._routing import GATEWAY_FILE, read_gateway_file
-from activities.platform._state import ServiceRecord, StateStore, write_json_atomic
 from activities.platform.base import PlatformError, url
+from activities.platform.local import process
+from activities.platform.local.admin import GatewayAnnouncement, RoutesView, RouteView
+from activities.platform.local.balancer import Balancer, Target, Upstream
+from activities.platform.local.gateway_admin import admin_app
+from activities.platform.local.gateway_client import GATEWAY_FILE, read_announcement
+from activities.platform.local.listeners import bind, serve
+from activities.platform.local.proxy import ProxyApp
+from activities.platform.local.readiness import ReadinessProber
+from activities.platform.local.state import ServiceRecord, StateStore, off_loop, write_json_atomic
+from fleetops.models import Color
 from fleetops.settings import Settings
-from starters._balancer import Balancer, Target, Upstream
-from starters._listeners import bind, serve
-from starters._proxy import ProxyApp
-from starters._readiness import ReadinessProber
 
 logger = logging.getLogger("fleetops.gateway")
 
@@ -57,6 +59,9 @@ UPSTREAM_TIMEOUT = httpx.Timeout(connect=2.0, read=300.0, write=60.0, pool=10.0)
 UPSTREAM_LIMITS = httpx.Limits(max_connections=1000, keepalive_expiry=2.0)
 """Idle upstream connections close after 2 s, before uvicorn replicas close theirs (5 s), so a
 request rarely goes out on a connection the replica is closing."""
+RECHECK_SECONDS = 0.02
+"""Longest pause, in seconds, between two checks of a wait for in-flight requests to end (the
+other waits wake on each change)."""
 
 
 class GatewayError(RuntimeError):
@@ -69,13 +74,13 @@ class AgentRoute:
 
     agent_id: str
     service: ServiceRecord
-    upstreams: dict[str, tuple[Upstream, ...]]
+    upstreams: dict[Color, tuple[Upstream, ...]]
 
     def target(self, role: str) -> Target:
         """What the ``active`` or ``preview`` port routes to."""
         s = self.service
         color = s.active_color if role == "active" else s.preview_color
-        return Target(self.agent_id, color, self.upstreams.get(color or "", ()))
+        return Target(self.agent_id, color, self.upstreams.get(color, ()) if color else ())
 
 
 class Gateway:
@@ -83,7 +88,7 @@ class Gateway:
 
     Args:
         settings: FleetOps settings: ``state_dir`` and ``platform.gateway`` (host, balancing,
-            reload period in seconds).
+            busy-port retry period in seconds).
 
     Raises:
         GatewayError: on start, when another live gateway already serves ``state_dir``.
@@ -96,15 +101,16 @@ class Gateway:
         self._balancer = Balancer(self._settings.balancing)
         self._routes: dict[str, AgentRoute] = {}
         self._ports: dict[int, tuple[str, str]] = {}  # port -> (agent, "active" | "preview")
-        self._targets: dict[int, Target] = {}  # port -> what it routes to, built by reload()
+        self._targets: dict[int, Target] = {}  # port -> what it routes to, built by _install()
         self._servers: dict[int, tuple[uvicorn.Server, asyncio.Task[None]]] = {}
         self._admin: tuple[uvicorn.Server, asyncio.Task[None]] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._failed_ports: set[int] = set()
-        self._signature: dict[Path, tuple[int, int, int] | None] | None = None
         self._client: httpx.AsyncClient | None = None
-        self._watcher: asyncio.Task[None] | None = None
-        self._prober: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loaded = asyncio.Event()
+        self._pulse = asyncio.Event()
+        self._agent_locks: dict[str, asyncio.Lock] = {}
         self.admin_url = ""
 
     async def __aenter__(self) -> Gateway:
@@ -119,23 +125,26 @@ class Gateway:
     async def start(self) -> None:
         """Serve the admin endpoint, announce it in ``gateway.json``, open every agent's ports.
 
+        The announcement comes before the files are read, so a change written meanwhile is
+        either read now or pushed afterwards.
+
         Raises:
             GatewayError: another live gateway serves this state directory.
         """
-        other = read_gateway_file(self._state_dir)
-        if other is not None and other["pid"] != os.getpid():
+        other = await off_loop(read_announcement, self._state_dir)
+        if other is not None and other.pid != os.getpid():
             raise GatewayError(
-                f"a gateway (pid {other['pid']}, {other['admin_url']}) already serves "
+                f"a gateway (pid {other.pid}, {other.admin_url}) already serves "
                 f"{self._state_dir}; stop it first"
             )
         try:
-            self._open()
+            await self._open()
         except BaseException:
             await self.stop()
             raise
         logger.info("gateway over %s; admin %s", self._state_dir, self.admin_url)
 
-    def _open(self) -> None:
+    async def _open(self) -> None:
         # A jar that refuses every cookie: replicas' Set-Cookie headers are passed to clients,
         # never kept by the shared client.
         jar = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
@@ -144,35 +153,26 @@ class Gateway:
             timeout=UPSTREAM_TIMEOUT,
             cookies=jar,
         )
-
-        async def routes(_: Request) -> JSONResponse:
-            return JSONResponse(self.routes())
-
-        async def healthz(_: Request) -> JSONResponse:
-            return JSONResponse({"status": "ok"})
-
-        admin = Starlette(routes=[Route("/routes", routes), Route("/healthz", healthz)])
         sock = bind("127.0.0.1", 0)
-        self._admin = serve(admin, sock)
+        self._admin = serve(admin_app(self), sock)
         self.admin_url = url("127.0.0.1", sock.getsockname()[1])
-        write_json_atomic(
-            self._state_dir / GATEWAY_FILE, {"admin_url": self.admin_url, "pid": os.getpid()}
-        )
-        self.reload()
+        announcement = GatewayAnnouncement(admin_url=self.admin_url, pid=os.getpid())
+        await off_loop(write_json_atomic, self._state_dir / GATEWAY_FILE, announcement.model_dump())
+        routes = await off_loop(self._load_all)
+        self._install(routes, replace=True)
         self._balancer.establish(self._all_upstreams())
-        self._watcher = asyncio.create_task(self._watch())
-        prober = ReadinessProber(self._client, self._balancer, self._all_upstreams)
-        self._prober = asyncio.create_task(prober.run())
+        self._loaded.set()
+        prober = ReadinessProber(self._client, self._balancer, self._all_upstreams, self._notify)
+        self._tasks = [asyncio.create_task(prober.run()), asyncio.create_task(self._retry_ports())]
 
     async def stop(self) -> None:
         """Close every port (requests in flight finish, up to 10 s), remove ``gateway.json``."""
-        for task in (self._watcher, self._prober):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        mine = {"admin_url": self.admin_url, "pid": os.getpid()}
-        if self.admin_url and read_gateway_file(self._state_dir) == mine:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        mine = GatewayAnnouncement(admin_url=self.admin_url, pid=os.getpid())
+        if self.admin_url and await off_loop(read_announcement, self._state_dir) == mine:
             (self._state_dir / GATEWAY_FILE).unlink(missing_ok=True)
         for port in list(self._servers):
             self._close(port)
@@ -183,38 +183,73 @@ class Gateway:
         if self._client is not None:
             await self._client.aclose()
 
-    def routes(self) -> dict[str, Any]:
-        """The route table as ``GET /routes`` shows it: per agent, colours, generation, ports
-        and every colour's replicas with their readiness, draining mark, in-flight count and
-        down mark."""
-        return {
-            agent: {
-                "active_color": r.service.active_color,
-                "preview_color": r.service.preview_color,
-                "generation": r.service.generation,
-                "active_port": r.service.active_port,
-                "preview_port": r.service.preview_port,
-                "upstreams": {
-                    color: [self._balancer.describe(u) for u in ups]
-                    for color, ups in r.upstreams.items()
-                },
-            }
-            for agent, r in sorted(self._routes.items())
-        }
+    # --- the route table ----------------------------------------------------------------------
 
-    def reload(self) -> bool:
-        """Rebuild the route table if any ``service.json``/``state.json`` changed.
+    def routes(self) -> RoutesView:
+        """The route table as ``GET /routes`` shows it (see :class:`RoutesView`)."""
+        return RoutesView({a: self._view(r) for a, r in sorted(self._routes.items())})
+
+    def route(self, agent_id: str) -> RouteView | None:
+        """The agent's route now, or None if the gateway does not route it."""
+        route = self._routes.get(agent_id)
+        return None if route is None else self._view(route)
+
+    async def reload(self, agent_id: str) -> RouteView | None:
+        """Re-read ``agent_id``'s ``service.json`` and ``state.json`` (off the event loop) and
+        swap the result into the route table; other agents are untouched.
 
         Returns:
-            Whether the table was rebuilt.
+            The agent's route now; None if it has no (readable) service.
+
+        Raises:
+            PlatformError: ``agent_id`` is not a valid agent id.
         """
-        signature = self._files()
-        if signature == self._signature:
-            if self._failed_ports:
-                self._sync_listeners()  # retry ports that were busy
-            return False
-        self._signature = signature
-        routes = {a: r for a in self._store.agent_ids() if (r := self._load_route(a))}
+        self._store.agent_dir(agent_id)  # validates the id
+        await self._loaded.wait()
+        async with self._agent_locks.setdefault(agent_id, asyncio.Lock()):
+            route = await off_loop(self._load_route, agent_id)
+            self._install({agent_id: route})
+        return self.route(agent_id)
+
+    async def wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``done()`` (checked on every route or readiness change, and at least every
+        :data:`RECHECK_SECONDS`), for up to ``timeout`` seconds; whether it came true."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not done():
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pulse.wait(), min(left, RECHECK_SECONDS))
+        return True
+
+    def _notify(self) -> None:
+        """Wake every :meth:`wait_until`."""
+        self._pulse.set()
+        self._pulse = asyncio.Event()
+
+    def _view(self, r: AgentRoute) -> RouteView:
+        return RouteView(
+            active_color=r.service.active_color,
+            preview_color=r.service.preview_color,
+            generation=r.service.generation,
+            active_port=r.service.active_port,
+            preview_port=r.service.preview_port,
+            upstreams={
+                c: [self._balancer.describe(u) for u in ups] for c, ups in r.upstreams.items()
+            },
+        )
+
+    def _install(self, changes: dict[str, AgentRoute | None], replace: bool = False) -> None:
+        """Swap in a route table with ``changes`` (None: the agent is gone), or exactly
+        ``changes`` when ``replace``; open and close ports to match."""
+        routes = {} if replace else dict(self._routes)
+        for agent_id, route in changes.items():
+            if route is None:
+                routes.pop(agent_id, None)
+            else:
+                routes[agent_id] = route
         ports: dict[int, tuple[str, str]] = {}
         for agent_id, route in routes.items():
             ports[route.service.active_port] = (agent_id, "active")
@@ -224,15 +259,18 @@ class Gateway:
         self._routes, self._ports, self._targets = routes, ports, targets
         self._balancer.forget({(u.url, u.pid) for u in self._all_upstreams()})
         self._sync_listeners()
-        return True
+        self._notify()
 
     def _all_upstreams(self) -> list[Upstream]:
         return [u for r in self._routes.values() for ups in r.upstreams.values() for u in ups]
 
-    # --- internals ----------------------------------------------------------------------------
+    def _load_all(self) -> dict[str, AgentRoute | None]:
+        """Every agent's route (blocking)."""
+        return {a: self._load_route(a) for a in self._store.agent_ids()}
 
     def _load_route(self, agent_id: str) -> AgentRoute | None:
-        """The agent's service and running replicas per colour; None without a service."""
+        """The agent's service and running replicas per colour; None without a service
+        (blocking: reads two files and ``/proc``)."""
         try:
             service = self._store.load_service(agent_id)
             records = self._store.load(agent_id) if service else {}
@@ -241,39 +279,27 @@ class Gateway:
             return None
         if service is None:
             return None
-        upstreams: dict[str, list[Upstream]] = {"blue": [], "green": []}
+        upstreams: dict[Color, list[Upstream]] = {"blue": [], "green": []}
         for key in sorted(records):
             r = records[key]
-            if _process.is_alive(r.pid, r.start_time):
+            if process.is_alive(r.pid, r.start_time):
                 upstream = Upstream(
                     url(r.host, r.port), r.index, r.version, r.pid, r.health_path, r.draining
                 )
                 upstreams[r.color].append(upstream)
         return AgentRoute(agent_id, service, {c: tuple(u) for c, u in upstreams.items()})
 
-    def _files(self) -> dict[Path, tuple[int, int, int] | None]:
-        """Identity of every state and service file; atomic replaces change the inode."""
-        files: dict[Path, tuple[int, int, int] | None] = {}
-        for agent_id in self._store.agent_ids():
-            for name in ("service.json", "state.json"):
-                path = self._store.agents_dir / agent_id / name
-                try:
-                    st = path.stat()
-                    files[path] = (st.st_ino, st.st_mtime_ns, st.st_size)
-                except OSError:
-                    files[path] = None
-        return files
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.reload_seconds)
-            try:
-                self.reload()
-            except Exception:  # a bad file must not stop the gateway
-                logger.exception("reloading routes failed; retrying")
+    # --- listeners ----------------------------------------------------------------------------
 
     def _target(self, port: int) -> Target | None:
         return self._targets.get(port)
+
+    async def _retry_ports(self) -> None:
+        """Retry binding ports that were busy, every ``reload_seconds``."""
+        while True:
+            await asyncio.sleep(self._settings.reload_seconds)
+            if self._failed_ports:
+                self._sync_listeners()
 
     def _sync_listeners(self) -> None:
         for port in [p for p in self._servers if p not in self._ports]:
