@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import TypeVar
 
@@ -63,6 +64,20 @@ class GatewayClient:
         self._state_dir = state_dir
         self._http: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._known: tuple[tuple[int, int, int], GatewayAnnouncement | None] | None = None
+
+    async def _announcement(self) -> GatewayAnnouncement | None:
+        """The live gateway's announcement; the file is re-read (off the event loop) only when
+        its identity (inode, mtime, size) changed since the last call."""
+        try:
+            st = os.stat(self._state_dir / GATEWAY_FILE)
+        except OSError:
+            return None
+        identity = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._known is None or self._known[0] != identity:
+            self._known = (identity, await off_loop(read_announcement, self._state_dir))
+        info = self._known[1]
+        return info if info is not None and process.is_alive(info.pid, None) else None
 
     def _client(self) -> httpx.AsyncClient:
         """One pooled client per event loop (a platform object may outlive a loop in tests)."""
@@ -142,7 +157,7 @@ class GatewayClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            info = await off_loop(read_announcement, self._state_dir)
+            info = await self._announcement()
             if info is None:
                 return absent
             with contextlib.suppress(httpx.HTTPError, ValidationError):

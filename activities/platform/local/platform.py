@@ -26,7 +26,7 @@ from activities.platform.local import service as services
 from activities.platform.local import targets
 from activities.platform.local.gateway_client import GatewayClient
 from activities.platform.local.replicas import ReplicaRunner, argv_of, command_hash, to_replicas
-from activities.platform.local.state import ServiceRecord, StateStore, file_lock, off_loop
+from activities.platform.local.state import StateStore, file_lock, off_loop
 from fleetops.models import AgentSpec, Color, Replica, ServiceInfo
 from fleetops.settings import GatewaySettings, LocalPlatformSettings
 
@@ -219,19 +219,11 @@ class LocalPlatform:
         """
         preview = preview_color if preview_color != active_color else None
         async with self._locked(agent_id):
-            service = await off_loop(self._store.load_service, agent_id)
-            if service is None:
-                raise PlatformError(f"agent {agent_id!r} has no service; run ensure first")
-            if (service.active_color, service.preview_color) != (active_color, preview):
-                service = ServiceRecord(
-                    active_color=active_color,
-                    preview_color=preview,
-                    active_port=service.active_port,
-                    preview_port=service.preview_port,
-                    generation=service.generation + 1,
-                )
-                await off_loop(self._store.save_service, agent_id, service)
-                logger.info("%s: active %s, preview %s", agent_id, active_color, preview)
+            service, changed = await off_loop(
+                services.switch_service, self._store, agent_id, active_color, preview
+            )
+        if changed:
+            logger.info("%s: active %s, preview %s", agent_id, active_color, preview)
         await self._gateway_client.sync(
             agent_id, generation=service.generation, timeout=GATEWAY_WAIT_SECONDS
         )
@@ -253,10 +245,9 @@ class LocalPlatform:
     @contextlib.asynccontextmanager
     async def _locked(self, agent_id: str) -> AsyncIterator[None]:
         agent_dir = self._store.agent_dir(agent_id)
-        await off_loop(agent_dir.mkdir, parents=True, exist_ok=True)
         async with (
             self._locks.setdefault(agent_id, asyncio.Lock()),
-            file_lock(agent_dir / "lock"),
+            file_lock(agent_dir / "lock"),  # creates the directory
         ):
             yield
 

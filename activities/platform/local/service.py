@@ -9,6 +9,7 @@ gateway: :mod:`activities.platform.local.gateway_client`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from activities.platform.base import PlatformError, url
@@ -83,3 +84,28 @@ async def ensure_service(
         service.preview_port,
     )
     return True
+
+
+def switch_service(
+    store: StateStore, agent_id: str, active: Color, preview: Color | None
+) -> tuple[ServiceRecord, bool]:
+    """Route the agent's service to ``active`` (and ``preview``), bumping its generation, unless
+    it routes so already. Blocking: one read and at most one atomic write, in one call so a
+    switch costs the event loop one hop to a thread.
+
+    Returns:
+        The service now, and whether it changed.
+
+    Raises:
+        PlatformError: the agent has no service (never provisioned), or its file is unreadable.
+    """
+    service = store.load_service(agent_id)
+    if service is None:
+        raise PlatformError(f"agent {agent_id!r} has no service; run ensure first")
+    if (service.active_color, service.preview_color) == (active, preview):
+        return service, False
+    service = dataclasses.replace(
+        service, active_color=active, preview_color=preview, generation=service.generation + 1
+    )
+    store.save_service(agent_id, service)
+    return service, True
