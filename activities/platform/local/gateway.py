@@ -32,15 +32,13 @@ import http.cookiejar
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import httpx
 import uvicorn
 
-from activities.platform.base import PlatformError, url
-from activities.platform.local import process
+from activities.platform.base import url
 from activities.platform.local.admin import GatewayAnnouncement, RoutesView, RouteView
 from activities.platform.local.balancer import Balancer, Target, Upstream
 from activities.platform.local.gateway_admin import admin_app
@@ -48,8 +46,8 @@ from activities.platform.local.gateway_client import GATEWAY_FILE, read_announce
 from activities.platform.local.listeners import bind, serve
 from activities.platform.local.proxy import ProxyApp
 from activities.platform.local.readiness import ReadinessProber
-from activities.platform.local.state import ServiceRecord, StateStore, off_loop, write_json_atomic
-from fleetops.models import Color
+from activities.platform.local.route_table import AgentRoute, load_route, route_view
+from activities.platform.local.state import StateStore, off_loop, write_json_atomic
 from fleetops.settings import Settings
 
 logger = logging.getLogger("fleetops.gateway")
@@ -66,21 +64,6 @@ other waits wake on each change)."""
 
 class GatewayError(RuntimeError):
     """The gateway cannot start (another gateway serves the state directory)."""
-
-
-@dataclass(frozen=True)
-class AgentRoute:
-    """One agent in the route table: its service and each colour's running replicas."""
-
-    agent_id: str
-    service: ServiceRecord
-    upstreams: dict[Color, tuple[Upstream, ...]]
-
-    def target(self, role: str) -> Target:
-        """What the ``active`` or ``preview`` port routes to."""
-        s = self.service
-        color = s.active_color if role == "active" else s.preview_color
-        return Target(self.agent_id, color, self.upstreams.get(color, ()) if color else ())
 
 
 class Gateway:
@@ -187,12 +170,14 @@ class Gateway:
 
     def routes(self) -> RoutesView:
         """The route table as ``GET /routes`` shows it (see :class:`RoutesView`)."""
-        return RoutesView({a: self._view(r) for a, r in sorted(self._routes.items())})
+        return RoutesView(
+            {a: route_view(r, self._balancer) for a, r in sorted(self._routes.items())}
+        )
 
     def route(self, agent_id: str) -> RouteView | None:
         """The agent's route now, or None if the gateway does not route it."""
         route = self._routes.get(agent_id)
-        return None if route is None else self._view(route)
+        return None if route is None else route_view(route, self._balancer)
 
     async def reload(self, agent_id: str) -> RouteView | None:
         """Re-read ``agent_id``'s ``service.json`` and ``state.json`` (off the event loop) and
@@ -207,7 +192,7 @@ class Gateway:
         self._store.agent_dir(agent_id)  # validates the id
         await self._loaded.wait()
         async with self._agent_locks.setdefault(agent_id, asyncio.Lock()):
-            route = await off_loop(self._load_route, agent_id)
+            route = await off_loop(load_route, self._store, agent_id)
             self._install({agent_id: route})
         return self.route(agent_id)
 
@@ -228,18 +213,6 @@ class Gateway:
         """Wake every :meth:`wait_until`."""
         self._pulse.set()
         self._pulse = asyncio.Event()
-
-    def _view(self, r: AgentRoute) -> RouteView:
-        return RouteView(
-            active_color=r.service.active_color,
-            preview_color=r.service.preview_color,
-            generation=r.service.generation,
-            active_port=r.service.active_port,
-            preview_port=r.service.preview_port,
-            upstreams={
-                c: [self._balancer.describe(u) for u in ups] for c, ups in r.upstreams.items()
-            },
-        )
 
     def _install(self, changes: dict[str, AgentRoute | None], replace: bool = False) -> None:
         """Swap in a route table with ``changes`` (None: the agent is gone), or exactly
@@ -266,28 +239,7 @@ class Gateway:
 
     def _load_all(self) -> dict[str, AgentRoute | None]:
         """Every agent's route (blocking)."""
-        return {a: self._load_route(a) for a in self._store.agent_ids()}
-
-    def _load_route(self, agent_id: str) -> AgentRoute | None:
-        """The agent's service and running replicas per colour; None without a service
-        (blocking: reads two files and ``/proc``)."""
-        try:
-            service = self._store.load_service(agent_id)
-            records = self._store.load(agent_id) if service else {}
-        except PlatformError as e:
-            logger.warning("not routing %s: %s", agent_id, e)
-            return None
-        if service is None:
-            return None
-        upstreams: dict[Color, list[Upstream]] = {"blue": [], "green": []}
-        for key in sorted(records):
-            r = records[key]
-            if process.is_alive(r.pid, r.start_time):
-                upstream = Upstream(
-                    url(r.host, r.port), r.index, r.version, r.pid, r.health_path, r.draining
-                )
-                upstreams[r.color].append(upstream)
-        return AgentRoute(agent_id, service, {c: tuple(u) for c, u in upstreams.items()})
+        return {a: load_route(self._store, a) for a in self._store.agent_ids()}
 
     # --- listeners ----------------------------------------------------------------------------
 
