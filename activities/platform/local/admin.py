@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from fleetops.models import Color
 
-MAX_WAIT_SECONDS = 60.0
-"""Upper bound of a sync or drain wait, in seconds (the drain setting is the longest one)."""
+MAX_WAIT_SECONDS = 300.0
+"""Upper bound of a sync or drain wait, in seconds (the platform clamps longer drain settings)."""
 
 
 class _Model(BaseModel):

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from activities.platform.local import process
 from activities.platform.local.admin import (
+    MAX_WAIT_SECONDS,
     DrainRequest,
     DrainResult,
     GatewayAnnouncement,
@@ -83,7 +84,9 @@ class GatewayClient:
         """One pooled client per event loop (a platform object may outlive a loop in tests)."""
         loop = asyncio.get_running_loop()
         if self._http is None or self._loop is not loop:
-            self._http = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=0))
+            # Plain HTTP on loopback: no TLS context (loading the CA bundle costs ~80 ms).
+            transport = httpx.AsyncHTTPTransport(retries=0, verify=False)
+            self._http = httpx.AsyncClient(transport=transport, verify=False)
             self._loop = loop
         return self._http
 
@@ -97,11 +100,13 @@ class GatewayClient:
         Args:
             agent_id: the agent.
             generation: the ``service.json`` generation just written; None: do not wait.
-            timeout: seconds to wait for the gateway (to be reachable and to serve).
+            timeout: seconds to wait for the gateway (to be reachable and to serve), at most
+                :data:`~activities.platform.local.admin.MAX_WAIT_SECONDS`.
 
         Returns:
             True once served, or when no gateway runs; False after ``timeout`` (logged).
         """
+        timeout = min(timeout, MAX_WAIT_SECONDS)
         request = SyncRequest(generation=generation, timeout_seconds=timeout)
         answer = await self._call(f"/agents/{agent_id}/sync", request, _NO_SYNC, timeout)
         if answer is None or not answer.served:
@@ -125,12 +130,14 @@ class GatewayClient:
         Args:
             agent_id: the agent.
             pids: process ids of the replicas about to stop.
-            timeout: seconds to wait (requests still in flight are then cut off by the
-                replica's shutdown).
+            timeout: seconds to wait, at most
+                :data:`~activities.platform.local.admin.MAX_WAIT_SECONDS` (requests still in
+                flight are then cut off by the replica's shutdown).
 
         Returns:
             True once drained, or when no gateway runs; False after ``timeout`` (logged).
         """
+        timeout = min(timeout, MAX_WAIT_SECONDS)
         request = DrainRequest(pids=sorted(pids), timeout_seconds=timeout)
         answer = await self._call(f"/agents/{agent_id}/drain", request, _NO_DRAIN, timeout)
         if answer is None or not answer.drained:
