@@ -456,6 +456,13 @@ async def test_admin_contract_refuses_bad_requests_and_reports_routes(
         routes = RoutesView.model_validate_json(
             (await client.get(f"{gateway.admin_url}/routes")).content
         )
+        # A pushed switch older than the generation served changes nothing.
+        ports = {"active_port": result.route.active_port, "preview_port": result.route.preview_port}
+        stale = {"active_color": "green", "preview_color": None, "generation": 0, **ports}
+        answer = SyncResult.model_validate_json(
+            (await client.post(sync, json={"generation": 0, "service": stale})).content
+        )
+        assert answer.route is not None and answer.route.active_color == "blue"
 
     assert result.served and result.route == routes.root[spec.agent_id]
     assert result.route.generation == 0 and result.route.active_color == "blue"

@@ -115,6 +115,24 @@ class RoutesView(RootModel[dict[str, RouteView]]):
     """``GET /routes``: the route table, by agent id."""
 
 
+class ServiceView(_Model):
+    """An agent's service as just written to its ``service.json`` (a colour switch).
+
+    Attributes:
+        active_color: colour behind the active port.
+        preview_color: colour behind the preview port; None: it answers 503.
+        active_port: gateway port of the active service.
+        preview_port: gateway port of the preview service.
+        generation: the file's generation.
+    """
+
+    active_color: Color
+    preview_color: Color | None
+    active_port: int = Field(ge=1, le=65535)
+    preview_port: int = Field(ge=1, le=65535)
+    generation: int = Field(ge=0)
+
+
 class SyncRequest(_Model):
     """``POST /agents/{agent_id}/sync``.
 
@@ -124,11 +142,15 @@ class SyncRequest(_Model):
         ready: with ``generation``, also wait until the active colour has a ready replica (if
             it has running replicas at all).
         timeout_seconds: how long to wait, in seconds.
+        service: the switch itself, so the gateway applies it without reading the file (only
+            if it is newer than what it serves; the replicas it knows stay). None, or an agent
+            the gateway does not route yet or with other ports: the gateway re-reads the files.
     """
 
     generation: int | None = Field(None, ge=0)
     ready: bool = True
     timeout_seconds: float = Field(5.0, ge=0, le=MAX_WAIT_SECONDS)
+    service: ServiceView | None = None
 
 
 class SyncResult(_Model):

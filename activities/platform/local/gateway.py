@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import http.cookiejar
 import logging
@@ -39,7 +40,12 @@ import httpx
 import uvicorn
 
 from activities.platform.base import url
-from activities.platform.local.admin import GatewayAnnouncement, RoutesView, RouteView
+from activities.platform.local.admin import (
+    GatewayAnnouncement,
+    RoutesView,
+    RouteView,
+    ServiceView,
+)
 from activities.platform.local.balancer import Balancer, Target, Upstream
 from activities.platform.local.gateway_admin import admin_app
 from activities.platform.local.gateway_client import GATEWAY_FILE, read_announcement
@@ -47,7 +53,12 @@ from activities.platform.local.listeners import bind, serve
 from activities.platform.local.proxy import ProxyApp
 from activities.platform.local.readiness import ReadinessProber
 from activities.platform.local.route_table import AgentRoute, load_route, route_view
-from activities.platform.local.state import StateStore, off_loop, write_json_atomic
+from activities.platform.local.state import (
+    ServiceRecord,
+    StateStore,
+    off_loop,
+    write_json_atomic,
+)
 from fleetops.settings import Settings
 
 logger = logging.getLogger("fleetops.gateway")
@@ -195,6 +206,31 @@ class Gateway:
             route = await off_loop(load_route, self._store, agent_id)
             self._install({agent_id: route})
         return self.route(agent_id)
+
+    async def apply(self, agent_id: str, service: ServiceView) -> RouteView | None:
+        """Serve ``service`` (a switch just written to the agent's ``service.json``) without
+        reading the file, if it is newer than the generation served; the agent's replicas stay
+        as they are. An agent not routed yet, or with other ports, is re-read from its files.
+
+        Returns:
+            The agent's route now; None if it has no (readable) service.
+
+        Raises:
+            PlatformError: ``agent_id`` is not a valid agent id.
+        """
+        await self._loaded.wait()
+        async with self._agent_locks.setdefault(agent_id, asyncio.Lock()):
+            route = self._routes.get(agent_id)
+            ports = (service.active_port, service.preview_port)
+            if (
+                route is not None
+                and (route.service.active_port, route.service.preview_port) == ports
+            ):
+                if service.generation > route.service.generation:
+                    record = ServiceRecord(**service.model_dump())
+                    self._install({agent_id: dataclasses.replace(route, service=record)})
+                return self.route(agent_id)
+        return await self.reload(agent_id)
 
     async def wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
         """Wait until ``done()`` (checked on every route or readiness change, and at least every

@@ -43,7 +43,10 @@ def admin_app(gateway: Gateway) -> Starlette:
             req = SyncRequest.model_validate_json(await request.body())
         except ValidationError as e:
             return JSONResponse({"error": e.errors(include_url=False)}, status_code=422)
-        route = await gateway.reload(agent_id)
+        if req.service is not None:
+            route = await gateway.apply(agent_id, req.service)
+        else:
+            route = await gateway.reload(agent_id)
         if route is None:  # no service (any more): nothing to serve, nothing will change it
             return _json(SyncResult(served=req.generation is None, route=None))
 

@@ -26,6 +26,7 @@ from activities.platform.local.admin import (
     DrainRequest,
     DrainResult,
     GatewayAnnouncement,
+    ServiceView,
     SyncRequest,
     SyncResult,
 )
@@ -91,7 +92,12 @@ class GatewayClient:
         return self._http
 
     async def sync(
-        self, agent_id: str, *, generation: int | None = None, timeout: float = 5.0
+        self,
+        agent_id: str,
+        *,
+        generation: int | None = None,
+        service: ServiceView | None = None,
+        timeout: float = 5.0,
     ) -> bool:
         """Tell the gateway that ``agent_id``'s files changed; with ``generation``, wait until it
         serves that generation (or a later one) with a ready replica of the active colour, if
@@ -100,6 +106,7 @@ class GatewayClient:
         Args:
             agent_id: the agent.
             generation: the ``service.json`` generation just written; None: do not wait.
+            service: that file's content, for the gateway to apply without reading it.
             timeout: seconds to wait for the gateway (to be reachable and to serve), at most
                 :data:`~activities.platform.local.admin.MAX_WAIT_SECONDS`.
 
@@ -107,7 +114,7 @@ class GatewayClient:
             True once served, or when no gateway runs; False after ``timeout`` (logged).
         """
         timeout = min(timeout, MAX_WAIT_SECONDS)
-        request = SyncRequest(generation=generation, timeout_seconds=timeout)
+        request = SyncRequest(generation=generation, service=service, timeout_seconds=timeout)
         answer = await self._call(f"/agents/{agent_id}/sync", request, _NO_SYNC, timeout)
         if answer is None or not answer.served:
             if generation is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 from activities.platform.base import PlatformError
 from activities.platform.local import service as services
 from activities.platform.local import targets
+from activities.platform.local.admin import ServiceView
 from activities.platform.local.gateway_client import GatewayClient
 from activities.platform.local.replicas import ReplicaRunner, argv_of, command_hash, to_replicas
 from activities.platform.local.state import StateStore, file_lock, off_loop
@@ -225,7 +227,10 @@ class LocalPlatform:
         if changed:
             logger.info("%s: active %s, preview %s", agent_id, active_color, preview)
         await self._gateway_client.sync(
-            agent_id, generation=service.generation, timeout=GATEWAY_WAIT_SECONDS
+            agent_id,
+            generation=service.generation,
+            service=ServiceView.model_validate(dataclasses.asdict(service)),
+            timeout=GATEWAY_WAIT_SECONDS,
         )
         return services.service_info(agent_id, service, self._gateway.host)
 
