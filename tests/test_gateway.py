@@ -468,3 +468,17 @@ async def test_admin_contract_refuses_bad_requests_and_reports_routes(
     assert result.route.generation == 0 and result.route.active_color == "blue"
     assert [u.pid for u in result.route.upstreams["blue"]] == [blue.pid]
     assert [u.pid for u in result.route.upstreams["green"]] == [g.pid for g in green]
+
+
+async def test_a_busy_agent_port_is_retried_until_free(tmp_path: Path, tag: str) -> None:
+    settings = make_settings(tmp_path, reload_seconds=0.05)
+    platform = platform_for(settings)
+    spec = agent(tag)
+    await start(platform, spec, 1)
+    info = await service(platform, spec.agent_id)
+    port = int(info.active_url.rsplit(":", 1)[1])
+    squatter = bind("127.0.0.1", port)  # someone else holds the agent's port
+    async with Gateway(settings), httpx.AsyncClient(timeout=10) as client:
+        squatter.close()
+        await eventually(lambda: answers(f"{info.active_url}/health"), "the freed port served")
+        assert (await client.get(f"{info.active_url}/health")).headers["x-fleetops-color"] == "blue"

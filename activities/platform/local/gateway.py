@@ -49,7 +49,7 @@ from activities.platform.local.admin import (
 from activities.platform.local.balancer import Balancer, Target, Upstream
 from activities.platform.local.gateway_admin import admin_app
 from activities.platform.local.gateway_client import GATEWAY_FILE, read_announcement
-from activities.platform.local.listeners import bind, serve
+from activities.platform.local.listeners import PortListeners, bind, serve
 from activities.platform.local.proxy import ProxyApp
 from activities.platform.local.readiness import ReadinessProber
 from activities.platform.local.route_table import AgentRoute, load_route, route_view
@@ -96,10 +96,8 @@ class Gateway:
         self._routes: dict[str, AgentRoute] = {}
         self._ports: dict[int, tuple[str, str]] = {}  # port -> (agent, "active" | "preview")
         self._targets: dict[int, Target] = {}  # port -> what it routes to, built by _install()
-        self._servers: dict[int, tuple[uvicorn.Server, asyncio.Task[None]]] = {}
+        self._listeners = PortListeners(self._settings.host, self._proxy_app)
         self._admin: tuple[uvicorn.Server, asyncio.Task[None]] | None = None
-        self._closing: set[asyncio.Task[None]] = set()
-        self._failed_ports: set[int] = set()
         self._client: httpx.AsyncClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._loaded = asyncio.Event()
@@ -157,7 +155,8 @@ class Gateway:
         self._balancer.establish(self._all_upstreams())
         self._loaded.set()
         prober = ReadinessProber(self._client, self._balancer, self._all_upstreams, self._notify)
-        self._tasks = [asyncio.create_task(prober.run()), asyncio.create_task(self._retry_ports())]
+        retry = self._listeners.retry_busy(self._settings.reload_seconds)
+        self._tasks = [asyncio.create_task(prober.run()), asyncio.create_task(retry)]
 
     async def stop(self) -> None:
         """Close every port (requests in flight finish, up to 10 s), remove ``gateway.json``."""
@@ -168,12 +167,7 @@ class Gateway:
         mine = GatewayAnnouncement(admin_url=self.admin_url, pid=os.getpid())
         if self.admin_url and await off_loop(read_announcement, self._state_dir) == mine:
             (self._state_dir / GATEWAY_FILE).unlink(missing_ok=True)
-        for port in list(self._servers):
-            self._close(port)
-        if self._admin is not None:
-            self._admin[0].should_exit = True
-            self._closing.add(self._admin[1])
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._listeners.close_all(self._admin)
         if self._client is not None:
             await self._client.aclose()
 
@@ -267,7 +261,7 @@ class Gateway:
         # The switch: new requests see the new table.
         self._routes, self._ports, self._targets = routes, ports, targets
         self._balancer.forget({(u.url, u.pid) for u in self._all_upstreams()})
-        self._sync_listeners()
+        self._listeners.sync(ports)
         self._notify()
 
     def _all_upstreams(self) -> list[Upstream]:
@@ -282,40 +276,10 @@ class Gateway:
     def _target(self, port: int) -> Target | None:
         return self._targets.get(port)
 
-    async def _retry_ports(self) -> None:
-        """Retry binding ports that were busy, every ``reload_seconds``."""
-        while True:
-            await asyncio.sleep(self._settings.reload_seconds)
-            if self._failed_ports:
-                self._sync_listeners()
-
-    def _sync_listeners(self) -> None:
-        for port in [p for p in self._servers if p not in self._ports]:
-            self._close(port)
-        self._failed_ports &= self._ports.keys()
-        for port, (agent_id, role) in self._ports.items():
-            if port in self._servers:
-                continue
-            try:
-                sock = bind(self._settings.host, port)
-            except OSError as e:
-                if port not in self._failed_ports:
-                    logger.error("cannot listen on %d for %s (%s): %s", port, agent_id, role, e)
-                self._failed_ports.add(port)
-                continue
-            self._failed_ports.discard(port)
-            assert self._client is not None
-            app = ProxyApp(self._client, self._balancer, functools.partial(self._target, port))
-            self._servers[port] = serve(app, sock)
-            logger.info("%s: %s port %d open", agent_id, role, port)
-
-    def _close(self, port: int) -> None:
-        """Stop accepting on ``port`` and drain it in the background (reloads go on meanwhile)."""
-        server, task = self._servers.pop(port)
-        server.should_exit = True
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-        logger.info("port %d closing", port)
+    def _proxy_app(self, port: int) -> ProxyApp:
+        """The proxy of one gateway port: it routes to what the port's entry says now."""
+        assert self._client is not None
+        return ProxyApp(self._client, self._balancer, functools.partial(self._target, port))
 
 
 async def run_gateway(settings: Settings, stop: asyncio.Event) -> None:

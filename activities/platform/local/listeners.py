@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import uvicorn
@@ -80,3 +80,68 @@ def serve(app: Any, sock: socket.socket) -> tuple[uvicorn.Server, asyncio.Task[N
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         logger.error("a gateway listener failed", exc_info=task.exception())
+
+
+class PortListeners:
+    """The gateway's per-agent ports: one uvicorn server each, opened and drained to match the
+    route table.
+
+    Args:
+        host: address the ports listen on.
+        app_for: the ASGI app of a port.
+    """
+
+    def __init__(self, host: str, app_for: Callable[[int], Any]) -> None:
+        self._host = host
+        self._app_for = app_for
+        self._servers: dict[int, tuple[uvicorn.Server, asyncio.Task[None]]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._failed: set[int] = set()
+        self._wanted: dict[int, tuple[str, str]] = {}
+
+    def sync(self, ports: dict[int, tuple[str, str]]) -> None:
+        """Listen on exactly ``ports`` (port -> (agent, role)): open the new ones, drain the
+        ones no longer wanted. A busy port is logged once and retried by :meth:`retry_busy`."""
+        self._wanted = ports
+        for port in [p for p in self._servers if p not in ports]:
+            self._close(port)
+        self._failed &= ports.keys()
+        for port, (agent_id, role) in ports.items():
+            if port in self._servers:
+                continue
+            try:
+                sock = bind(self._host, port)
+            except OSError as e:
+                if port not in self._failed:
+                    logger.error("cannot listen on %d for %s (%s): %s", port, agent_id, role, e)
+                self._failed.add(port)
+                continue
+            self._failed.discard(port)
+            self._servers[port] = serve(self._app_for(port), sock)
+            logger.info("%s: %s port %d open", agent_id, role, port)
+
+    async def retry_busy(self, period: float) -> None:
+        """Retry binding ports that were busy, every ``period`` seconds, forever."""
+        while True:
+            await asyncio.sleep(period)
+            if self._failed:
+                self.sync(self._wanted)
+
+    async def close_all(self, *others: tuple[uvicorn.Server, asyncio.Task[None]] | None) -> None:
+        """Close every port and ``others`` (e.g. the admin server); requests in flight finish,
+        up to :data:`GRACEFUL_SHUTDOWN_SECONDS`."""
+        for port in list(self._servers):
+            self._close(port)
+        for other in others:
+            if other is not None:
+                other[0].should_exit = True
+                self._closing.add(other[1])
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def _close(self, port: int) -> None:
+        """Stop accepting on ``port`` and drain it in the background."""
+        server, task = self._servers.pop(port)
+        server.should_exit = True
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        logger.info("port %d closing", port)
