@@ -34,15 +34,17 @@ within about a second."""
 
 @contextlib.asynccontextmanager
 async def _heartbeating() -> AsyncIterator[None]:
-    """Heartbeat every second while the body runs, when inside an activity."""
+    """Heartbeat every ``_HEARTBEAT_SECONDS`` while the body runs, when inside an activity."""
     if not activity.in_activity():
         yield
         return
 
     async def beat() -> None:
+        # The first beat only after one period: a quick call (a switch takes milliseconds) sends
+        # none, so its completion does not wait behind a heartbeat RPC.
         while True:
-            activity.heartbeat()
             await asyncio.sleep(_HEARTBEAT_SECONDS)
+            activity.heartbeat()
 
     task = asyncio.create_task(beat())
     try:
