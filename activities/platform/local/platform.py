@@ -28,13 +28,17 @@ from activities.platform.local import targets
 from activities.platform.local.admin import ServiceView
 from activities.platform.local.gateway_client import GatewayClient
 from activities.platform.local.replicas import ReplicaRunner, argv_of, command_hash, to_replicas
-from activities.platform.local.state import StateStore, file_lock, off_loop
+from activities.platform.local.state import StateStore, file_lock, fsync_file, off_loop
 from fleetops.models import AgentSpec, Color, Replica, ServiceInfo
 from fleetops.settings import GatewaySettings, LocalPlatformSettings
 
 logger = logging.getLogger("activities.platform.local")
 GATEWAY_WAIT_SECONDS = 5.0
 """How long ``switch_traffic`` waits for a running gateway to serve the new generation."""
+
+
+async def _done() -> None:
+    """Nothing to wait for."""
 
 
 class LocalPlatform:
@@ -200,12 +204,12 @@ class LocalPlatform:
     ) -> ServiceInfo:
         """Route the active port to ``active_color`` and the preview port to ``preview_color``.
 
-        Rewrites ``service.json`` atomically with ``generation + 1``; a no-op when it already
-        routes so (a retried activity converges). Then, if a gateway runs on this state
-        directory, tells it (an admin call) and waits (up to :data:`GATEWAY_WAIT_SECONDS`, then a
-        logged warning) until it serves the new generation and has a ready replica of
-        ``active_color`` (if that colour has replicas): from then on new requests go to the new
-        colour, while in-flight ones finish where they started.
+        Rewrites ``service.json`` atomically with ``generation + 1``; a no-op when it already routes
+        so (a retried activity converges). Then, while the file is flushed to disk, if a gateway
+        runs on this state directory, tells it (an admin call) and waits (up to
+        :data:`GATEWAY_WAIT_SECONDS`, then a logged warning) until it serves the new generation and
+        has a ready replica of ``active_color`` (if that colour has replicas): from then on new
+        requests go to the new colour, while in-flight ones finish where they started.
 
         Args:
             agent_id: the agent.
@@ -226,11 +230,15 @@ class LocalPlatform:
             )
         if changed:
             logger.info("%s: active %s, preview %s", agent_id, active_color, preview)
-        await self._gateway_client.sync(
-            agent_id,
-            generation=service.generation,
-            service=ServiceView.model_validate(dataclasses.asdict(service)),
-            timeout=GATEWAY_WAIT_SECONDS,
+        # The gateway switches while the file is flushed to disk; done when both are.
+        await asyncio.gather(
+            self._gateway_client.sync(
+                agent_id,
+                generation=service.generation,
+                service=ServiceView.model_validate(dataclasses.asdict(service)),
+                timeout=GATEWAY_WAIT_SECONDS,
+            ),
+            off_loop(fsync_file, self._store.service_path(agent_id)) if changed else _done(),
         )
         return services.service_info(agent_id, service, self._gateway.host)
 

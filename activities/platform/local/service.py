@@ -91,7 +91,9 @@ def switch_service(
 ) -> tuple[ServiceRecord, bool]:
     """Route the agent's service to ``active`` (and ``preview``), bumping its generation, unless
     it routes so already. Blocking: one read and at most one atomic write, in one call so a
-    switch costs the event loop one hop to a thread.
+    switch costs the event loop one hop to a thread. The write is not fsynced yet: the caller
+    tells the gateway and flushes the file (:func:`~activities.platform.local.state.fsync_file`)
+    at the same time, and reports the switch done only when both are.
 
     Returns:
         The service now, and whether it changed.
@@ -107,5 +109,5 @@ def switch_service(
     service = dataclasses.replace(
         service, active_color=active, preview_color=preview, generation=service.generation + 1
     )
-    store.save_service(agent_id, service)
+    store.save_service(agent_id, service, durable=False)
     return service, True

@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -103,15 +104,35 @@ class ServiceRecord:
     generation: int = 0
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace ``path`` with ``data`` as JSON: temp file in the same directory, fsync, rename."""
+def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` as JSON: temp file in the same directory, fsync, rename.
+
+    Args:
+        path: the file.
+        data: JSON-serialisable content.
+        durable: fsync before the rename; False: the caller calls :func:`fsync_file` later
+            (readers see the new content at once; only a power loss in between can lose it).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with tmp.open("w") as f:
         json.dump(data, f, indent=2)
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush ``path`` (as it is now) to disk; a file that is gone needs nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def off_loop(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -232,9 +253,18 @@ class StateStore:
         except (OSError, ValueError, TypeError) as e:
             raise PlatformError(f"unreadable service {path}: {e}; delete it to recreate") from e
 
-    def save_service(self, agent_id: str, service: ServiceRecord) -> None:
-        """Replace the agent's ``service.json`` atomically."""
-        write_json_atomic(self.agent_dir(agent_id) / "service.json", asdict(service))
+    def service_path(self, agent_id: str) -> Path:
+        """The agent's ``service.json``.
+
+        Raises:
+            PlatformError: ``agent_id`` is not a valid agent id.
+        """
+        return self.agent_dir(agent_id) / "service.json"
+
+    def save_service(self, agent_id: str, service: ServiceRecord, *, durable: bool = True) -> None:
+        """Replace the agent's ``service.json`` atomically (``durable``: see
+        :func:`write_json_atomic`)."""
+        write_json_atomic(self.service_path(agent_id), asdict(service), durable=durable)
 
     def ports_of_other_agents(self, agent_id: str) -> set[int]:
         """Ports reserved by every agent but ``agent_id``: its service ports, and the ports of
