@@ -92,6 +92,7 @@ class Sample:
     ended: float
     status: int | None
     color: str | None
+    error: str | None = None  # the exception, or the body of a non-2xx answer (truncated)
 
 
 @dataclass
@@ -120,10 +121,11 @@ class Load:
                     started = time.time()
                     try:
                         r = await http.post(f"{self.url}/execute", json={"prompt": "hi"})
-                        s = Sample(started, time.time(), r.status_code, r.headers.get(
-                            "x-fleetops-color"))  # fmt: skip
-                    except httpx.HTTPError:
-                        s = Sample(started, time.time(), None, None)
+                        error = None if r.is_success else r.text[:200]
+                        color = r.headers.get("x-fleetops-color")
+                        s = Sample(started, time.time(), r.status_code, color, error)
+                    except httpx.HTTPError as e:
+                        s = Sample(started, time.time(), None, None, repr(e)[:200])
                     self.samples.append(s)
                     await asyncio.sleep(0.005)
 
@@ -203,6 +205,7 @@ class Bench:
     spec: AgentSpec
     rows: dict[str, list[float]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
 
     def add(self, key: str, value: float) -> None:
         self.rows.setdefault(key, []).append(value)
@@ -259,6 +262,7 @@ class Bench:
         window = [s for s in self.load.since(t0) if s.ended <= done]
         self.count("promote_requests", len(window))
         self.count("promote_failed", len(failed(window)))
+        self.failures += [f"{version}: {s.status} {s.color} {s.error}" for s in failed(window)]
         late = [s for s in window if s.color == stable and s.started > seen.ended]
         self.count("promote_old_colour_after_switch", len(late))
 
@@ -300,6 +304,11 @@ class Bench:
         self.count("rollback_requests", len(window))
         self.count("rollback_injected_500", len(injected))
         self.count("rollback_failed_other", len(failed(window)) - len(injected))
+        self.failures += [
+            f"{version}: {s.status} {s.color} {s.error}"
+            for s in failed(window)
+            if s not in injected
+        ]
         self.count("rollback_bad_colour_after_switch_back", int(last_bad.started > seen.ended))
 
 
@@ -448,6 +457,7 @@ async def measure(
             "promote_workflow/baseline_call": ratio("promote_workflow", "baseline_call"),
             "rollback_workflow/baseline_call": ratio("rollback_workflow", "baseline_call"),
         },
+        "failed_requests": bench.failures[:20],  # other than the injected 500s
         "workflow_phase_seconds": round(workflow_seconds, 1),
         "machine": {
             "python": sys.version.split()[0],
@@ -489,6 +499,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = 3 if args.quick else args.runs
     results = asyncio.run(run(runs))
     console.print(table(results))
+    for line in results["failed_requests"]:
+        console.print(f"failed: {line}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     console.print(f"written to {RESULTS}")
