@@ -359,7 +359,32 @@ async def test_activities_provision_list_deprovision(platform: LocalPlatform, ta
     assert restarted[0] == provisioned[0]
     assert restarted[1].pid != provisioned[1].pid
     assert stopped == 2
-    assert heartbeats
+    assert heartbeats == []  # quick calls send none
+    assert tagged_pids(tag) == set()
+
+
+async def test_activities_heartbeat_while_they_wait(
+    settings: LocalPlatformSettings, tmp_path: Path, tag: str
+) -> None:
+    # A replica that ignores SIGTERM keeps its stop waiting for the 1 s grace period.
+    platform = LocalPlatform(settings.model_copy(update={"stop_grace_seconds": 1.0}), tmp_path)
+    activities = PlatformActivities(platform)
+    env = ActivityEnvironment()
+    heartbeats: list[object] = []
+    env.on_heartbeat = lambda *details: heartbeats.append(details)
+    spec = make_spec(tag, command=IGNORES_SIGTERM)
+    await env.run(activities.provision_replicas, ProvisionRequest(spec=spec, replicas=1))
+    log = tmp_path / "agents" / spec.agent_id / "replica-0.log"
+    await eventually(
+        lambda: log.is_file() and "ready" in log.read_text().splitlines(), "SIGTERM ignored"
+    )
+
+    stopped = await env.run(
+        activities.deprovision_agent, DeprovisionRequest(agent_id=spec.agent_id)
+    )
+
+    assert stopped == 1
+    assert len(heartbeats) >= 2  # every 0.25 s while it waits
     assert tagged_pids(tag) == set()
 
 
