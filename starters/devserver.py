@@ -169,7 +169,7 @@ async def _local_gateway(settings: Settings) -> AsyncIterator[None]:
     if settings.platform.kind != "local":
         yield
         return
-    from starters.gateway import Gateway, GatewayError
+    from activities.platform.local.gateway import Gateway, GatewayError
 
     gateway = Gateway(settings)
     try:

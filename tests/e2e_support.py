@@ -23,7 +23,7 @@ import pytest
 from temporalio.client import WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from activities.platform import _process
+from activities.platform.local import process as _process
 from fleetops.models import AgentSpec, AgentState, AgentStatus
 from fleetops.settings import Settings
 from workflows.agent_lifecycle import AgentLifecycle

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from starters import _balancer
-from starters._balancer import DOWN_SECONDS, Balancer, Target, Upstream
+from activities.platform.local import balancer as _balancer
+from activities.platform.local.balancer import DOWN_SECONDS, Balancer, Target, Upstream
 
 
 class Clock:
@@ -93,13 +93,13 @@ def test_marked_down_is_skipped_for_down_seconds(clock: Clock) -> None:
     ready(b, u)
     t = target(u)
     b.mark_down(u[0])
-    assert b.describe(u[0])["down"] is True
-    assert b.describe(u[0])["failures"] == 1
+    assert b.describe(u[0]).down is True
+    assert b.describe(u[0]).failures == 1
     assert picks(b, t, 4) == [1, 1, 1, 1]
     clock.now += DOWN_SECONDS - 0.001
     assert picks(b, t, 2) == [1, 1]
     clock.now += 0.001  # exactly DOWN_SECONDS later it is back
-    assert b.describe(u[0])["down"] is False
+    assert b.describe(u[0]).down is False
     assert sorted(picks(b, t, 2)) == [0, 1]
 
 
@@ -135,7 +135,7 @@ def test_draining_and_excluded_replicas_get_nothing(clock: Clock) -> None:
     assert (
         b.starting(target([Upstream(url="http://x", replica=0, version="v", draining=True)])) == 0
     )
-    assert b.describe(drained)["starting"] is False and b.describe(drained)["draining"] is True
+    assert b.describe(drained).starting is False and b.describe(drained).draining is True
 
 
 def test_least_connections_prefers_fewest_in_flight(clock: Clock) -> None:
@@ -143,20 +143,20 @@ def test_least_connections_prefers_fewest_in_flight(clock: Clock) -> None:
     ready(b, u)
     t = target(u)
     with b.track(u[0]), b.track(u[1]), b.track(u[1]):
-        assert b.describe(u[1])["in_flight"] == 2
+        assert b.describe(u[1]).in_flight == 2
         assert picks(b, t, 3) == [2, 2, 2]
         with b.track(u[2]), b.track(u[2]), b.track(u[2]):
             assert picks(b, t, 2) == [0, 0]
-    assert b.describe(u[1])["in_flight"] == 0
+    assert b.describe(u[1]).in_flight == 0
     assert sorted(picks(b, t, 3)) == [0, 1, 2]  # ties rotate
 
 
 def test_track_counts_down_on_error(clock: Clock) -> None:
     b, u = Balancer("least_connections"), ups(1)
     with pytest.raises(RuntimeError, match="boom"), b.track(u[0]):
-        assert b.describe(u[0])["in_flight"] == 1
+        assert b.describe(u[0]).in_flight == 1
         raise RuntimeError("boom")
-    assert b.describe(u[0])["in_flight"] == 0
+    assert b.describe(u[0]).in_flight == 0
 
 
 def test_restarted_replica_has_a_clean_record(clock: Clock) -> None:
@@ -165,7 +165,7 @@ def test_restarted_replica_has_a_clean_record(clock: Clock) -> None:
     new = Upstream(url="http://r0", replica=0, version="v1", pid=2)
     b.set_ready(old, True)
     b.mark_down(old)
-    assert b.describe(new) == {
+    assert b.describe(new).model_dump() == {
         "url": "http://r0", "replica": 0, "version": "v1", "pid": 2, "ready": False,
         "starting": True, "draining": False, "in_flight": 0, "down": False, "failures": 0,
     }  # fmt: skip
@@ -178,7 +178,7 @@ def test_describe(clock: Clock) -> None:
     b.mark_down(u)
     b.mark_down(u)
     with b.track(u):
-        assert b.describe(u) == {
+        assert b.describe(u).model_dump() == {
             "url": "http://r3", "replica": 3, "version": "v7", "pid": 42, "ready": True,
             "starting": False, "draining": False, "in_flight": 1, "down": True, "failures": 2,
         }  # fmt: skip

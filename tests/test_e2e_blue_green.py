@@ -1,9 +1,9 @@
 """BlueGreenDeployment end to end: dev server, the real worker, local platform, real replicas.
 
-A :class:`~starters.gateway.Gateway` serves the agent's stable port over the state directory, a
-real Prometheus (``/usr/bin/prometheus``, ``scrape_interval: 1s``) scrapes the replicas through
-the platform's ``<state_dir>/prometheus/targets.json`` (file_sd), and the worker reads analysis
-metrics from it. A load loop POSTs ``/execute`` through the gateway the whole time.
+A :class:`~activities.platform.local.gateway.Gateway` serves the agent's stable port over the state
+directory, a real Prometheus (``/usr/bin/prometheus``, ``scrape_interval: 1s``) scrapes the
+replicas through the platform's ``<state_dir>/prometheus/targets/*.json`` (file_sd), and the worker
+reads analysis metrics from it. A load loop POSTs ``/execute`` through the gateway the whole time.
 
 - v2, manual promotion, started and approved with the real ``temporal`` CLI (plain JSON): zero
   failed requests, responses move from blue to green, the agent runs v2 on green.
@@ -32,10 +32,10 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities.platform import LocalPlatform
+from activities.platform.local.gateway import Gateway
 from fleetops.deploy import DeploymentReport
 from fleetops.models import AgentLifecycleInput, AgentReport, AgentState
 from fleetops.settings import Settings
-from starters.gateway import Gateway
 from tests.conftest import BIN
 from tests.e2e_support import (
     TAG_VAR,
@@ -64,15 +64,13 @@ PROMETHEUS = Path("/usr/bin/prometheus")
 
 @contextlib.asynccontextmanager
 async def prometheus(state_dir: Path, tmp: Path) -> AsyncIterator[str]:
-    """A real Prometheus scraping every replica listed in ``<state_dir>/prometheus/targets.json``
+    """A real Prometheus scraping every replica listed in ``<state_dir>/prometheus/targets/*.json``
     once a second; yields its base URL."""
     binary = str(PROMETHEUS) if PROMETHEUS.exists() else shutil.which("prometheus")
     if binary is None:
         pytest.skip("Prometheus is not installed (apt-get install prometheus)")
-    targets = state_dir / "prometheus" / "targets.json"
+    targets = state_dir / "prometheus" / "targets" / "*.json"
     targets.parent.mkdir(parents=True, exist_ok=True)
-    if not targets.exists():
-        targets.write_text("[]\n")
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s, scrape_timeout: 1s}\n"

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -20,10 +21,13 @@ from typing import Any
 import httpx
 import pytest
 
-from activities.platform import LocalPlatform, _process
+from activities.platform import LocalPlatform
+from activities.platform.local import process as _process
+from activities.platform.local.admin import RoutesView, SyncResult
+from activities.platform.local.gateway import Gateway, GatewayError
+from activities.platform.local.listeners import bind
 from fleetops.models import AgentSpec, Color, Replica, ServiceInfo
 from fleetops.settings import Settings
-from starters.gateway import Gateway, GatewayError
 from tests.e2e_support import TAG_VAR, port_block, tag
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
@@ -86,7 +90,7 @@ def make_settings(tmp_path: Path, **gateway: Any) -> Settings:
                 "gateway": {
                     "port_range_start": ports[0],
                     "port_range_end": ports[1],
-                    "reload_seconds": 0.05,
+                    "reload_seconds": 3600,  # no periodic work: every change is pushed
                     **gateway,
                 },
             },
@@ -409,3 +413,72 @@ async def test_a_restarting_single_replica_gives_503_not_502(tmp_path: Path, tag
     assert unavailable.headers["retry-after"] == "1"
     assert "no ready blue replicas" in unavailable.json()["error"]
     assert (upstream["pid"], upstream["failures"]) == (new.pid, 0)
+
+
+async def test_listener_sockets_send_small_writes_at_once() -> None:
+    # A response's headers and body are written separately; with Nagle's algorithm on, the body
+    # of every response on a kept-alive connection waited ~40 ms for the client's delayed ACK.
+    accepted: list[socket.socket] = []
+
+    class Capture(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted.append(transport.get_extra_info("socket"))
+
+    sock = bind("127.0.0.1", 0)
+    server = await asyncio.get_running_loop().create_server(Capture, sock=sock)
+    async with server:
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        await eventually(lambda: asyncio.sleep(0, bool(accepted)), "the connection accepted")
+        assert accepted[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        writer.close()
+
+
+async def test_admin_contract_refuses_bad_requests_and_reports_routes(
+    tmp_path: Path, tag: str
+) -> None:
+    settings = make_settings(tmp_path)
+    platform = platform_for(settings)
+    spec = agent(tag)
+    [blue] = await start(platform, spec, 1)
+    async with Gateway(settings) as gateway, httpx.AsyncClient(timeout=10) as client:
+        sync = f"{gateway.admin_url}/agents/{spec.agent_id}/sync"
+        bad = await client.post(sync, json={"generation": -1, "unknown": 1})
+        assert bad.status_code == 422
+        assert {e["loc"][0] for e in bad.json()["error"]} == {"generation", "unknown"}
+        nosuch = await client.post(f"{gateway.admin_url}/agents/Not_An_Id/sync", json={})
+        assert nosuch.status_code == 404
+
+        # A push makes the gateway read the agent's files now; the answer is the typed route.
+        green = await start(platform, spec.model_copy(update={"version": "v2"}), 1, "green")
+        result = SyncResult.model_validate_json(
+            (await client.post(sync, json={"generation": 0, "timeout_seconds": 5})).content
+        )
+        routes = RoutesView.model_validate_json(
+            (await client.get(f"{gateway.admin_url}/routes")).content
+        )
+        # A pushed switch older than the generation served changes nothing.
+        ports = {"active_port": result.route.active_port, "preview_port": result.route.preview_port}
+        stale = {"active_color": "green", "preview_color": None, "generation": 0, **ports}
+        answer = SyncResult.model_validate_json(
+            (await client.post(sync, json={"generation": 0, "service": stale})).content
+        )
+        assert answer.route is not None and answer.route.active_color == "blue"
+
+    assert result.served and result.route == routes.root[spec.agent_id]
+    assert result.route.generation == 0 and result.route.active_color == "blue"
+    assert [u.pid for u in result.route.upstreams["blue"]] == [blue.pid]
+    assert [u.pid for u in result.route.upstreams["green"]] == [g.pid for g in green]
+
+
+async def test_a_busy_agent_port_is_retried_until_free(tmp_path: Path, tag: str) -> None:
+    settings = make_settings(tmp_path, reload_seconds=0.05)
+    platform = platform_for(settings)
+    spec = agent(tag)
+    await start(platform, spec, 1)
+    info = await service(platform, spec.agent_id)
+    port = int(info.active_url.rsplit(":", 1)[1])
+    squatter = bind("127.0.0.1", port)  # someone else holds the agent's port
+    async with Gateway(settings), httpx.AsyncClient(timeout=10) as client:
+        squatter.close()
+        await eventually(lambda: answers(f"{info.active_url}/health"), "the freed port served")
+        assert (await client.get(f"{info.active_url}/health")).headers["x-fleetops-color"] == "blue"

@@ -126,8 +126,12 @@ async def test_switch_traffic_bumps_generation_once(
 async def test_prometheus_targets_follow_replicas_and_stop_all_clears_everything(
     platform: LocalPlatform, tmp_path: Path, tag: str
 ) -> None:
-    s = spec(tag)
-    targets_path = tmp_path / "prometheus" / "targets.json"
+    s, other = spec(tag), spec(tag, "b")
+    targets_dir = tmp_path / "prometheus" / "targets"
+    targets_path = targets_dir / f"{s.agent_id}.json"
+    [bystander] = await platform.ensure(other, 1)
+    other_path = targets_dir / f"{other.agent_id}.json"
+    other_before = other_path.stat()
     blue = await platform.ensure(s, 2)
     [green] = await platform.ensure(s.model_copy(update={"version": "v2"}), 1, "green")
 
@@ -144,17 +148,27 @@ async def test_prometheus_targets_follow_replicas_and_stop_all_clears_everything
         }
         for r in [*blue, green]
     ]
+    # Changes to one agent rewrite only that agent's file.
+    other_after = other_path.stat()
+    assert (other_after.st_ino, other_after.st_mtime_ns) == (
+        other_before.st_ino,
+        other_before.st_mtime_ns,
+    )
+    assert json.loads(other_path.read_text())[0]["targets"] == [
+        bystander.endpoint.removeprefix("http://")
+    ]
 
     await platform.ensure(s, 1)
     assert len(json.loads(targets_path.read_text())) == 2
     assert await platform.stop_all(s.agent_id) == 2
 
-    assert json.loads(targets_path.read_text()) == []
+    assert not targets_path.exists()
     agent_dir = tmp_path / "agents" / s.agent_id
     assert not (agent_dir / "service.json").exists()
     assert not (agent_dir / "state.json").exists()
     assert await platform.describe_service(s.agent_id) is None
-    assert tagged_pids(tag) == set()
+    assert tagged_pids(tag) == {bystander.pid}
+    await platform.stop_all(other.agent_id)
 
 
 async def test_pre_colour_state_file_is_read_as_blue_and_migrated(

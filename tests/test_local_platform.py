@@ -24,13 +24,8 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.platform import (
-    LocalPlatform,
-    PlatformActivities,
-    PlatformError,
-    _process,
-    build_platform,
-)
+from activities.platform import LocalPlatform, PlatformActivities, PlatformError, build_platform
+from activities.platform.local import process as _process
 from fleetops.models import AgentSpec, DeprovisionRequest, ProvisionRequest, RestartRequest
 from fleetops.settings import LocalPlatformSettings, Settings
 from tests.e2e_support import TAG_VAR, tag, tagged_pids
@@ -322,7 +317,7 @@ async def test_ports_skip_foreign_listeners_and_other_agents(
         foreign.listen()
         [a] = await platform.ensure(make_spec(tag, command=SLEEPER, suffix="a"), 1)
         [b] = await platform.ensure(make_spec(tag, command=SLEEPER, suffix="b"), 1)
-        with pytest.raises(PlatformError, match="no free port"):
+        with pytest.raises(PlatformError, match=r"replicas=1 .* exceeds the 0 free ports"):
             await platform.ensure(make_spec(tag, command=SLEEPER, suffix="c"), 1)
 
     assert a.endpoint.endswith(f":{start + 1}")
@@ -364,7 +359,32 @@ async def test_activities_provision_list_deprovision(platform: LocalPlatform, ta
     assert restarted[0] == provisioned[0]
     assert restarted[1].pid != provisioned[1].pid
     assert stopped == 2
-    assert heartbeats
+    assert heartbeats == []  # quick calls send none
+    assert tagged_pids(tag) == set()
+
+
+async def test_activities_heartbeat_while_they_wait(
+    settings: LocalPlatformSettings, tmp_path: Path, tag: str
+) -> None:
+    # A replica that ignores SIGTERM keeps its stop waiting for the 1 s grace period.
+    platform = LocalPlatform(settings.model_copy(update={"stop_grace_seconds": 1.0}), tmp_path)
+    activities = PlatformActivities(platform)
+    env = ActivityEnvironment()
+    heartbeats: list[object] = []
+    env.on_heartbeat = lambda *details: heartbeats.append(details)
+    spec = make_spec(tag, command=IGNORES_SIGTERM)
+    await env.run(activities.provision_replicas, ProvisionRequest(spec=spec, replicas=1))
+    log = tmp_path / "agents" / spec.agent_id / "replica-0.log"
+    await eventually(
+        lambda: log.is_file() and "ready" in log.read_text().splitlines(), "SIGTERM ignored"
+    )
+
+    stopped = await env.run(
+        activities.deprovision_agent, DeprovisionRequest(agent_id=spec.agent_id)
+    )
+
+    assert stopped == 1
+    assert len(heartbeats) >= 2  # every 0.25 s while it waits
     assert tagged_pids(tag) == set()
 
 

@@ -11,6 +11,11 @@ class PlatformError(Exception):
     """A platform operation failed in a way retrying will not fix (bad spec, missing binary)."""
 
 
+class PlatformInputError(PlatformError):
+    """The request itself cannot be met by this platform (e.g. more replicas than free ports):
+    the message names the field. Activities report it as ``InvalidInput``."""
+
+
 class Platform(Protocol):
     """What a platform must do. Every method is idempotent: a retry converges, never duplicates."""
 

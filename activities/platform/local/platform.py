@@ -2,29 +2,43 @@
 
 Each agent has two colour slots (blue, green) of replicas and one service: a local routing entry
 that the local gateway (``fleetops gateway``) serves on two stable ports, active and preview (see
-:mod:`activities.platform._routing`). Replicas start in their own session, so they outlive the
-worker; their pids, ports and versions are persisted under ``<state_dir>/agents`` (see
-:mod:`activities.platform._state`), and a new worker over the same state directory adopts them
-instead of starting duplicates. ``<state_dir>/prometheus/targets.json`` lists every running
-replica for Prometheus ``file_sd``.
+:mod:`activities.platform.local.service`). Replicas start in their own session, so they outlive
+the worker; their pids, ports and versions are persisted under ``<state_dir>/agents`` (see
+:mod:`activities.platform.local.state`), and a new worker over the same state directory adopts
+them instead of starting duplicates. ``<state_dir>/prometheus/targets/<agent>.json`` lists the
+agent's running replicas for Prometheus ``file_sd`` (:mod:`activities.platform.local.targets`).
+
+Every change is pushed to a running gateway (:mod:`activities.platform.local.gateway_client`):
+the gateway re-reads only the changed agent, and a switch returns once it serves the new
+generation. File I/O runs off the event loop and touches only the changed agent's files.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from activities.platform import _routing
-from activities.platform._replicas import ReplicaRunner, argv_of, command_hash, to_replicas
-from activities.platform._state import ServiceRecord, StateStore, file_lock
 from activities.platform.base import PlatformError
+from activities.platform.local import service as services
+from activities.platform.local import targets
+from activities.platform.local.admin import ServiceView
+from activities.platform.local.gateway_client import GatewayClient
+from activities.platform.local.replicas import ReplicaRunner, argv_of, command_hash, to_replicas
+from activities.platform.local.state import StateStore, file_lock, fsync_file, off_loop
 from fleetops.models import AgentSpec, Color, Replica, ServiceInfo
 from fleetops.settings import GatewaySettings, LocalPlatformSettings
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("activities.platform.local")
+GATEWAY_WAIT_SECONDS = 5.0
+"""How long ``switch_traffic`` waits for a running gateway to serve the new generation."""
+
+
+async def _done() -> None:
+    """Nothing to wait for."""
 
 
 class LocalPlatform:
@@ -63,7 +77,8 @@ class LocalPlatform:
         self._gateway = gateway
         self._state_dir = Path(state_dir)
         self._store = StateStore(self._state_dir / "agents")
-        self._runner = ReplicaRunner(settings, self._store)
+        self._gateway_client = GatewayClient(self._state_dir)
+        self._runner = ReplicaRunner(settings, self._store, self._gateway_client)
         self._locks: dict[str, asyncio.Lock] = {}
 
     # --- Platform protocol: replicas -----------------------------------------------------------
@@ -84,22 +99,33 @@ class LocalPlatform:
         Returns:
             The colour's replicas, ordered by index.
 
+        Cancelling the calling task stops it between two replica starts (every start is
+        recorded before the cancellation is raised).
+
         Raises:
+            PlatformInputError: ``replicas`` exceeds the free ports of the replica range (checked
+                before anything starts).
             PlatformError: no ``command``, executable not found, or no free (gateway) port.
         """
         if replicas < 0:
             raise PlatformError(f"replicas must be >= 0, got {replicas}")
         argv = argv_of(spec) if replicas else []
         async with self._changing(spec.agent_id):
-            await _routing.ensure_service(self._store, spec.agent_id, color, self._gateway)
-            records = self._store.load(spec.agent_id)
+            await services.ensure_service(self._store, spec.agent_id, color, self._gateway)
+            records = await off_loop(self._store.load, spec.agent_id)
             doomed = sorted(k for k in records if k[0] == color and k[1] >= replicas)
             await self._runner.stop_and_forget(spec.agent_id, records, doomed)
             digest = command_hash(spec)
-            for index in range(replicas):
-                record = records.get((color, index))
-                if record is None or not self._runner.current(record, spec, digest):
-                    await self._runner.replace(spec, argv, (color, index), records)
+            stale = [
+                i
+                for i in range(replicas)
+                if (r := records.get((color, i))) is None
+                or not self._runner.current(r, spec, digest)
+            ]
+            if stale:
+                await self._runner.check_capacity(spec.agent_id, records, color, replicas)
+            for index in stale:
+                await self._runner.replace(spec, argv, (color, index), records)
             return to_replicas(records, color)
 
     async def restart(
@@ -122,7 +148,7 @@ class LocalPlatform:
             raise PlatformError(f"replica indices must be >= 0, got {indices}")
         argv = argv_of(spec)
         async with self._changing(spec.agent_id):
-            records = self._store.load(spec.agent_id)
+            records = await off_loop(self._store.load, spec.agent_id)
             for index in dict.fromkeys(indices):
                 await self._runner.replace(spec, argv, (color, index), records)
             return to_replicas(records, color)
@@ -137,10 +163,10 @@ class LocalPlatform:
             PlatformError: ``agent_id`` is not a valid agent id, or its state file is unreadable.
             TimeoutError: a replica survived SIGKILL (retryable).
         """
-        if not self._store.agent_dir(agent_id).is_dir():
+        if not await off_loop(self._store.agent_dir(agent_id).is_dir):
             return 0
         async with self._changing(agent_id):
-            records = self._store.load(agent_id)
+            records = await off_loop(self._store.load, agent_id)
             doomed = sorted(k for k in records if k[0] == color)
             return await self._runner.stop_and_forget(agent_id, records, doomed)
 
@@ -154,12 +180,12 @@ class LocalPlatform:
             PlatformError: ``agent_id`` is not a valid agent id, or its state file is unreadable.
             TimeoutError: a replica survived SIGKILL (retryable).
         """
-        if not self._store.agent_dir(agent_id).is_dir():
+        if not await off_loop(self._store.agent_dir(agent_id).is_dir):
             return 0
         async with self._changing(agent_id):
-            records = self._store.load(agent_id)
+            records = await off_loop(self._store.load, agent_id)
             running = await self._runner.stop_and_forget(agent_id, records, sorted(records))
-            self._store.remove(agent_id)
+            await off_loop(self._store.remove, agent_id)
             return running
 
     async def list_replicas(self, agent_id: str, color: Color | None = None) -> list[Replica]:
@@ -169,7 +195,7 @@ class LocalPlatform:
         Raises:
             PlatformError: ``agent_id`` is not a valid agent id, or its state file is unreadable.
         """
-        return to_replicas(self._store.load(agent_id), color)
+        return await off_loop(lambda: to_replicas(self._store.load(agent_id), color))
 
     # --- Platform protocol: the service --------------------------------------------------------
 
@@ -178,11 +204,12 @@ class LocalPlatform:
     ) -> ServiceInfo:
         """Route the active port to ``active_color`` and the preview port to ``preview_color``.
 
-        Rewrites ``service.json`` atomically with ``generation + 1``; a no-op when it already
-        routes so (a retried activity converges). Then, if a gateway runs on this state
-        directory, waits (up to 5 s, then a logged warning) until it serves the new generation
-        and has a ready replica of ``active_color`` (if that colour has replicas): from then on
-        new requests go to the new colour, while in-flight ones finish where they started.
+        Rewrites ``service.json`` atomically with ``generation + 1``; a no-op when it already routes
+        so (a retried activity converges). Then, while the file is flushed to disk, if a gateway
+        runs on this state directory, tells it (an admin call) and waits (up to
+        :data:`GATEWAY_WAIT_SECONDS`, then a logged warning) until it serves the new generation and
+        has a ready replica of ``active_color`` (if that colour has replicas): from then on new
+        requests go to the new colour, while in-flight ones finish where they started.
 
         Args:
             agent_id: the agent.
@@ -198,22 +225,22 @@ class LocalPlatform:
         """
         preview = preview_color if preview_color != active_color else None
         async with self._locked(agent_id):
-            service = self._store.load_service(agent_id)
-            if service is None:
-                raise PlatformError(f"agent {agent_id!r} has no service; run ensure first")
-            if (service.active_color, service.preview_color) != (active_color, preview):
-                service = ServiceRecord(
-                    active_color=active_color,
-                    preview_color=preview,
-                    active_port=service.active_port,
-                    preview_port=service.preview_port,
-                    generation=service.generation + 1,
-                )
-                self._store.save_service(agent_id, service)
-                logger.info("%s: active %s, preview %s", agent_id, active_color, preview)
-        want = (service.active_color, service.preview_color, service.generation)
-        await _routing.wait_for_gateway(self._state_dir, agent_id, want)
-        return _routing.service_info(agent_id, service, self._gateway.host)
+            service, changed = await off_loop(
+                services.switch_service, self._store, agent_id, active_color, preview
+            )
+        if changed:
+            logger.info("%s: active %s, preview %s", agent_id, active_color, preview)
+        # The gateway switches while the file is flushed to disk; done when both are.
+        await asyncio.gather(
+            self._gateway_client.sync(
+                agent_id,
+                generation=service.generation,
+                service=ServiceView.model_validate(dataclasses.asdict(service)),
+                timeout=GATEWAY_WAIT_SECONDS,
+            ),
+            off_loop(fsync_file, self._store.service_path(agent_id)) if changed else _done(),
+        )
+        return services.service_info(agent_id, service, self._gateway.host)
 
     async def describe_service(self, agent_id: str) -> ServiceInfo | None:
         """The agent's service (colours, gateway URLs, generation), or None if it has none.
@@ -221,31 +248,37 @@ class LocalPlatform:
         Raises:
             PlatformError: an invalid agent id, or an unreadable ``service.json``.
         """
-        service = self._store.load_service(agent_id)
+        service = await off_loop(self._store.load_service, agent_id)
         if service is None:
             return None
-        return _routing.service_info(agent_id, service, self._gateway.host)
+        return services.service_info(agent_id, service, self._gateway.host)
 
     # --- locking ------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _locked(self, agent_id: str) -> AsyncIterator[None]:
         agent_dir = self._store.agent_dir(agent_id)
-        agent_dir.mkdir(parents=True, exist_ok=True)
         async with (
             self._locks.setdefault(agent_id, asyncio.Lock()),
-            file_lock(agent_dir / "lock"),
+            file_lock(agent_dir / "lock"),  # creates the directory
         ):
             yield
 
     @contextlib.asynccontextmanager
     async def _changing(self, agent_id: str) -> AsyncIterator[None]:
-        """Hold the agent's lock; afterwards (also on failure) rewrite the Prometheus targets."""
-        try:
-            async with self._locked(agent_id):
-                yield
-        finally:
+        """Hold the agent's lock; before releasing it (also on failure or cancellation) rewrite
+        the agent's Prometheus targets and tell a running gateway about the change."""
+        async with self._locked(agent_id):
             try:
-                await _routing.write_targets(self._store, self._state_dir)
-            except OSError as e:  # monitoring must not fail a platform operation
-                logger.warning("could not write Prometheus targets: %s", e)
+                yield
+            finally:
+                await asyncio.shield(self._publish(agent_id))
+
+    async def _publish(self, agent_id: str) -> None:
+        """Rewrite the agent's target file and push the change to the gateway (no wait)."""
+        try:
+            records = await off_loop(self._store.load, agent_id)
+            await off_loop(targets.write_targets, self._state_dir, agent_id, records)
+        except (OSError, PlatformError) as e:  # monitoring must not fail a platform operation
+            logger.warning("could not write Prometheus targets of %s: %s", agent_id, e)
+        await self._gateway_client.sync(agent_id)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 
 import httpx
 
-from starters._balancer import Balancer, Upstream
+from activities.platform.local.balancer import Balancer, Upstream
 
 STARTUP_PERIOD_SECONDS = 0.1
 """Seconds between probes of a replica that is not ready (yet)."""
@@ -44,6 +44,8 @@ class ReadinessProber:
         client: the gateway's pooled client.
         balancer: where readiness is recorded (:meth:`Balancer.set_ready`).
         upstreams: returns the replicas in the route table now; draining ones are not probed.
+        on_change: called (no arguments) whenever a replica's readiness changes, so waiters
+            for readiness need not poll.
     """
 
     def __init__(
@@ -51,10 +53,12 @@ class ReadinessProber:
         client: httpx.AsyncClient,
         balancer: Balancer,
         upstreams: Callable[[], Iterable[Upstream]],
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._client = client
         self._balancer = balancer
         self._upstreams = upstreams
+        self._on_change = on_change
         self._due: dict[_Key, float] = {}
         self._failures: dict[_Key, int] = {}
         self._probing: set[_Key] = set()
@@ -91,6 +95,7 @@ class ReadinessProber:
                     upstream.url + upstream.health_path, timeout=PROBE_TIMEOUT_SECONDS
                 )
                 passed = 200 <= response.status_code < 400
+            was_ready = self._balancer.is_ready(upstream)
             if passed:
                 self._failures[key] = 0
                 self._balancer.set_ready(upstream, True)
@@ -99,6 +104,8 @@ class ReadinessProber:
                 if self._failures[key] >= FAILURE_THRESHOLD:
                     self._balancer.set_ready(upstream, False)
             ready = self._balancer.is_ready(upstream)
+            if ready != was_ready:
+                self._on_change()
             period = READY_PERIOD_SECONDS if ready else STARTUP_PERIOD_SECONDS
             self._due[key] = time.monotonic() + period
         finally:

@@ -12,11 +12,12 @@ names, ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trailer``, ``Transfer-Enc
 ``X-Forwarded-For`` gets the client address appended, ``X-Forwarded-Host``/``-Proto`` are set,
 and every response carries ``X-FleetOps-Color``.
 
-Passive health (nginx ``max_fails``/``fail_timeout`` style, see :mod:`starters._balancer`): a
-replica whose connection fails is marked down for a few seconds and the request is retried once
-on another replica of the same colour, if that is safe: always when the connection was never
-made (nothing was sent), and for idempotent methods (RFC 9110 section 9.2.2) also after a broken
-connection, provided the request body can be replayed (it fit in :data:`REPLAY_LIMIT` bytes).
+Passive health (nginx ``max_fails``/``fail_timeout`` style, see
+:mod:`activities.platform.local.balancer`): a replica whose connection fails is marked down for
+a few seconds and the request is retried once on another replica of the same colour, if that is
+safe: always when the connection was never made (nothing was sent), and for idempotent methods
+(RFC 9110 section 9.2.2) also after a broken connection, provided the request body can be
+replayed (it fit in :data:`REPLAY_LIMIT` bytes).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from starters._balancer import Balancer, Target, Upstream
+from activities.platform.local.balancer import Balancer, Target, Upstream
 
 logger = logging.getLogger("fleetops.gateway")
 

@@ -55,7 +55,7 @@ def reap(pid: int) -> None:
     child = _children.get(pid)
     if child is not None:
         if child.poll() is not None:
-            del _children[pid]
+            _children.pop(pid, None)  # is_alive also runs in worker threads
         return
     with contextlib.suppress(ChildProcessError):  # not our child: its parent (or init) reaps it
         os.waitpid(pid, os.WNOHANG)

@@ -3,7 +3,8 @@ passive health.
 
 A request goes to the first non-empty tier of the colour's replicas, never to a draining one:
 
-1. ready (its readiness probing passes, see :mod:`starters._readiness`) and not marked down;
+1. ready (its readiness probing passes, see :mod:`activities.platform.local.readiness`) and
+   not marked down;
 2. established (ready at some time, or already running when the gateway started) and not marked
    down: when no replica is ready, the ones that served before are tried anyway, like Envoy's
    panic routing, since failing without trying helps nobody;
@@ -25,7 +26,9 @@ import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
+
+from activities.platform.local.admin import UpstreamView
 
 DOWN_SECONDS = 5.0
 """Seconds a replica whose connection failed is skipped."""
@@ -158,21 +161,21 @@ class Balancer:
         finally:
             state.in_flight -= 1
 
-    def describe(self, upstream: Upstream) -> dict[str, Any]:
-        """``upstream`` with its in-flight count, down mark and failure count, as JSON."""
+    def describe(self, upstream: Upstream) -> UpstreamView:
+        """``upstream`` with its readiness, in-flight count, down mark and failure count."""
         state = self._state(upstream)
-        return {
-            "url": upstream.url,
-            "replica": upstream.replica,
-            "version": upstream.version,
-            "pid": upstream.pid,
-            "ready": state.ready,
-            "starting": not state.established and not upstream.draining,
-            "draining": upstream.draining,
-            "in_flight": state.in_flight,
-            "down": state.down_until > time.monotonic(),
-            "failures": state.failures,
-        }
+        return UpstreamView(
+            url=upstream.url,
+            replica=upstream.replica,
+            version=upstream.version,
+            pid=upstream.pid,
+            ready=state.ready,
+            starting=not state.established and not upstream.draining,
+            draining=upstream.draining,
+            in_flight=state.in_flight,
+            down=state.down_until > time.monotonic(),
+            failures=state.failures,
+        )
 
     def _state(self, upstream: Upstream) -> _Health:
         key = (upstream.url, upstream.pid)

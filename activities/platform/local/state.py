@@ -11,11 +11,14 @@ Layout under ``<state_dir>``::
     agents/<agent_id>/replica-<i>.log    stdout and stderr of blue replica i (appended)
     agents/<agent_id>/green-replica-<i>.log   likewise for green replica i
     gateway.json                         written by a running gateway: admin URL and pid
-    prometheus/targets.json              Prometheus file_sd targets: every running replica
+    prometheus/targets/<agent_id>.json   Prometheus file_sd targets: the agent's running replicas
 
 Every JSON file is replaced atomically (temp file, fsync, ``os.replace``), so readers never need
 a lock: they see the old or the new file, never half of one. A ``state.json`` written before
 colours existed has no ``color`` fields: its replicas are blue, and the next save adds them.
+
+The store's methods block (file I/O, fsync); async callers run them with :func:`off_loop`, so
+the event loop the worker shares with its workflows never waits on a disk.
 """
 
 from __future__ import annotations
@@ -25,14 +28,19 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from activities.platform.base import PlatformError
+from activities.platform.local import process
 from fleetops.constants import is_agent_id
 from fleetops.models import Color
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _LOCK_POLL_SECONDS = 0.05
 STATE_FORMAT = 2
@@ -96,15 +104,57 @@ class ServiceRecord:
     generation: int = 0
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace ``path`` with ``data`` as JSON: temp file in the same directory, fsync, rename."""
+def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` as JSON: temp file in the same directory, fsync, rename.
+
+    Args:
+        path: the file.
+        data: JSON-serialisable content.
+        durable: fsync before the rename; False: the caller calls :func:`fsync_file` later
+            (readers see the new content at once; only a power loss in between can lose it).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with tmp.open("w") as f:
         json.dump(data, f, indent=2)
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush ``path`` (as it is now) to disk; a file that is gone needs nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def off_loop(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run the blocking ``fn(*args, **kwargs)`` in a worker thread (``asyncio.to_thread``).
+
+    A cancellation of the caller waits for ``fn`` to finish before it is raised: a state file
+    is never half-way through a change (or a process started but not yet recorded) when the
+    caller releases its locks.
+
+    Returns:
+        What ``fn`` returns.
+
+    Raises:
+        Whatever ``fn`` raises; asyncio.CancelledError after ``fn`` finished, if cancelled.
+    """
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await task
+        raise
 
 
 @contextlib.asynccontextmanager
@@ -203,12 +253,22 @@ class StateStore:
         except (OSError, ValueError, TypeError) as e:
             raise PlatformError(f"unreadable service {path}: {e}; delete it to recreate") from e
 
-    def save_service(self, agent_id: str, service: ServiceRecord) -> None:
-        """Replace the agent's ``service.json`` atomically."""
-        write_json_atomic(self.agent_dir(agent_id) / "service.json", asdict(service))
+    def service_path(self, agent_id: str) -> Path:
+        """The agent's ``service.json``.
+
+        Raises:
+            PlatformError: ``agent_id`` is not a valid agent id.
+        """
+        return self.agent_dir(agent_id) / "service.json"
+
+    def save_service(self, agent_id: str, service: ServiceRecord, *, durable: bool = True) -> None:
+        """Replace the agent's ``service.json`` atomically (``durable``: see
+        :func:`write_json_atomic`)."""
+        write_json_atomic(self.service_path(agent_id), asdict(service), durable=durable)
 
     def ports_of_other_agents(self, agent_id: str) -> set[int]:
-        """Replica and service ports recorded by every agent but ``agent_id``.
+        """Ports reserved by every agent but ``agent_id``: its service ports, and the ports of
+        its replicas whose process is alive (a record of a dead process reserves nothing).
 
         Unreadable files are skipped: their agent needs repair by hand anyway.
         """
@@ -217,7 +277,11 @@ class StateStore:
             if other == agent_id:
                 continue
             with contextlib.suppress(PlatformError):
-                ports.update(r.port for r in self.load(other).values())
+                ports.update(
+                    r.port
+                    for r in self.load(other).values()
+                    if process.is_alive(r.pid, r.start_time)
+                )
             with contextlib.suppress(PlatformError):
                 service = self.load_service(other)
                 if service is not None:
