@@ -39,20 +39,24 @@ class DeploymentActivities:
     async def describe_deployment(self, ref: DeploymentRef) -> DeploymentEnd | None:
         """Whether deployment ``ref`` has closed, and how.
 
-        Read-only, so safe to run twice.
+        Read-only, so safe to run twice. It looks at the latest run of ``ref.workflow_id``: after
+        a reset the deployment goes on in a new run, and it is not over until that one closes.
 
         Args:
             ref: the workflow id and run id of the deployment the agent started.
 
         Returns:
-            None while it runs; else ``closed_as`` (completed, failed, canceled, terminated,
-            timed_out; ``unknown`` when the server no longer has the execution) with the
-            deployment's own ``outcome`` and message when its ``status`` query still answers.
+            None while it (or a run that replaced it by a reset) runs; else ``closed_as``
+            (completed, failed, canceled, terminated, timed_out; ``unknown`` when the server no
+            longer has the execution) with the deployment's own ``outcome`` and message when
+            its ``status`` query still answers.
 
         Raises:
             RPCError: the server is unreachable (retryable; Temporal retries the activity).
         """
-        handle = self._client.get_workflow_handle(ref.workflow_id, run_id=ref.run_id)
+        # The latest run of the id, not ref.run_id: a reset ends the run the agent started and
+        # goes on in a new one. Only the agent starts runs of this id, one at a time.
+        handle = self._client.get_workflow_handle(ref.workflow_id)
         try:
             desc = await handle.describe()
         except RPCError as err:

@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowFailureError,
@@ -521,3 +523,40 @@ async def test_shutdown_during_deployment_cancels_it(env, worker, platform) -> N
     assert report.final_state == "TERMINATED"
     assert (await h.describe()).status == WorkflowExecutionStatus.CANCELED
     assert platform.running(agent, "blue") == 0 and platform.running(agent, "green") == 0
+
+
+@pytest.mark.parametrize("env", ["dev"], indirect=True)
+async def test_reset_deployment_stays_owned_until_its_new_run_ends(env, worker, platform) -> None:
+    """A reset ends the run the agent started and goes on in a new one: the agent keeps the
+    deployment until that one ends, then reconciles."""
+    agent, lifecycle = await start_agent(env, worker, interval=1)
+    h = await deploy(env, worker, agent)
+    await wait_phase(h, "AWAITING_PROMOTION")
+    events = [e async for e in h.fetch_history_events()]
+    first_task = next(
+        e.event_id for e in events if e.HasField("workflow_task_completed_event_attributes")
+    )
+    reset = await env.client.workflow_service.reset_workflow_execution(
+        ResetWorkflowExecutionRequest(
+            namespace=env.client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=h.id, run_id=h.run_id),
+            reason="operator reset",
+            workflow_task_finish_event_id=first_task,
+            request_id=str(uuid.uuid4()),
+        )
+    )
+    new_run = env.client.get_workflow_handle(
+        h.id, run_id=reset.run_id, result_type=DeploymentReport
+    )
+    await wait_phase(new_run, "AWAITING_PROMOTION")
+
+    async def still_owned() -> None:  # past a few health intervals of the agent
+        st = await agent_status(lifecycle)
+        assert st.deployment is not None and st.deployment.deployment_id == h.id
+        assert st.counters.health_rounds >= 3
+
+    await assert_eventually(still_owned, timeout=30)
+    await new_run.signal(BlueGreenDeployment.abort, AbortRequest(reason="after the reset"))
+    assert (await finish(env, new_run)).outcome == "aborted"
+    st = await assert_consistent(platform, agent, lifecycle, version="v1", timeout=30)
+    assert st.last_deployment is not None and st.last_deployment.outcome == "aborted"

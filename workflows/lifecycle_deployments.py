@@ -115,7 +115,7 @@ class DeploymentOwner:
         if self._deployment is not None:
             end: DeploymentEnd | None = None
             if self._child is not None and self._child.done():
-                end = _child_end(self._child)
+                end = _child_end(self._child)  # a reset goes on in the chain, not here
             elif self._check_at is None or now >= self._check_at:
                 # A child of an earlier run has no handle here; and a closed child is checked
                 # on too, once per health interval, in case its close event is late.
