@@ -1,16 +1,21 @@
 """Record the histories that tests/test_replay.py replays, with the workflow code of this checkout.
 
-Run ``uv run python tests/histories/record.py`` (about half a minute). It starts a Temporal dev
-server (tests/conftest.py ``start_dev_server``) and a worker with every workflow and interceptor
-the FleetOps worker registers (``worker.WORKFLOWS``, ``worker.INTERCEPTORS``); the activities are
-the in-memory stand-ins of tests/standins.py plus the real ``describe_deployment`` and
-notification activities, as in tests/test_blue_green.py. Intervals are short and analyses
-bounded, so each history stays small. Three scenarios, each checked before it is written:
+Run ``uv run python tests/histories/record.py [scenario ...]`` (all four by default, about half a
+minute). It starts a Temporal dev server (tests/conftest.py ``start_dev_server``) and a worker
+with every workflow and interceptor the FleetOps worker registers (``worker.WORKFLOWS``,
+``worker.INTERCEPTORS``); the activities are the in-memory stand-ins of tests/standins.py plus
+the real ``describe_deployment`` and notification activities, as in tests/test_blue_green.py.
+Intervals are short and analyses bounded, so each history stays small. The scenarios, each
+checked before it is written:
 
 ``lifecycle/degraded_heal.run1.json``, ``.run2.json``
     AgentLifecycle: READY -> DEGRADED (replica 0 fails ``failure_threshold`` probes) -> self-heal
     restart -> partial recovery (replica 1 fails one probe: still DEGRADED, the DEGRADED clock
     kept) -> READY; pause, resume, scale 2 -> 3; continue-as-new; the second run shuts down.
+``lifecycle/degraded_timeout.json``
+    AgentLifecycle: READY -> DEGRADED -> restart, then a partial recovery (the replicas fail one
+    probe in turn) that outlasts ``recovery_timeout_seconds``: the DEGRADED clock kept through
+    it ends in ERROR; all healthy again: ERROR -> READY; shutdown.
 ``deployments/promote_rollback.agent.json``, ``.v2.json``, ``.v3.json``
     AgentLifecycle that deploys v2 (child BlueGreenDeployment, manual promotion approved through
     the ``decide`` update) and then v3, whose post-promotion analysis fails (scripted metric
@@ -178,6 +183,34 @@ async def degraded_heal(client: Client, w: Worker, platform: ColorPlatform) -> N
     await write(client, h.id, None, "lifecycle/degraded_heal.run2.json")
 
 
+async def degraded_timeout(client: Client, w: Worker, platform: ColorPlatform) -> None:
+    """DEGRADED, then a partial recovery that outlasts ``recovery_timeout_seconds``: ERROR."""
+    h = await start_agent(
+        client, w, "slow", recovery_timeout_seconds=4 * INTERVAL, startup_timeout_seconds=30
+    )
+    agent = h.id.removeprefix("agent/")
+    # Rounds 2-3: replica 0 fails (DEGRADED, restart of 0); then the replicas fail in turn,
+    # one probe each: never at the threshold, never all healthy, so the DEGRADED clock runs on.
+    platform.probe_script[platform.endpoint(agent, "blue", 0)] = [True, False, False]
+    platform.probe_script[platform.endpoint(agent, "blue", 1)] = [True, True, True]
+    platform.probe_script[platform.endpoint(agent, "blue", 0)] += [True, False] * 20
+    platform.probe_script[platform.endpoint(agent, "blue", 1)] += [False, True] * 20
+
+    async def timed_out() -> AgentStatus:
+        st = await expect_state(h, S.ERROR)
+        assert path_of(st)[-2:] == [("READY", "DEGRADED"), ("DEGRADED", "ERROR")], path_of(st)
+        return st
+
+    st = await eventually(timed_out)
+    assert st.counters.replica_restarts == 1, st.counters  # none during the partial recovery
+    assert any(platform.probe_script.values()), "the partial recovery ran out of script"
+    platform.probe_script.clear()  # all healthy from now on: ERROR -> READY by itself
+    st = await eventually(lambda: expect_state(h, S.READY))
+    assert path_of(st)[-1] == ("ERROR", "READY"), path_of(st)
+    await shutdown(client, h)
+    await write(client, h.id, None, "lifecycle/degraded_timeout.json")
+
+
 async def deploy(client: Client, agent_h: WorkflowHandle, version: str, **kw: Any) -> Any:
     """The ``deploy`` update; returns the child's handle."""
     agent = agent_h.id.removeprefix("agent/")
@@ -263,7 +296,18 @@ async def cancel_awaiting(client: Client, w: Worker, platform: ColorPlatform) ->
     await write(client, v2.id, v2.run_id, "deployments/cancel_awaiting.v2.json")
 
 
-async def main() -> None:
+SCENARIOS = {
+    "degraded_heal": degraded_heal,
+    "degraded_timeout": degraded_timeout,
+    "promote_rollback": promote_rollback,
+    "cancel_awaiting": cancel_awaiting,
+}
+
+
+async def main(names: list[str]) -> None:
+    unknown = set(names) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"unknown scenarios {sorted(unknown)}; choose from {list(SCENARIOS)}")
     env = await start_dev_server()
     platform = ColorPlatform()
     try:
@@ -282,12 +326,11 @@ async def main() -> None:
                 interceptors=list(fleetops_worker.INTERCEPTORS),
             )
             async with w:
-                await degraded_heal(env.client, w, platform)
-                await promote_rollback(env.client, w, platform)
-                await cancel_awaiting(env.client, w, platform)
+                for name in names or SCENARIOS:
+                    await SCENARIOS[name](env.client, w, platform)
     finally:
         await env.shutdown()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(sys.argv[1:]))
