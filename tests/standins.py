@@ -2,7 +2,8 @@
 
 ``ColorPlatform`` keeps replicas per (agent, colour) and one service per agent, and records every
 call in order, so tests can assert what a workflow did to the world and in which order (the saga's
-compensations, for instance). Knobs make a step fail or hang on purpose.
+compensations, for instance). Knobs make a step fail or hang on purpose, and make probes of
+chosen replicas fail (``probe_script``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class ColorPlatform:
         self.release = asyncio.Event()
         self.smoke_status = 200
         self.metric_values: dict[str, list[float | None]] = {}  # metric name -> scripted values
+        # endpoint -> outcomes of its next probes, consumed one per probe (then healthy again)
+        self.probe_script: dict[str, list[bool]] = {}
 
     async def _step(self, name: str, detail: Any) -> None:
         self.calls.append((name, detail))
@@ -52,6 +55,11 @@ class ColorPlatform:
         if name in self.fail:
             raise ApplicationError(f"{name} failed on purpose", type="Injected", non_retryable=True)
 
+    @staticmethod
+    def endpoint(agent: str, color: str, index: int) -> str:
+        """The endpoint ``provision_replicas`` gives replica ``index`` of ``color``."""
+        return f"http://{agent}-{color}-{index}.invalid"
+
     def running(self, agent: str, color: str) -> int:
         return len(self.replicas.get((agent, color), []))
 
@@ -62,7 +70,7 @@ class ColorPlatform:
         self.replicas[(agent, req.color)] = [
             Replica(
                 index=i,
-                endpoint=f"http://{agent}-{req.color}-{i}.invalid",
+                endpoint=self.endpoint(agent, req.color, i),
                 color=req.color,
                 version=req.spec.version,
             )
@@ -116,7 +124,14 @@ class ColorPlatform:
 
     @activity.defn(name="probe_replicas")
     async def probe(self, req: ProbeRequest) -> list[ProbeResult]:
-        return [ProbeResult(endpoint=e, healthy=True) for e in req.endpoints]
+        results = []
+        for e in req.endpoints:
+            script = self.probe_script.get(e)
+            healthy = script.pop(0) if script else True
+            results.append(
+                ProbeResult(endpoint=e, healthy=healthy, error=None if healthy else "scripted")
+            )
+        return results
 
     @activity.defn(name="wait_healthy")
     async def wait_healthy(self, req: WaitHealthyRequest) -> list[ProbeResult]:
