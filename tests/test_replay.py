@@ -55,14 +55,7 @@ ALL = sorted(HISTORY_DIR.rglob("*.json"))
 TYPES = {p: workflow_type(load(p)) for p in ALL}
 HISTORIES = [p for p in ALL if TYPES[p] in WORKFLOWS]
 IDS = [str(p.relative_to(HISTORY_DIR).with_suffix("")) for p in HISTORIES]
-KNOWN_BREAKS = {
-    "before_blue_green/partial_recovery": (
-        "UpsertWorkflowSearchAttributesMachine does not handle HistoryEvent(id: 81, TimerStarted)",
-        "85c1238 keeps the DEGRADED clock through a partial recovery without workflow.patched: a "
-        "run recorded before it resets the clock and stays DEGRADED, the current code goes to "
-        "ERROR (it upserts FleetOpsState where the history started the next round's timer)",
-    ),
-}
+KNOWN_BREAKS: dict[str, tuple[str, str]] = {}
 """Histories the current code is known not to replay -> (the error expected, why).
 
 Each still replays up to exactly that error; once the change is patched it replays, and this

@@ -63,6 +63,10 @@ PAUSE_SCALES_DOWN_PATCH = "pause-scales-down-active-color"
 """Patch id: pause stops the active colour only, keeping the agent's service (gateway URL)."""
 FETCH_SERVICE_PATCH = "fetch-service-after-bring-up"
 """Patch id: since blue-green deployments, bring-up also reads the agent's service (gateway URL)."""
+DEGRADED_CLOCK_PATCH = "degraded-clock-kept-through-partial-recovery"
+"""Patch id: a partial recovery (no replica at the threshold, not all healthy) keeps the DEGRADED
+clock running. Runs begun on code before blue-green deployments (85c1238) reset it instead; runs
+begun on 85c1238 or later are recognised by their service (carried, or the fetch-service marker)."""
 
 
 @dataclass
@@ -133,6 +137,7 @@ class AgentLifecycle(DeploymentOwner):
             The final report: transitions (most recent 50) and counters.
         """
         self._upsert_search_attributes()
+        self._clock_kept = self._service is not None or workflow.patched(DEGRADED_CLOCK_PATCH)
         rounds = 0
         next_probe = workflow.now()
         while True:
@@ -400,6 +405,7 @@ class AgentLifecycle(DeploymentOwner):
                 self._starting = {}
                 self._set_state(self._serving_state(results), f"{len(results)} replicas healthy")
                 if self._service is None and workflow.patched(FETCH_SERVICE_PATCH):
+                    self._clock_kept = True  # a run begun on 85c1238 or later
                     self._service = await calls.describe_service(self._spec.agent_id)
                 return
             if workflow.now() >= self._phase_deadline:
@@ -425,6 +431,9 @@ class AgentLifecycle(DeploymentOwner):
         if not failing and len(results) == self._desired and all(p.healthy for p in results):
             self._degraded_since = None
             self._set_state(self._serving_state(results), f"{len(results)} replicas healthy")
+            return
+        if not failing and not self._clock_kept:
+            self._degraded_since = None  # the rule before 85c1238
             return
         if failing and self._state in (S.READY, S.PROCESSING):
             self._set_state(
