@@ -18,6 +18,8 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.deployments import DeploymentActivities
+    from activities.metrics import MetricsActivities
+    from activities.notify import NotifyActivities
     from activities.platform.activities import PlatformActivities
     from activities.probes import ProbeActivities
 
@@ -32,6 +34,12 @@ COMPENSATION_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=60))
 stop half-way. Non-retryable errors still end them."""
 PROBE_RETRY = RetryPolicy(maximum_attempts=2)
 """A health probe round: one attempt and one retry; a round that fails is skipped."""
+NOTIFY_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
+"""A notification is tried 5 times (1, 2, 4, 8 s apart); one that still fails is audited, and
+the approval goes on waiting."""
+MEASURE_RETRY = RetryPolicy(maximum_attempts=2)
+"""One analysis measurement: one attempt and one retry; a measurement that still fails counts as
+an Error measurement (Argo's ``consecutiveErrorLimit``)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,11 @@ TABLE: dict[Callable[..., Any], Options] = {
     ProbeActivities.wait_healthy: Options(10 * _MINUTE, timedelta(seconds=30)),
     ProbeActivities.run_smoke_tests: Options(5 * _MINUTE),
     DeploymentActivities.describe_deployment: Options(timedelta(seconds=30)),
+    NotifyActivities.send_notification: Options(timedelta(seconds=30), retry=NOTIFY_RETRY),
+    # start_to_close is set per call: the measurement window plus 30 s.
+    MetricsActivities.measure_metric: Options(
+        timedelta(seconds=30), timedelta(seconds=10), MEASURE_RETRY
+    ),
 }
 """Activity -> options."""
 

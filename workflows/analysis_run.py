@@ -13,7 +13,6 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
@@ -29,13 +28,10 @@ with workflow.unsafe.imports_passed_through():
         summarize,
     )
     from fleetops.models import Color
+    from workflows.activity_options import call
 
-MEASURE_RETRY = RetryPolicy(maximum_attempts=2)
-"""A measurement is retried once; one that still fails is an Error measurement."""
 MEASURE_SLACK = timedelta(seconds=30)
 """Added to a measurement's window for its start-to-close timeout."""
-MEASURE_HEARTBEAT = timedelta(seconds=10)
-"""Heartbeat timeout of a measurement (the activity heartbeats while it waits out its window)."""
 CANCEL_RACE_PATCH = "analysis-stops-when-a-result-races-its-cancel"
 """Patch id: a metric loop whose measurement completed in the same workflow task as its
 cancellation stops instead of measuring on. Cancelling an asyncio task whose activity is being
@@ -121,12 +117,11 @@ async def run_analysis(
 async def _measure(request: MeasureRequest) -> Measurement:
     """One measurement, classified here; an activity that failed for good is an Error one."""
     try:
-        m = await workflow.execute_activity_method(
+        m = await call(
             MetricsActivities.measure_metric,
             request,
-            start_to_close_timeout=timedelta(seconds=request.window_seconds) + MEASURE_SLACK,
-            heartbeat_timeout=MEASURE_HEARTBEAT,
-            retry_policy=MEASURE_RETRY,
+            summary=f"measure {request.metric.name} of the {request.color} replicas",
+            start_to_close=timedelta(seconds=request.window_seconds) + MEASURE_SLACK,
         )
     except ActivityError as err:
         cause = err.cause

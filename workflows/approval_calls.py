@@ -1,4 +1,5 @@
-"""The activities the approval gate calls, with their timeouts and retry policies.
+"""The activities the approval gate calls (options of ``send_notification`` in
+:mod:`workflows.activity_options`; the local activities that read settings here).
 
 Workflow code (deterministic): these only schedule activities and turn their failures into an
 audit sentence; :class:`workflows.approval.ApprovalGate` records it and goes on.
@@ -15,12 +16,8 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.notify import NotifyActivities
     from fleetops.approvals import ApprovalPolicy, Notification
+    from workflows.activity_options import call
 
-NOTIFY_TIMEOUT = timedelta(seconds=30)
-"""Start-to-close timeout of one webhook notification."""
-NOTIFY_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
-"""A notification is tried 5 times (1, 2, 4, 8 s apart); one that still fails is audited, and
-the approval goes on waiting."""
 POLICY_TIMEOUT = timedelta(seconds=10)
 """Start-to-close timeout of the local activity that reads roles and keys from settings."""
 POLICY_RETRY = RetryPolicy(maximum_attempts=3)
@@ -77,11 +74,8 @@ async def send_notification(n: Notification) -> str | None:
         retries, for the audit.
     """
     try:
-        sent = await workflow.execute_activity_method(
-            NotifyActivities.send_notification,
-            n,
-            start_to_close_timeout=NOTIFY_TIMEOUT,
-            retry_policy=NOTIFY_RETRY,
+        sent = await call(
+            NotifyActivities.send_notification, n, summary=f"send the approval {n.kind}"
         )
     except ActivityError as err:
         return f"{n.kind} notification failed: {err.cause or err}"
