@@ -57,6 +57,7 @@ _SAME_LENGTH = (
     "both scrape lists come from the same endpoints (gather keeps order and length), so zip "
     "never sees unequal lengths"
 )
+_URL_ONLY = "only loc and msg are read; include_url only adds a 'url' key"
 
 EQUIVALENT: dict[str, tuple[str, str]] = {
     # mutant name: (text of the mutated line, why no test can tell it from the original)
@@ -101,10 +102,8 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         'decode("ASCII")',
         "codec names are case-insensitive: 'ASCII' is the 'ascii' codec",
     ),
-    "fleetops.converter.x_describe_validation_error__mutmut_3": (
-        "include_url=True",
-        "only loc and msg are read; include_url only adds a 'url' key",
-    ),
+    "fleetops.converter.x_describe_validation_error__mutmut_6": ("include_url=True", _URL_ONLY),
+    "fleetops.converter.x__invalid__mutmut_3": ("include_url=True", _URL_ONLY),
 }
 """Survivors that behave exactly like the original. The text guards against a renumbering:
 an entry whose mutated line no longer matches is ignored (and reported as stale)."""

@@ -53,6 +53,14 @@ def test_open_request_without_context() -> None:
     ]
 
 
+def test_signed_request_tells_approvers_to_sign() -> None:
+    text = request_text("*Approval needed*", pending(signatures_required=True), "deploy/a/v2")
+    assert text.split("\n")[-1] == (
+        "Decide (signed): fleetops approve|reject 'deploy/a/v2' --as <you> --key <key>"
+    )
+    assert "temporal workflow update" not in text
+
+
 def test_request_text_without_pending_request() -> None:
     assert request_text("*Escalated*", None, "wf") == "*Escalated* for `wf`"
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import temporalio.api.common.v1
 from pydantic import BaseModel, ValidationError, model_validator
+from pydantic_core import ValidationError as CoreValidationError
+from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 
 from fleetops.codec import EncryptionCodec
@@ -103,3 +106,108 @@ def test_data_converter_uses_the_codec() -> None:
     assert plain.payload_codec is None
     codec = EncryptionCodec({"k": b"k" * 32}, active_key_id="k")
     assert data_converter(codec).payload_codec is codec
+
+
+def refusal(payload: temporalio.api.common.v1.Payload, hint: object) -> ApplicationError:
+    """The InvalidInput error decoding ``payload`` as ``hint`` raises (checked non-retryable)."""
+    with pytest.raises(ApplicationError) as info:
+        FleetOpsPayloadConverter().from_payloads([payload], [hint])  # type: ignore[list-item]
+    assert (info.value.type, info.value.non_retryable) == (INVALID_INPUT, True)
+    return info.value
+
+
+def json_payload(data: bytes) -> temporalio.api.common.v1.Payload:
+    return temporalio.api.common.v1.Payload(metadata={"encoding": b"json/plain"}, data=data)
+
+
+SEND_JSON = "send it as JSON (encoding json/plain)"
+
+
+@pytest.mark.parametrize(
+    ("value", "hint", "message"),
+    [
+        (b"hi", ScaleRequest, f"a binary/plain payload is not a valid ScaleRequest: {SEND_JSON}"),
+        (None, ScaleRequest, f"a binary/null payload is not a valid ScaleRequest: {SEND_JSON}"),
+        # strict: lax pydantic would turn b"3" into 3 and b"hello" into "hello"
+        (b"3", int, f"a binary/plain payload is not a valid int: {SEND_JSON}"),
+        (b"hello", str, f"a binary/plain payload is not a valid str: {SEND_JSON}"),
+        # a hint without __name__ (a union) is named as Python prints it
+        (
+            b"hello",
+            ScaleRequest | None,
+            "a binary/plain payload is not a valid fleetops.models.ScaleRequest | None: "
+            + SEND_JSON,
+        ),
+    ],
+)
+def test_binary_payload_of_the_wrong_type_is_invalid_input(
+    value: object, hint: object, message: str
+) -> None:
+    """``--input-meta encoding=binary/plain`` (or a null) never hands a handler bytes/None."""
+    [payload] = FleetOpsPayloadConverter().to_payloads([value])
+    err = refusal(payload, hint)
+    assert err.message == message
+    assert err.details == ({"field": "<root>"},)
+
+
+def test_binary_payload_of_the_expected_type_is_accepted() -> None:
+    conv = FleetOpsPayloadConverter()
+    payloads = conv.to_payloads([b"hello", None, b"raw"])
+    assert [p.metadata["encoding"] for p in payloads] == [
+        b"binary/plain",
+        b"binary/null",
+        b"binary/plain",
+    ]
+    values = conv.from_payloads(payloads, [bytes, ScaleRequest | None, RawValue])  # type: ignore[list-item]
+    assert values[:2] == [b"hello", None]
+    assert isinstance(values[2], RawValue) and values[2].payload == payloads[2]
+
+
+@pytest.mark.parametrize("data", [b"null", b"[1, 2]", b'"replicas"', b"3"])
+def test_json_that_is_not_an_object_is_invalid_input_at_the_root(data: bytes) -> None:
+    err = refusal(json_payload(data), ScaleRequest)
+    assert err.message == "invalid ScaleRequest: <root>: Input should be an object"
+    assert err.details == ({"field": "<root>"},)
+
+
+@pytest.mark.parametrize(
+    ("data", "message", "field"),
+    [
+        (b'{"replicas": "3"}', "replicas: Input should be a valid integer", "replicas"),
+        (b'{"replicas": 0}', "replicas: Input should be greater than or equal to 1", "replicas"),
+        (
+            b'{"replicas": 2, "colour": "blue"}',
+            "colour: Extra inputs are not permitted",
+            "colour",
+        ),
+    ],
+)
+def test_json_field_error_names_the_field(data: bytes, message: str, field: str) -> None:
+    """Counts are strict (``"3"`` is refused) and the error detail names the first bad field."""
+    err = refusal(json_payload(data), ScaleRequest)
+    assert err.message == f"invalid ScaleRequest: {message}"
+    assert err.details == ({"field": field},)
+
+
+def test_first_failing_field_is_the_detail() -> None:
+    err = refusal(json_payload(b'{"agent_id": "", "replicas": "x"}'), AgentSpec)
+    assert err.message.startswith("invalid AgentSpec: agent_id: ")
+    assert "; replicas: Input should be a valid integer" in err.message
+    assert err.details == ({"field": "agent_id"},)
+
+
+class Opaque(BaseModel):
+    """A model whose validator re-raises a pydantic error that lists no failing field."""
+
+    a: int
+
+    @model_validator(mode="after")
+    def _refuse(self) -> Opaque:
+        raise CoreValidationError.from_exception_data("Opaque", [])
+
+
+def test_validation_error_without_fields_is_still_invalid_input() -> None:
+    """Even an error naming no field fails the input cleanly, never the workflow task."""
+    err = refusal(json_payload(b'{"a": 1}'), Opaque)
+    assert err.message == "invalid Opaque: "
+    assert err.details == ({"field": None},)
