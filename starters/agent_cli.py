@@ -88,7 +88,20 @@ def _split(command: str) -> list[str]:
         fail(f"--command {command!r}: {err}", 2)
 
 
-@agent_app.command()
+START_HELP = (
+    "Start an agent: its replicas come up and are kept healthy until `stop`.\n\n"
+    "With --wait, follow it and exit 0 once it is READY (or PROCESSING), 1 if it goes to "
+    "ERROR, its workflow closes, or --timeout seconds pass first (the agent goes on), so a CI "
+    "pipeline can gate on it. --file takes AgentSpec fields as YAML or JSON."
+)
+STATUS_HELP = (
+    "Show an agent: state, replicas with health, counters, recent transitions.\n\n"
+    "With --watch, redraw it live (about once a second) as state and replica health change, "
+    "until the agent's workflow completes or Ctrl-C (exit 130)."
+)
+
+
+@agent_app.command(help=START_HELP)
 def start(
     agent_id: AgentId,
     replicas: Annotated[int | None, typer.Option(help="Desired replicas (default 1).")] = None,
@@ -118,12 +131,7 @@ def start(
         float | None, typer.Option(help="With --wait: exit 1 if not READY after this many s.")
     ] = None,
 ) -> None:
-    """Start an agent: its replicas come up and are kept healthy until `stop`.
-
-    With --wait, follow it and exit 0 once it is READY (or PROCESSING), 1 if it goes to ERROR,
-    its workflow closes, or --timeout seconds pass first (the agent goes on), so a CI pipeline
-    can gate on it.
-    """
+    """Start an agent; with ``wait``, exit with whether it came up (help: :data:`START_HELP`)."""
     overrides = {
         "replicas": replicas,
         "min_replicas": min_replicas,
@@ -209,7 +217,7 @@ def stop(
         fail(f"agent {agent_id} could not be stopped; see `fleetops agent status {agent_id}`", 1)
 
 
-@agent_app.command()
+@agent_app.command(help=STATUS_HELP)
 def status(
     agent_id: AgentId,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
@@ -217,11 +225,7 @@ def status(
         bool, typer.Option("--watch", "-w", help="Redraw every second until the agent stops.")
     ] = False,
 ) -> None:
-    """Show an agent: state, replicas with health, counters, recent transitions.
-
-    With --watch, redraw it live (about once a second) as state and replica health change,
-    until the agent's workflow completes or Ctrl-C (exit 130).
-    """
+    """Show an agent, once or live (help: :data:`STATUS_HELP`)."""
     if watch:
         run(lambda c: cli_live.watch(cli_live.agent_fetch(c, agent_id)))
         return

@@ -24,10 +24,24 @@ WorkflowId = Annotated[str, typer.Argument(help="Workflow id, e.g. deploy/suppor
 As = Annotated[str, typer.Option("--as", help="Approver identity (default: OS user).")]
 
 
+DEPLOY_HELP = (
+    "Start a blue-green deployment of AGENT_ID (BlueGreenDeployment deploy/<agent>/<version>)."
+    "\n\nWith --wait, print each phase as it starts and exit 0 when the deployment is promoted, "
+    "1 when it is rolled back, aborted, rejected or cancelled, closes any other way, or is "
+    "still running after --timeout seconds (it goes on), so a CI pipeline can gate on it. "
+    "--file takes a DeploymentRequest as YAML or JSON."
+)
+STATUS_HELP = (
+    "Show a deployment's phase, colours, analyses (with measurements) and approvals."
+    "\n\nWith --watch, redraw it live (about once a second) as phases, measurements and "
+    "approvals change, until the deployment closes or Ctrl-C (exit 130)."
+)
+
+
 def register(app: typer.Typer) -> None:
     """Add the deployment and approval commands to the root ``fleetops`` app."""
-    app.command("deploy")(deploy)
-    app.command("deploy-status")(deploy_status)
+    app.command("deploy", help=DEPLOY_HELP)(deploy)
+    app.command("deploy-status", help=STATUS_HELP)(deploy_status)
     app.command("abort")(abort)
 
 
@@ -69,12 +83,7 @@ def deploy(
         float | None, typer.Option(help="With --wait: exit 1 if still running after this many s.")
     ] = None,
 ) -> None:
-    """Start a blue-green deployment of AGENT_ID (BlueGreenDeployment deploy/<agent>/<version>).
-
-    With --wait, print each phase as it starts and exit 0 when the deployment is promoted, 1
-    when it is rolled back, aborted, rejected or cancelled, closes any other way, or is still
-    running after --timeout seconds (it goes on), so a CI pipeline can gate on it.
-    """
+    """Start a deployment; with ``wait``, exit with its outcome (help: :data:`DEPLOY_HELP`)."""
     promotion: dict[str, Any] | None = None
     if auto or auto_after is not None or approver or role:
         promotion = {"mode": "auto" if auto else "manual"}
@@ -116,11 +125,7 @@ def deploy_status(
         bool, typer.Option("--watch", "-w", help="Redraw every second until it closes.")
     ] = False,
 ) -> None:
-    """Show a deployment's phase, colours, analyses (with measurements) and approvals.
-
-    With --watch, redraw it live (about once a second) as phases, measurements and approvals
-    change, until the deployment closes or Ctrl-C (exit 130).
-    """
+    """Show a deployment, once or live (help: :data:`STATUS_HELP`)."""
     if watch:
         run(lambda c: cli_live.watch(cli_live.deployment_fetch(c, workflow_id)))
         return

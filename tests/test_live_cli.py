@@ -105,7 +105,7 @@ async def _start(cli, tmp_path: Path, agent: str) -> None:
         "version: v1\n"
         "replicas: 2\n"
         "command: [agent, --model, small]\n"
-        "env:\n  MODEL: small\n"
+        "env:\n  MODEL: small\n  API_TOKEN: not-for-the-ui\n"
         "health:\n  interval_seconds: 3600\n"
     )
     r = await cli("agent", "start", agent, "--file", str(spec), "--wait", "--timeout", "60")
@@ -122,6 +122,12 @@ async def test_agent_start_wait_from_yaml(
     st = await agents.status(dev_env.client, agent)
     assert st.state == AgentState.READY and st.desired_replicas == 2
     assert st.replicas and all(r.healthy for r in st.replicas)
+    # What the Web UI shows from the start: summary and details, env values left out.
+    desc = await dev_env.client.get_workflow_handle(f"agent/{agent}").describe()
+    assert await desc.static_summary() == f"agent {agent} v1, 2 replicas"
+    details = await desc.static_details() or ""
+    assert "command `agent --model small`" in details and "`API_TOKEN`, `MODEL`" in details
+    assert "not-for-the-ui" not in details
 
     # A YAML error names the file and line, before anything is sent (exit 2).
     bad = tmp_path / "bad.yaml"

@@ -150,5 +150,8 @@ async def test_workflow_pages_say_what_runs(
                     tmp_path / "chromium",
                 )
             finally:
-                for h in (deployment, lifecycle):
-                    await h.terminate("test finished")
+                # End both the way an operator would, so no workflow is left in the worker's
+                # cache when it stops.
+                await deployments.abort(env.client, deployment.id, reason="test finished")
+                await asyncio.wait_for(deployment.result(), timeout=60)
+                await agents.shutdown(env.client, agent, reason="test finished")
