@@ -19,6 +19,7 @@ from rich.live import Live
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
 
+from fleetops.constants import agent_workflow_id
 from fleetops.deploy import DeploymentReport
 from fleetops.models import AgentState
 from starters import agents, deployments
@@ -79,7 +80,7 @@ def agent_fetch(client: Client, agent_id: str) -> Fetch:
 
     Raises (from the first call): AgentNotFoundError if the agent is not running.
     """
-    handle = client.get_workflow_handle(f"agent/{agent_id}")
+    handle = client.get_workflow_handle(agent_workflow_id(agent_id))
     first = True
 
     async def fetch() -> tuple[RenderableType, bool]:
