@@ -1,12 +1,12 @@
 """``fleetops agent ...``: start and steer agents from a shell, built on :mod:`starters.agents`.
 
 Exit codes: 0 done, 1 Temporal or the agent said no (not running, action not allowed, server
-unreachable), 2 bad input (spec, settings) caught before anything is sent.
+unreachable; ``start --wait``: ERROR, or not serving in time), 2 bad input (spec, settings)
+caught before anything is sent, 130 interrupted.
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,9 +19,10 @@ from temporalio.client import Client
 
 from fleetops.constants import agent_workflow_id
 from fleetops.converter import describe_validation_error
-from fleetops.models import AgentReport, AgentSpec, AgentState, AgentStatus
-from starters import agents
-from starters.cli_common import current_user, fail, load_settings, out, run
+from fleetops.models import AgentReport, AgentSpec, AgentState
+from starters import agents, cli_live
+from starters.cli_common import current_user, fail, load_settings, out, read_mapping, run
+from starters.cli_views import agent_view
 
 agent_app = typer.Typer(
     help="Start and steer agents (AgentLifecycle workflows).", no_args_is_help=True
@@ -53,15 +54,10 @@ def _build_spec(
     env: list[str] | None = None,
     health_interval: float | None = None,
 ) -> AgentSpec:
-    """Merge a JSON spec file with command-line values (which win); exit 2 if invalid."""
+    """Merge a YAML or JSON spec file with command-line values (which win); exit 2 if invalid."""
     data: dict[str, Any] = {}
     if spec_file is not None:
-        try:
-            data = json.loads(spec_file.read_text())
-        except (OSError, ValueError) as err:
-            fail(f"cannot read spec file {spec_file}: {err}", 2)
-        if not isinstance(data, dict):
-            fail(f"spec file {spec_file} must hold a JSON object of AgentSpec fields", 2)
+        data = read_mapping(spec_file, "AgentSpec")
     data["agent_id"] = agent_id
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     if env:
@@ -92,7 +88,20 @@ def _split(command: str) -> list[str]:
         fail(f"--command {command!r}: {err}", 2)
 
 
-@agent_app.command()
+START_HELP = (
+    "Start an agent: its replicas come up and are kept healthy until `stop`.\n\n"
+    "With --wait, follow it and exit 0 once it is READY (or PROCESSING), 1 if it goes to "
+    "ERROR, its workflow closes, or --timeout seconds pass first (the agent goes on), so a CI "
+    "pipeline can gate on it. --file takes AgentSpec fields as YAML or JSON."
+)
+STATUS_HELP = (
+    "Show an agent: state, replicas with health, counters, recent transitions.\n\n"
+    "With --watch, redraw it live (about once a second) as state and replica health change, "
+    "until the agent's workflow completes or Ctrl-C (exit 130)."
+)
+
+
+@agent_app.command(help=START_HELP)
 def start(
     agent_id: AgentId,
     replicas: Annotated[int | None, typer.Option(help="Desired replicas (default 1).")] = None,
@@ -110,10 +119,19 @@ def start(
         float | None, typer.Option(help="Seconds between health rounds.")
     ] = None,
     spec: Annotated[
-        Path | None, typer.Option(help="JSON file of AgentSpec fields; flags override it.")
+        Path | None,
+        typer.Option(
+            "--spec", "--file", "-f", help="YAML or JSON file of AgentSpec fields; flags win."
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Follow the agent until READY (exit 0) or ERROR (exit 1).")
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="With --wait: exit 1 if not READY after this many s.")
     ] = None,
 ) -> None:
-    """Start an agent: its replicas come up and are kept healthy until `stop`."""
+    """Start an agent; with ``wait``, exit with whether it came up (help: :data:`START_HELP`)."""
     overrides = {
         "replicas": replicas,
         "min_replicas": min_replicas,
@@ -127,14 +145,18 @@ def start(
     )
     settings = load_settings()
 
-    async def go(client: Client) -> tuple[str, str | None]:
+    async def go(client: Client) -> int:
         h = await agents.start_agent(client, agent_spec, task_queue=settings.temporal.task_queue)
-        return h.id, h.result_run_id
+        out.print(f"started agent [bold]{agent_id}[/bold]")
+        out.print(f"  workflow id: {escape(h.id)}\n  run id:      {h.result_run_id}")
+        if not wait:
+            out.print(f"follow it with: fleetops agent status {agent_id}", highlight=False)
+            return 0
+        return await cli_live.wait_agent(client, agent_id, timeout)
 
-    workflow_id, run_id = run(go, settings)
-    out.print(f"started agent [bold]{agent_id}[/bold]")
-    out.print(f"  workflow id: {escape(workflow_id)}\n  run id:      {run_id}")
-    out.print(f"follow it with: fleetops agent status {agent_id}", highlight=False)
+    code = run(go, settings)
+    if code:
+        raise typer.Exit(code)
 
 
 def _done(agent_id: str, state: AgentState, replicas: int, message: str) -> None:
@@ -195,46 +217,23 @@ def stop(
         fail(f"agent {agent_id} could not be stopped; see `fleetops agent status {agent_id}`", 1)
 
 
-@agent_app.command()
+@agent_app.command(help=STATUS_HELP)
 def status(
     agent_id: AgentId,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Redraw every second until the agent stops.")
+    ] = False,
 ) -> None:
-    """Show an agent: state, replicas with health, counters, recent transitions."""
+    """Show an agent, once or live (help: :data:`STATUS_HELP`)."""
+    if watch:
+        run(lambda c: cli_live.watch(cli_live.agent_fetch(c, agent_id)))
+        return
     st = run(lambda c: agents.status(c, agent_id))
     if as_json:
         typer.echo(st.model_dump_json(indent=2))
         return
-    _print_status(st)
-
-
-def _print_status(st: AgentStatus) -> None:
-    out.print(
-        f"[bold]{st.agent_id}[/bold] {escape(st.version)}: [bold]{st.state}[/bold], "
-        f"{len(st.replicas)}/{st.desired_replicas} replicas "
-        f"(min {st.min_replicas}, max {st.max_replicas})"
-    )
-    if st.last_rejection:
-        out.print(f"last rejected request: {escape(st.last_rejection)}", style="yellow")
-    table = Table("index", "endpoint", "pid", "healthy", "failures", "in-flight", "last error")
-    for r in st.replicas:
-        table.add_row(
-            str(r.index),
-            escape(r.endpoint),
-            str(r.pid) if r.pid is not None else "-",
-            "[green]yes[/green]" if r.healthy else "[red]no[/red]",
-            str(r.consecutive_failures),
-            str(r.in_flight),
-            escape(r.last_error or ""),
-        )
-    out.print(table)
-    counters = ", ".join(f"{k}={v}" for k, v in st.counters.model_dump().items())
-    out.print(f"counters: {counters}", highlight=False)
-    transitions = Table("at", "from", "to", "reason", title="last transitions")
-    for t in st.transitions[-10:]:
-        at = t.at.isoformat(timespec="seconds")
-        transitions.add_row(at, str(t.from_state), str(t.to_state), escape(t.reason))
-    out.print(transitions)
+    out.print(agent_view(st))
 
 
 @agent_app.command("list")

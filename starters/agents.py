@@ -11,6 +11,7 @@ handle "not running", "already running" and "not allowed now" without knowing Te
 
 from __future__ import annotations
 
+import shlex
 from datetime import datetime
 
 from temporalio.client import (
@@ -138,6 +139,8 @@ async def start_agent(
             task_queue=task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            static_summary=start_summary(spec),
+            static_details=start_details(spec),
             # Set at start so `list_agents` shows the agent before a worker picks it up.
             search_attributes=TypedSearchAttributes(
                 [
@@ -148,6 +151,30 @@ async def start_agent(
         )
     except WorkflowAlreadyStartedError as err:
         raise AgentAlreadyRunningError(spec.agent_id, run_id=err.run_id) from err
+
+
+def start_summary(spec: AgentSpec) -> str:
+    """One line the Web UI shows as the agent workflow's summary: agent, version, replicas."""
+    return f"agent {spec.agent_id} {spec.version}, {spec.replicas} replicas"
+
+
+def start_details(spec: AgentSpec) -> str:
+    """The agent workflow's static details (Markdown): what runs and within which bounds.
+
+    Environment variables are listed by name only: their values stay out of the Web UI.
+    """
+    argv = shlex.join(spec.command or [])
+    what = f"image `{spec.image}`" if spec.image else f"command `{argv}`"
+    h = spec.health
+    lines = [
+        f"Runs {what}, version {spec.version}.",
+        f"Replicas: {spec.replicas} (scale within {spec.min_replicas}..{spec.max_replicas}).",
+        f"Health: `{h.path}` every {h.interval_seconds:g} s, restart after "
+        f"{h.failure_threshold} failed probes.",
+    ]
+    if spec.env:
+        lines.append("Environment: " + ", ".join(f"`{k}`" for k in sorted(spec.env)))
+    return "\n\n".join(lines)
 
 
 async def pause(

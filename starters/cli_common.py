@@ -1,17 +1,21 @@
 """What every ``fleetops`` command shares: settings, connecting, user identity, exit codes.
 
 Exit codes: 0 done, 1 Temporal or the workflow said no (not running, not allowed, server
-unreachable), 2 bad input (spec, settings) caught before anything is sent.
+unreachable; with ``--wait``: the outcome was not the one asked for, or time ran out), 2 bad
+input (spec, settings) caught before anything is sent, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import typer
+import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from temporalio.client import Client
@@ -32,6 +36,24 @@ def fail(message: str, code: int) -> NoReturn:
     """Print ``message`` in red to stderr (no markup) and exit with ``code``."""
     err_console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def read_mapping(path: Path, what: str) -> dict[str, Any]:
+    """The object in a YAML or JSON file (``.json``: JSON; anything else: YAML, which reads
+    JSON too); exit 2 naming the file and the line if it cannot be read or holds no object.
+
+    Args:
+        path: the file.
+        what: what the file should hold, for the error message (e.g. ``AgentSpec``).
+    """
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        fail(f"cannot read {path}: {err}", 2)
+    if not isinstance(data, dict):
+        fail(f"{path} must hold a YAML or JSON object of {what} fields", 2)
+    return data
 
 
 def load_settings() -> Settings:
@@ -74,6 +96,8 @@ def run(fn: Callable[[Client], Awaitable[T]], settings: Settings | None = None) 
 
     try:
         return asyncio.run(main())
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
     except FleetOpsClientError as err:
         fail(str(err), 1)
     except TemporalError as err:  # e.g. permission denied, server unavailable mid-call

@@ -1,33 +1,47 @@
 """``fleetops deploy | deploy-status | abort`` (approvals: :mod:`starters.approval_cli`).
 
-Built on :mod:`starters.deployments`; exit codes as in :mod:`starters.cli_common`.
+Built on :mod:`starters.deployments`; exit codes as in :mod:`starters.cli_common`
+(``deploy --wait``: 0 promoted, 1 any other end or time ran out).
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.table import Table
 from temporalio.client import Client
 
 from fleetops.converter import describe_validation_error
 from fleetops.deploy import DeploymentRequest, DeploymentStatus
-from starters import deployments
-from starters.cli_common import current_user, fail, out, run
+from starters import cli_live, deployments
+from starters.cli_common import current_user, fail, out, read_mapping, run
+from starters.cli_views import deployment_view
 
 WorkflowId = Annotated[str, typer.Argument(help="Workflow id, e.g. deploy/support-bot/v2.")]
 As = Annotated[str, typer.Option("--as", help="Approver identity (default: OS user).")]
 
 
+DEPLOY_HELP = (
+    "Start a blue-green deployment of AGENT_ID (BlueGreenDeployment deploy/<agent>/<version>)."
+    "\n\nWith --wait, print each phase as it starts and exit 0 when the deployment is promoted, "
+    "1 when it is rolled back, aborted, rejected or cancelled, closes any other way, or is "
+    "still running after --timeout seconds (it goes on), so a CI pipeline can gate on it. "
+    "--file takes a DeploymentRequest as YAML or JSON."
+)
+STATUS_HELP = (
+    "Show a deployment's phase, colours, analyses (with measurements) and approvals."
+    "\n\nWith --watch, redraw it live (about once a second) as phases, measurements and "
+    "approvals change, until the deployment closes or Ctrl-C (exit 130)."
+)
+
+
 def register(app: typer.Typer) -> None:
     """Add the deployment and approval commands to the root ``fleetops`` app."""
-    app.command("deploy")(deploy)
-    app.command("deploy-status")(deploy_status)
+    app.command("deploy", help=DEPLOY_HELP)(deploy)
+    app.command("deploy-status", help=STATUS_HELP)(deploy_status)
     app.command("abort")(abort)
 
 
@@ -36,10 +50,7 @@ def _request(
 ) -> DeploymentRequest:
     data: dict[str, Any] = {}
     if file is not None:
-        try:
-            data = json.loads(file.read_text())
-        except (OSError, ValueError) as err:
-            fail(f"cannot read {file}: {err}", 2)
+        data = read_mapping(file, "DeploymentRequest")
     data.update({k: v for k, v in flags.items() if v is not None})
     data.update(agent_id=agent_id, version=version)
     try:
@@ -62,10 +73,17 @@ def deploy(
     approver: Annotated[list[str] | None, typer.Option(help="Allowed approver (repeat).")] = None,
     role: Annotated[list[str] | None, typer.Option(help="Allowed approver role (repeat).")] = None,
     file: Annotated[
-        Path | None, typer.Option("--file", "-f", help="DeploymentRequest JSON; flags override.")
+        Path | None,
+        typer.Option("--file", "-f", help="DeploymentRequest as YAML or JSON; flags override."),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Follow it to the end: exit 0 if promoted, 1 otherwise.")
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="With --wait: exit 1 if still running after this many s.")
     ] = None,
 ) -> None:
-    """Start a blue-green deployment of AGENT_ID (BlueGreenDeployment deploy/<agent>/<version>)."""
+    """Start a deployment; with ``wait``, exit with its outcome (help: :data:`DEPLOY_HELP`)."""
     promotion: dict[str, Any] | None = None
     if auto or auto_after is not None or approver or role:
         promotion = {"mode": "auto" if auto else "manual"}
@@ -84,21 +102,33 @@ def deploy(
     }
     req = _request(agent_id, version, file, flags)
 
-    async def go(client: Client) -> str:
-        return (await deployments.deploy(client, req)).id
+    async def go(client: Client) -> int:
+        handle = await deployments.deploy(client, req)
+        wid = handle.id
+        out.print(f"started {wid}")
+        if req.promotion.mode == "manual":
+            out.print(f"promote it: fleetops approve {wid} --as <you>")
+        if not wait:
+            out.print(f"follow it: fleetops deploy-status {wid} --watch")
+            return 0
+        return await cli_live.wait_deployment(client, handle, timeout)
 
-    wid = run(go)
-    out.print(f"started {wid}")
-    out.print(f"follow it: fleetops deploy-status {wid}")
-    if req.promotion.mode == "manual":
-        out.print(f"promote it: fleetops approve {wid} --as <you>")
+    code = run(go)
+    if code:
+        raise typer.Exit(code)
 
 
 def deploy_status(
     workflow_id: WorkflowId,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Redraw every second until it closes.")
+    ] = False,
 ) -> None:
-    """Show a deployment's phase, colours, analyses and approvals."""
+    """Show a deployment, once or live (help: :data:`STATUS_HELP`)."""
+    if watch:
+        run(lambda c: cli_live.watch(cli_live.deployment_fetch(c, workflow_id)))
+        return
 
     async def go(client: Client) -> DeploymentStatus:
         return await deployments.deployment_status(client, workflow_id)
@@ -107,23 +137,7 @@ def deploy_status(
     if as_json:
         out.print_json(st.model_dump_json())
         return
-    out.print(f"{st.deployment_id}: {st.phase} (outcome: {st.outcome or 'running'})")
-    out.print(
-        f"stable {st.stable_version} on {st.stable_color}, new {st.version} on {st.new_color}"
-    )
-    if st.service:
-        out.print(f"active {st.service.active_color} at {st.service.active_url}")
-    table = Table("phase", "started", "ended", "detail")
-    for p in st.phases:
-        ended = p.ended_at.isoformat(timespec="seconds") if p.ended_at else ""
-        table.add_row(p.phase, p.started_at.isoformat(timespec="seconds"), ended, p.detail)
-    out.print(table)
-    for name, result in st.analyses.items():
-        out.print(f"{name} analysis: {result.phase} {result.message}")
-    if st.pending_approval:
-        out.print(f"waiting for approval: {st.pending_approval.question}")
-    if st.message:
-        out.print(st.message)
+    out.print(deployment_view(st))
 
 
 def abort(

@@ -520,6 +520,9 @@ class AgentLifecycle(DeploymentOwner):
 
     def _set_state(self, target: AgentState, reason: str) -> None:
         if target == self._state:
+            # Healthy rounds land here: refresh the replica counts the Web UI shows (and set
+            # them at all in a run that continued as new).
+            self._publish_details()
             return
         check_transition(self._state, target)
         self._transitions.append(
@@ -532,6 +535,7 @@ class AgentLifecycle(DeploymentOwner):
         )
         self._state = target
         self._upsert_search_attributes()
+        self._publish_details()
 
     def _note(self, reason: str) -> None:
         """Record an event that keeps the state (a deployment started or ended) as a transition."""
@@ -543,6 +547,31 @@ class AgentLifecycle(DeploymentOwner):
         del self._transitions[:-MAX_TRANSITIONS]
         self._counters.transitions += 1
         workflow.logger.info("agent %s: %s", self._spec.agent_id, reason)
+        self._publish_details()
+
+    def _publish_details(self) -> None:
+        """Set what the Web UI shows as the workflow's current details (Markdown, a few lines).
+
+        State, version, colour, healthy/desired replicas (from the last probe round), the
+        deployment in progress and the last transition's reason. Memory only: it writes no
+        history event, so it is replay-safe without a patch.
+        """
+        healthy = sum(
+            1 for r in self._replicas if (p := self._probes.get(r.index)) is not None and p.healthy
+        )
+        lines = [
+            f"**{self._state}**: {self._spec.agent_id} {self._spec.version} on "
+            f"{self._active_color}, {healthy} of {self._desired} replicas healthy"
+        ]
+        if (d := self._deployment) is not None:
+            lines.append(
+                f"deployment in progress: {d.deployment_id} ({d.stable_version} on "
+                f"{d.stable_color} -> {d.version} on {d.new_color})"
+            )
+        if self._transitions:
+            t = self._transitions[-1]
+            lines.append(f"last change ({t.at.isoformat(timespec='seconds')}): {t.reason}")
+        workflow.set_current_details("\n\n".join(lines))
 
     def _upsert_search_attributes(self) -> None:
         workflow.upsert_search_attributes(
