@@ -36,6 +36,7 @@ from fleetops.limits import (
     Seconds,
 )
 from fleetops.models import (
+    VERSION_PATTERN,
     AgentSpec,
     AgentState,
     Color,
@@ -163,7 +164,7 @@ class DeploymentRequest(StrictModel):
     """
 
     agent_id: str = Field(pattern=AGENT_ID_PATTERN)
-    version: str = Field(min_length=1, max_length=63)
+    version: str = Field(pattern=VERSION_PATTERN, description="Version label to deploy.")
     command: list[str] | None = None
     image: str | None = Field(None, min_length=1)
     env: dict[str, str] | None = None

@@ -28,6 +28,9 @@ MAX_INTERVAL_SECONDS = DAY_SECONDS
 """Upper bound of every interval (health rounds, measurements, measurement window, approval
 reminders): 1 day, in seconds."""
 
+MIN_HEALTH_INTERVAL_SECONDS = 0.01
+"""Lower bound of ``health.interval_seconds``: a shorter one is a busy loop on the worker."""
+
 MAX_REPLICAS = 1000
 """Absolute bound of ``replicas``, ``min_replicas``, ``max_replicas`` and ``preview_replicas``
 checked by the models (so by the workflow on its input). The per-agent quota a worker enforces

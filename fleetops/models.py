@@ -22,9 +22,14 @@ from fleetops.limits import (
     MAX_INTERVAL_SECONDS,
     MAX_MEMORY_MIB,
     MAX_REPLICAS,
+    MIN_HEALTH_INTERVAL_SECONDS,
     Count,
     Seconds,
 )
+
+VERSION_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+"""Versions are Kubernetes label values (at most 63 characters), since they label replicas and
+name deployments (``deploy/<agent>/<version>``)."""
 
 SAMPLE_AGENT_COMMAND = ["fleetops-sample-agent"]
 """Default ``AgentSpec.command``: the sample agent shipped in ``infra/sample_agent``."""
@@ -87,9 +92,9 @@ class HealthCheck(StrictModel):
     )
     interval_seconds: Seconds = Field(
         10.0,
-        gt=0,
+        ge=MIN_HEALTH_INTERVAL_SECONDS,
         le=MAX_INTERVAL_SECONDS,
-        description="Seconds between health rounds (<= 86400, 1 day).",
+        description="Seconds between health rounds (0.01 to 86400, 1 day).",
     )
     timeout_seconds: Seconds = Field(
         2.0,
@@ -129,7 +134,11 @@ class AgentSpec(StrictModel):
     agent_id: str = Field(pattern=AGENT_ID_PATTERN, description="DNS-label id of the agent.")
     command: list[str] | None = Field(None, description="argv of one replica (local platform).")
     image: str | None = Field(None, min_length=1, description="Container image (Kubernetes).")
-    version: str = Field("v1", min_length=1, max_length=63, description="Version label.")
+    version: str = Field(
+        "v1",
+        pattern=VERSION_PATTERN,
+        description="Version label (a Kubernetes label value: letters, digits, '-', '_', '.').",
+    )
     replicas: Count = Field(1, ge=1, le=MAX_REPLICAS, description="Desired replicas (<= 1000).")
     min_replicas: Count = Field(
         1, ge=1, le=MAX_REPLICAS, description="Lowest replica count `scale` accepts (<= 1000)."

@@ -65,10 +65,7 @@ async def deploy(client: Client, req: DeploymentRequest) -> WorkflowHandle:
         raise DeploymentRefusedError(message) from None
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND or "completed" in err.message.lower():
-            raise AgentNotFoundError(
-                f"agent {req.agent_id} is not running (no open workflow {wid}); start it with "
-                f"fleetops agent start {req.agent_id}"
-            ) from None
+            raise AgentNotFoundError(req.agent_id) from None
         raise
     return client.get_workflow_handle(
         started.deployment_id, run_id=started.run_id, result_type=DeploymentReport

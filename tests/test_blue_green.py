@@ -560,3 +560,31 @@ async def test_reset_deployment_stays_owned_until_its_new_run_ends(env, worker, 
     assert (await finish(env, new_run)).outcome == "aborted"
     st = await assert_consistent(platform, agent, lifecycle, version="v1", timeout=30)
     assert st.last_deployment is not None and st.last_deployment.outcome == "aborted"
+
+
+async def test_deployment_keeps_the_scaled_replica_count(env, worker, platform) -> None:
+    """``replicas`` defaults to the running count, as scaled, not the count first asked for."""
+    agent, lifecycle = await start_agent(env, worker)
+    await lifecycle.execute_update(
+        "transition", TransitionRequest(action="scale", replicas=3), result_type=TransitionResult
+    )
+    h = await deploy(env, worker, agent, promotion={"mode": "auto"})
+    assert (await finish(env, h)).outcome == "promoted"
+    st = await assert_consistent(platform, agent, lifecycle, version="v2")
+    assert st.desired_replicas == 3 and platform.running(agent, "green") == 3
+
+
+async def test_an_agent_workflow_under_another_id_fails_at_once(env, worker, platform) -> None:
+    """``agent/evil`` running agent ``victim`` would drive the victim's replicas and Service."""
+    h = await env.client.start_workflow(
+        "AgentLifecycle",
+        {"agent_id": "victim", "command": ["agent"]},
+        id="agent/evil",
+        task_queue=worker.task_queue,
+    )
+    with pytest.raises(WorkflowFailureError, match="failed") as exc:
+        await asyncio.wait_for(h.result(), 60)
+    cause = exc.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "InvalidInput"
+    assert "agent/victim" in cause.message
+    assert platform.calls == []

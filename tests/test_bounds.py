@@ -151,3 +151,17 @@ def test_replica_quota_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLEETOPS_MAX_REPLICAS_PER_AGENT", str(MAX_REPLICAS + 1))
     with pytest.raises(pydantic.ValidationError, match="max_replicas_per_agent"):
         Settings()
+
+
+@pytest.mark.parametrize("version", ["V 13", "../../etc", "-v1", "v1-", "a" * 64, ""])
+def test_version_is_a_label(version: str) -> None:
+    """A version labels replicas and names ``deploy/<agent>/<version>``: a label value only."""
+    with pytest.raises(pydantic.ValidationError, match="version"):
+        AgentSpec.model_validate({"agent_id": "a", "version": version})
+    with pytest.raises(pydantic.ValidationError, match="version"):
+        DeploymentRequest.model_validate({"agent_id": "a", "version": version})
+
+
+@pytest.mark.parametrize("version", ["v1", "1.2.3", "release_2026-12-01", "a" * 63])
+def test_label_versions_are_accepted(version: str) -> None:
+    assert AgentSpec.model_validate({"agent_id": "a", "version": version}).version == version

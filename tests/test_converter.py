@@ -40,8 +40,8 @@ def errors_of(model: type[BaseModel], data: object) -> ValidationError:
 def test_describe_names_every_field_with_its_path() -> None:
     err = errors_of(AgentSpec, {"agent_id": "a", "health": {"interval_seconds": 0}, "x": 1})
     assert describe_validation_error(err) == (
-        "invalid AgentSpec: health.interval_seconds: Input should be greater than 0; "
-        "x: Extra inputs are not permitted"
+        "invalid AgentSpec: health.interval_seconds: Input should be greater than or equal to "
+        "0.01; x: Extra inputs are not permitted"
     )
 
 

@@ -78,6 +78,7 @@ async def test_deploy_of_an_agent_that_does_not_run_exits_at_once(
     code, out = await fleetops(dev_env, tmp_path, "deploy", "nosuch", "--version", "v2")
     assert code == 1, out
     assert "agent nosuch is not running" in out and "fleetops agent start nosuch" in out
+    assert "Traceback" not in out and len(out.splitlines()) <= 3, out
     assert time.monotonic() - t0 < 30
     with pytest.raises(RPCError, match="not found"):
         await dev_env.client.get_workflow_handle("deploy/nosuch/v2").describe()

@@ -63,7 +63,9 @@ TABLE: dict[Callable[..., Any], Options] = {
     PlatformActivities.restart_replicas: Options(5 * _MINUTE, _MINUTE),
     PlatformActivities.deprovision_agent: Options(5 * _MINUTE, _MINUTE),
     PlatformActivities.scale_down_color: Options(5 * _MINUTE, _MINUTE),
-    PlatformActivities.switch_traffic: Options(_MINUTE),
+    # A switch is one push to the gateway (milliseconds); a short bound retries it soon after a
+    # worker dies mid-call.
+    PlatformActivities.switch_traffic: Options(timedelta(seconds=15)),
     PlatformActivities.describe_service: Options(timedelta(seconds=30)),
     PlatformActivities.list_replicas: Options(timedelta(seconds=30)),
     ProbeActivities.probe_replicas: Options(timedelta(seconds=30), retry=PROBE_RETRY),

@@ -21,7 +21,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from fleetops.constants import AGENT_ID_KEY, STATE_KEY
+    from fleetops.constants import AGENT_ID_KEY, STATE_KEY, agent_workflow_id
     from fleetops.converter import INVALID_INPUT
     from fleetops.deploy import DeploymentReport, DeploymentRequest, DeploymentStarted, new_spec
     from fleetops.errors import DEPLOYMENT_REFUSED, INVALID_TRANSITION
@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         AgentCounters,
         AgentLifecycleInput,
         AgentReport,
+        AgentSpec,
         AgentState,
         AgentStatus,
         LifecycleCarry,
@@ -63,6 +64,8 @@ PAUSE_SCALES_DOWN_PATCH = "pause-scales-down-active-color"
 """Patch id: pause stops the active colour only, keeping the agent's service (gateway URL)."""
 FETCH_SERVICE_PATCH = "fetch-service-after-bring-up"
 """Patch id: since blue-green deployments, bring-up also reads the agent's service (gateway URL)."""
+AGENT_ID_PATCH = "workflow-id-is-agent-id"
+"""Patch id: a run whose workflow id is not ``agent/<agent_id>`` fails at once (InvalidInput)."""
 DEGRADED_CLOCK_PATCH = "degraded-clock-kept-through-partial-recovery"
 """Patch id: a partial recovery (no replica at the threshold, not all healthy) keeps the DEGRADED
 clock running. Runs begun on code before blue-green deployments (85c1238) reset it instead; runs
@@ -136,6 +139,17 @@ class AgentLifecycle(DeploymentOwner):
         Returns:
             The final report: transitions (most recent 50) and counters.
         """
+        wid = workflow.info().workflow_id
+        if wid != agent_workflow_id(self._spec.agent_id) and workflow.patched(AGENT_ID_PATCH):
+            # Under another id it would drive that agent's replicas, Service and deployments.
+            raise ApplicationError(
+                f"agent_id: workflow {wid} may only run agent "
+                f"{wid.removeprefix('agent/')!r}; start agent {self._spec.agent_id} as "
+                f"{agent_workflow_id(self._spec.agent_id)}",
+                {"field": "agent_id"},
+                type=INVALID_INPUT,
+                non_retryable=True,
+            )
         self._upsert_search_attributes()
         self._clock_kept = self._service is not None or workflow.patched(DEGRADED_CLOCK_PATCH)
         rounds = 0
@@ -307,7 +321,7 @@ class AgentLifecycle(DeploymentOwner):
         if error is not None:
             raise ApplicationError(error, type=DEPLOYMENT_REFUSED, non_retryable=True)
         try:
-            new_spec(self._spec, req)
+            new_spec(self._running_spec, req)
         except ValueError as err:
             raise ApplicationError(
                 f"deployment does not fit agent {req.agent_id}: {err}",
@@ -581,6 +595,13 @@ class AgentLifecycle(DeploymentOwner):
     @staticmethod
     def _serving_state(results: list[ProbeResult]) -> AgentState:
         return S.PROCESSING if any(p.in_flight > 0 for p in results) else S.READY
+
+    @property
+    def _running_spec(self) -> AgentSpec:
+        """The spec as it runs now: ``replicas`` is the desired count (``scale`` changes it)."""
+        if self._spec.replicas == self._desired:
+            return self._spec
+        return self._spec.model_copy(update={"replicas": self._desired})
 
     @property
     def _interval(self) -> timedelta:

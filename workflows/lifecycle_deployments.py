@@ -99,6 +99,10 @@ class DeploymentOwner:
         raise NotImplementedError
 
     @property
+    def _running_spec(self) -> AgentSpec:
+        raise NotImplementedError
+
+    @property
     def _deploying(self) -> str | None:
         """Workflow id of the deployment in progress, or None."""
         return self._deployment.deployment_id if self._deployment else None
@@ -143,11 +147,12 @@ class DeploymentOwner:
         error = deployment_error(self._state, self._spec, self._deploying, req.version)
         if error is not None:
             return error
-        spec = new_spec(self._spec, req)
+        running = self._running_spec  # replicas as scaled, not as first asked for
+        spec = new_spec(running, req)
         wid = deployment_workflow_id(req.agent_id, req.version)
         new_color = other_color(self._active_color)
         stable = AgentDeploymentView(
-            spec=self._spec,
+            spec=running,
             state=self._state,
             active_color=self._active_color,
             replicas=self._replicas,
@@ -174,7 +179,7 @@ class DeploymentOwner:
             run_id=self._child.first_execution_run_id or "",
             version=req.version,
             spec=spec,
-            stable_spec=self._spec,
+            stable_spec=running,
             stable_version=self._spec.version,
             stable_color=self._active_color,
             new_color=new_color,
