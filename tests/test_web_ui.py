@@ -145,6 +145,7 @@ async def test_workflow_pages_say_what_runs(
                     [
                         f"{agent}: v1 (blue) -> v2 (green)",  # static summary
                         f"AWAITING_PROMOTION: {agent} v1 (blue) -> v2 (green)",  # details
+                        "promotion: manual, by any named approver",  # static details
                     ],
                     tmp_path / "deployment.png",
                     tmp_path / "chromium",

@@ -171,6 +171,7 @@ class DeploymentOwner:
                     f"{req.agent_id}: {self._spec.version} ({self._active_color}) -> "
                     f"{req.version} ({new_color})"
                 ),
+                static_details=_details(req, running.replicas),
             )
         except WorkflowAlreadyStartedError:
             return f"{wid} is already running; follow it with fleetops deploy-status {wid}"
@@ -311,3 +312,27 @@ def _child_end(child: workflow.ChildWorkflowHandle[Any, DeploymentReport]) -> De
         )
         return DeploymentEnd(closed_as=closed_as, message=str(cause or err)[:500])
     return DeploymentEnd(closed_as="completed", outcome=report.outcome, message=report.message)
+
+
+def _details(req: DeploymentRequest, replicas: int) -> str:
+    """The deployment's static details for the Web UI (Markdown): who asked, what it checks."""
+    checks = [
+        name
+        for name, on in (
+            ("smoke tests", bool(req.smoke_tests)),
+            ("pre-promotion analysis", req.pre_promotion_analysis is not None),
+            ("post-promotion analysis", req.post_promotion_analysis is not None),
+        )
+        if on
+    ]
+    p = req.promotion
+    who = ", ".join(p.approvers + [f"role {r}" for r in p.roles]) or "any named approver"
+    promotion = "automatic" if p.mode == "auto" else f"manual, by {who}"
+    return "\n\n".join(
+        [
+            f"**replicas**: {req.replicas or replicas} (preview {req.preview_replicas or 'all'})",
+            f"**checks**: {', '.join(checks) or 'readiness only'}",
+            f"**promotion**: {promotion}",
+            f"**requested by**: {req.requested_by or 'unknown'}",
+        ]
+    )
