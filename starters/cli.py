@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 from typing import Annotated
 
 import typer
@@ -103,5 +105,27 @@ def gen_key() -> None:
     typer.echo(generate_key())
 
 
+def main() -> None:
+    """Entry point of the ``fleetops`` script: run the command, then exit with its code.
+
+    The exit skips interpreter finalization (``os._exit`` after flushing the output): the
+    Temporal client's native runtime can crash the interpreter while it finalizes (SIGSEGV or
+    "PyGILState_Release"), which would turn a command's exit code into -11 or 134 after it
+    finished, and scripts gate on that code (``deploy --wait``).
+    """
+    code: int
+    try:
+        app(standalone_mode=True)
+        code = 0
+    except SystemExit as exit_:
+        raw = exit_.code
+        code = raw if isinstance(raw, int) else (0 if raw is None else 1)
+        if isinstance(raw, str):
+            sys.stderr.write(raw + "\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    app()
+    main()

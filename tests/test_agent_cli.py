@@ -92,6 +92,17 @@ def cli(dev_env: WorkflowEnvironment, worker: Worker, tmp_path: Path):
     return run
 
 
+async def first_spec(platform: RecordingPlatform) -> AgentSpec:
+    """The first spec the worker provisioned (``agent start`` returns once the workflow started,
+    before its first activity ran)."""
+
+    async def provisioned() -> AgentSpec:
+        assert platform.specs, "nothing provisioned yet"
+        return platform.specs[0]
+
+    return await assert_eventually(provisioned, timeout=30)
+
+
 async def test_agent_commands_end_to_end(cli, platform: RecordingPlatform) -> None:
     agent_id = f"cli-{uuid.uuid4().hex[:8]}"
     r = await cli(
@@ -109,7 +120,7 @@ async def test_agent_commands_end_to_end(cli, platform: RecordingPlatform) -> No
     assert r.code == 0, r.stderr
     assert f"agent/{agent_id}" in r.stdout
     assert f"fleetops agent status {agent_id}" in r.stdout
-    spec = platform.specs[0]
+    spec = await first_spec(platform)
     assert spec.command == ["fleetops-sample-agent", "--greeting", "hello there"]
     assert (spec.env, spec.max_replicas, spec.health.interval_seconds) == ({"MODEL": "small"}, 3, 5)
 
@@ -188,7 +199,7 @@ async def test_spec_file_with_flag_overrides(cli, platform: RecordingPlatform, t
     )
     r = await cli("start", agent_id, "--spec", str(spec_file), "--replicas", "1", "--env", "B=2")
     assert r.code == 0, r.stderr
-    spec = platform.specs[0]
+    spec = await first_spec(platform)
     assert (spec.agent_id, spec.version, spec.replicas) == (agent_id, "v7", 1)
     assert spec.env == {"A": "1", "B": "2"}
     r = await cli("stop", agent_id, "--no-wait")
