@@ -113,7 +113,7 @@ with workflow.unsafe.imports_passed_through():
     from fleetops.settings import Settings
     from worker import fleetops_worker
     from workflows.agent_lifecycle import AgentLifecycle
-    from workflows.lifecycle_calls import PLATFORM_RETRY
+    from workflows.activity_options import PLATFORM_RETRY
 
 T = TypeVar("T")
 DEV_SERVER_CONFIG = (

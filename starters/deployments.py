@@ -14,7 +14,15 @@ that waits for a human.
 
 from __future__ import annotations
 
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+import asyncio
+import time
+
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -28,6 +36,9 @@ from fleetops.deploy import (
 from starters.agents import AgentNotFoundError, FleetOpsClientError
 from workflows.agent_lifecycle import AgentLifecycle
 from workflows.blue_green import BlueGreenDeployment
+
+SETTLE_SECONDS = 10.0
+"""How long :func:`deploy` retries while the agent reconciles a deployment that just closed."""
 
 
 class DeploymentRefusedError(FleetOpsClientError):
@@ -53,23 +64,46 @@ async def deploy(client: Client, req: DeploymentRequest) -> WorkflowHandle:
     Raises:
         AgentNotFoundError: no open ``AgentLifecycle`` for ``req.agent_id``.
         DeploymentRefusedError: the agent's validator refused it (nothing was written to
-            history), or a workflow with the deployment's id is already running.
+            history), or a workflow with the deployment's id is already running. A refusal
+            because the previous deployment, already closed, is still being reconciled by the
+            agent is retried for up to :data:`SETTLE_SECONDS` first.
         RPCError: the server refused the call for another reason.
     """
     wid = agent_workflow_id(req.agent_id)
-    try:
-        started = await client.get_workflow_handle(wid).execute_update(AgentLifecycle.deploy, req)
-    except WorkflowUpdateFailedError as err:
-        cause = err.cause
-        message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
-        raise DeploymentRefusedError(message) from None
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND or "completed" in err.message.lower():
-            raise AgentNotFoundError(req.agent_id) from None
-        raise
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        try:
+            started = await client.get_workflow_handle(wid).execute_update(
+                AgentLifecycle.deploy, req
+            )
+            break
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            settling = "is in progress" in message and time.monotonic() < deadline
+            if settling and await _previous_just_closed(client, wid):
+                await asyncio.sleep(0.2)  # the agent is reconciling the one that just ended
+                continue
+            raise DeploymentRefusedError(message) from None
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND or "completed" in err.message.lower():
+                raise AgentNotFoundError(req.agent_id) from None
+            raise
     return client.get_workflow_handle(
         started.deployment_id, run_id=started.run_id, result_type=DeploymentReport
     )
+
+
+async def _previous_just_closed(client: Client, agent_wid: str) -> bool:
+    """Whether the agent still holds a deployment whose workflow has already closed."""
+    try:
+        st = await client.get_workflow_handle(agent_wid).query(AgentLifecycle.status)
+        if st.deployment is None:
+            return True  # released meanwhile: try again
+        desc = await client.get_workflow_handle(st.deployment.deployment_id).describe()
+    except RPCError:
+        return False
+    return desc.status not in (None, WorkflowExecutionStatus.RUNNING)
 
 
 async def abort(
