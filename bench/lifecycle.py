@@ -112,8 +112,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from fleetops.settings import Settings
     from worker import fleetops_worker
-    from workflows.agent_lifecycle import AgentLifecycle
     from workflows.activity_options import PLATFORM_RETRY
+    from workflows.agent_lifecycle import AgentLifecycle
 
 T = TypeVar("T")
 DEV_SERVER_CONFIG = (
