@@ -14,9 +14,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleetops.agent_config import (
+    CONFIG_ENV,
     MAX_CONFIG_KEYS,
     ConfigValue,
     check_config_bounds,
+    config_error,
 )
 from fleetops.constants import AGENT_ID_PATTERN
 from fleetops.limits import (
@@ -184,6 +186,12 @@ class AgentSpec(StrictModel):
         if self.command is None and self.image is None:
             self.command = list(SAMPLE_AGENT_COMMAND)
         check_config_bounds(self.config, self.config_schema)
+        if CONFIG_ENV in self.env:
+            raise ValueError(
+                f"env must not set {CONFIG_ENV}: use `config` (the `configure` update)"
+            )
+        if (error := config_error(self.config, self.config_schema)) is not None:
+            raise ValueError(error)
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must be <= max_replicas")
         if not self.min_replicas <= self.replicas <= self.max_replicas:
@@ -552,3 +560,23 @@ class ConfigVersion(FrozenModel):
     requested_by: str = ""
     reason: str = ""
     restored_from: int | None = Field(None, description="Set when this came from a restore.")
+
+
+class RollingRestartRequest(FrozenModel):
+    """Replace every replica of ``color`` one by one, surge first (activity ``rolling_restart``).
+
+    ``rollout_id`` names this restart: a retried activity skips the replicas it already
+    replaced and adopts a replacement it had started. ``requested_at`` is the Kubernetes
+    ``kubectl.kubernetes.io/restartedAt`` annotation.
+    """
+
+    spec: AgentSpec
+    color: Color = "blue"
+    rollout_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
+    requested_at: datetime
+    ready_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        le=MAX_DURATION_SECONDS,
+        description="Seconds for each replacement to turn healthy.",
+    )
