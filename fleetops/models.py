@@ -328,6 +328,17 @@ class ReplicaHealth(FrozenModel):
     last_error: str | None = None
 
 
+class ConfigVersion(FrozenModel):
+    """One kept configuration version (the agent keeps the last few in its state)."""
+
+    version: int = Field(ge=1)
+    config: dict[str, ConfigValue]
+    at: datetime
+    requested_by: str = ""
+    reason: str = ""
+    restored_from: int | None = Field(None, description="Set when this came from a restore.")
+
+
 # --- deployments an agent owns --------------------------------------------------------------
 
 DeploymentClosure = Literal["completed", "failed", "canceled", "terminated", "timed_out", "unknown"]
@@ -378,6 +389,8 @@ class AgentCounters(StrictModel):
     rejected_requests: int = 0
     continued_as_new: int = 0
     deployments: int = 0
+    rolling_restarts: int = 0
+    config_changes: int = 0
 
 
 class AgentStatus(FrozenModel):
@@ -400,6 +413,12 @@ class AgentStatus(FrozenModel):
     last_deployment: DeploymentEnded | None = Field(
         None, description="How the last deployment ended and what the agent reconciled to."
     )
+    config_version: int | None = Field(None, description="Configuration version applied.")
+    config: dict[str, ConfigValue] = Field(default_factory=dict, description="Applied config.")
+    config_versions: list[ConfigVersion] = Field(
+        default_factory=list, description="Kept configuration versions, oldest first (<= 10)."
+    )
+    operation: str | None = Field(None, description="Restart or configure in progress, if any.")
 
 
 class AgentReport(FrozenModel):
@@ -435,6 +454,8 @@ class LifecycleCarry(FrozenModel):
     last_deployment: DeploymentEnded | None = None
     cleanup_color: Color | None = Field(None, description="Colour to scale down at cleanup_at.")
     cleanup_at: datetime | None = None
+    config_version: int | None = Field(None, description="None: carried by older code.")
+    config_versions: list[ConfigVersion] = Field(default_factory=list)
 
 
 class AgentLifecycleInput(AgentSpec):
@@ -549,17 +570,6 @@ class ConfigureAgentResult(FrozenModel):
 
     config_version: int = Field(ge=1, description="The version now applied.")
     previous_version: int | None = Field(None, description="The version it replaced, if any.")
-
-
-class ConfigVersion(FrozenModel):
-    """One kept configuration version (the agent keeps the last few in its state)."""
-
-    version: int = Field(ge=1)
-    config: dict[str, ConfigValue]
-    at: datetime
-    requested_by: str = ""
-    reason: str = ""
-    restored_from: int | None = Field(None, description="Set when this came from a restore.")
 
 
 class RollingRestartRequest(FrozenModel):

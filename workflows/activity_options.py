@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.metrics import MetricsActivities
     from activities.notify import NotifyActivities
     from activities.platform.activities import PlatformActivities
+    from activities.platform.k8s_drain import NodeDrain
     from activities.probes import ProbeActivities
 
 A = TypeVar("A")
@@ -77,6 +78,13 @@ TABLE: dict[Callable[..., Any], Options] = {
     MetricsActivities.measure_metric: Options(
         timedelta(seconds=30), timedelta(seconds=10), MEASURE_RETRY
     ),
+    # start_to_close is set per call from the replica count and startup timeout.
+    PlatformActivities.rolling_restart: Options(30 * _MINUTE, _MINUTE),
+    NodeDrain.agent_nodes: Options(timedelta(seconds=30)),
+    NodeDrain.cordon_node: Options(timedelta(seconds=30)),
+    NodeDrain.uncordon_node: Options(timedelta(seconds=30), retry=COMPENSATION_RETRY),
+    # start_to_close is set per call: the drain's timeout_seconds plus a minute.
+    NodeDrain.drain_node: Options(15 * _MINUTE, _MINUTE),
 }
 """Activity -> options."""
 
