@@ -79,7 +79,7 @@ TABLE: dict[Callable[..., Any], Options] = {
         timedelta(seconds=30), timedelta(seconds=10), MEASURE_RETRY
     ),
     # start_to_close is set per call from the replica count and startup timeout.
-    PlatformActivities.rolling_restart: Options(30 * _MINUTE, _MINUTE),
+    PlatformActivities.rolling_restart: Options(30 * _MINUTE, timedelta(seconds=20)),
     NodeDrain.agent_nodes: Options(timedelta(seconds=30)),
     NodeDrain.cordon_node: Options(timedelta(seconds=30)),
     NodeDrain.uncordon_node: Options(timedelta(seconds=30), retry=COMPENSATION_RETRY),
