@@ -84,7 +84,7 @@ class AgentConfig(BaseSettings):
     )
     fleetops_agent_config: str = Field(
         default="",
-        description="FLEETOPS_AGENT_CONFIG: the agent's configuration (a JSON object), see GET /config.",
+        description="FLEETOPS_AGENT_CONFIG: the agent config (a JSON object), see GET /config.",
     )
     fault_error_rate: float = Field(
         default=0.0,
