@@ -82,6 +82,16 @@ def _check_node(name: str) -> str:
     return name
 
 
+def _mapped(what: str, e: ApiException) -> Exception:
+    """As :func:`activities.platform.kubernetes._api_error`, with the non-retryable cases as a
+    non-retryable ``ApplicationError`` of type ``PlatformError`` (these activities are called
+    directly, not through the platform's activity wrapper)."""
+    err = _api_error(what, e)
+    if isinstance(err, PlatformError):
+        return ApplicationError(str(err), type=PLATFORM_ERROR, non_retryable=True)
+    return err
+
+
 class NodeDrain:
     """Cordon, drain and uncordon nodes, and find the nodes an agent runs on.
 
@@ -259,7 +269,7 @@ class NodeDrain:
                     + str(e.reason or "Too Many Requests")
                     + (f" (retry after {after} s)" if after.isdigit() else "")
                 )
-            raise _api_error(f"evict pod {_name(pod)}", e) from e
+            raise _mapped(f"evict pod {_name(pod)}", e) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise ApplicationError(
                 f"evict pod {_name(pod)}: Kubernetes API unreachable: {e}",
@@ -297,10 +307,7 @@ class NodeDrain:
                     type=PLATFORM_ERROR,
                     non_retryable=True,
                 ) from e
-            err = _api_error(what, e)
-            if isinstance(err, PlatformError):
-                raise ApplicationError(str(err), type=PLATFORM_ERROR, non_retryable=True) from e
-            raise err from e
+            raise _mapped(what, e) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise ApplicationError(
                 f"{what}: Kubernetes API unreachable: {e}", type=KUBERNETES_UNAVAILABLE
