@@ -19,8 +19,8 @@ from temporalio.client import Client
 
 from fleetops.constants import agent_workflow_id
 from fleetops.converter import describe_validation_error
-from fleetops.models import AgentReport, AgentSpec, AgentState
-from starters import agents, cli_live
+from fleetops.models import AgentReport, AgentSpec, AgentState, ConfigureAgentRequest
+from starters import agent_ops, agents, cli_live
 from starters.cli_common import current_user, fail, load_settings, out, read_mapping, run
 from starters.cli_views import agent_view
 
@@ -215,6 +215,46 @@ def stop(
     _done(agent_id, r.state, r.replicas, r.message)
     if r.state == AgentState.ERROR:
         fail(f"agent {agent_id} could not be stopped; see `fleetops agent status {agent_id}`", 1)
+
+
+@agent_app.command()
+def restart(agent_id: AgentId, reason: Reason = "", requested_by: RequestedBy = "") -> None:
+    """Rolling restart of the active replicas (each replaced once healthy; no failed request)."""
+    who = requested_by or current_user()
+    r = run(lambda c: agent_ops.restart_agent(c, agent_id, reason=reason, requested_by=who))
+    out.print(f"agent {agent_id}: {r.restarted} {r.color} replicas restarted", highlight=False)
+
+
+@agent_app.command()
+def configure(
+    agent_id: AgentId,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="New config: a YAML or JSON object.")
+    ] = None,
+    restore: Annotated[
+        int | None, typer.Option(min=1, help="Restore this kept config version instead.")
+    ] = None,
+    reason: Reason = "",
+    requested_by: RequestedBy = "",
+) -> None:
+    """Apply a new config version (validated against the agent's config_schema) or restore one."""
+    if (file is None) == (restore is None):
+        fail("give exactly one of --file or --restore", 2)
+    config = read_mapping(file, "config") if file is not None else None
+    who = requested_by or current_user()
+    try:  # bounds and types checked before anything is sent
+        ConfigureAgentRequest(config=config, restore_version=restore, reason=reason)
+    except ValidationError as err:
+        fail(f"invalid config: {describe_validation_error(err)}", 2)
+    r = run(
+        lambda c: agent_ops.configure_agent(
+            c, agent_id, config=config, restore_version=restore, reason=reason, requested_by=who
+        )
+    )
+    out.print(
+        f"agent {agent_id}: config v{r.config_version} applied (was v{r.previous_version})",
+        highlight=False,
+    )
 
 
 @agent_app.command(help=STATUS_HELP)
