@@ -5,7 +5,9 @@ sample-agent replicas and the real gateway, with clients sending requests all al
   is replaced each time and serves the configuration asked for;
 - the worker is SIGKILLed in the middle of a restart: a new worker resumes it (the replacement
   already started is adopted, not started again), the update completes, no request fails, and
-  no replica outlives its slot.
+  no replica outlives its slot;
+- the agent is terminated in the middle of a restart: the replacement being started is
+  stopped, only the agent's replicas remain.
 """
 
 from __future__ import annotations
@@ -190,3 +192,35 @@ async def test_restart_resumes_after_the_worker_is_killed(
             await handle.signal(AgentLifecycle.shutdown)
             await result_within(handle.result())
     assert tagged_pids(tag) == set()
+
+
+async def test_terminating_the_agent_mid_restart_leaves_no_extra_replica(
+    dev_env: WorkflowEnvironment, tmp_path: Path, tag: str
+) -> None:
+    settings = settings_for(tmp_path)
+    task_queue = f"ops-term-{uuid.uuid4()}"
+    spec = agent_spec(
+        tag, "term", replicas=2, command=["sh", "-c", f"sleep 3; exec {SAMPLE_AGENT}"]
+    )
+    async with (
+        Gateway(settings),
+        fleetops_worker(dev_env.client, settings, task_queue=task_queue),
+    ):
+        handle, _ = await start_agent(dev_env, spec, task_queue)
+        before = {r.pid for r in (await status(handle)).replicas}
+        await handle.start_update(
+            AgentLifecycle.restart,
+            RestartAgentRequest(),
+            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+        )
+        surge = await eventually(
+            lambda: _surge(settings, spec.agent_id), "the first replacement", timeout=30
+        )
+        await handle.terminate("test: terminated mid-restart")
+
+        async def cleaned_up() -> None:
+            assert not alive(int(str(surge["pid"]))), "the replacement outlived its agent"
+            assert tagged_pids(tag) == before, "replicas other than the agent's slots run"
+
+        # The activity learns of the end of its workflow from a heartbeat's answer.
+        await eventually(cleaned_up, "the replacement stopped", timeout=30)
