@@ -10,7 +10,7 @@ https://developer.hashicorp.com/vault/docs/auth/kubernetes). The token's TTL is 
 ``renew_before_seconds`` left is renewed (``auth.token.renew_self``) when renewable, else logged
 in again (Kubernetes auth).
 
-Errors, by the status code hvac turns into an exception class: 400 with "check-and-set" ->
+Errors, by the status code hvac turns into an exception class: 400 "check-and-set parameter did not match" ->
 :class:`SecretConflict`, other 400 -> ``InvalidInput``; 401/403 -> :class:`SecretForbidden`; 404
 -> :class:`SecretNotFound`; 429, 5xx (503 is also "sealed"), connection errors and timeouts ->
 :class:`SecretStoreUnavailable` (retryable); all non-retryable ones otherwise. Library retries
@@ -51,7 +51,7 @@ def map_vault_error(what: str, err: Exception) -> SecretStoreError:
     detail = str(err.args[0] if err.args else err)[:300]
     message = f"{what}: {detail}"
     if isinstance(err, hv.InvalidRequest):
-        if "check-and-set" in detail:
+        if "check-and-set parameter did not match" in detail:
             return SecretConflict(f"{message}; read the secret again and retry")
         return SecretInvalidInput(message)
     if isinstance(err, hv.Unauthorized | hv.Forbidden):
