@@ -10,11 +10,11 @@ https://developer.hashicorp.com/vault/docs/auth/kubernetes). The token's TTL is 
 ``renew_before_seconds`` left is renewed (``auth.token.renew_self``) when renewable, else logged
 in again (Kubernetes auth).
 
-Errors, by the status code hvac turns into an exception class: 400 "check-and-set parameter did not match" ->
-:class:`SecretConflict`, other 400 -> ``InvalidInput``; 401/403 -> :class:`SecretForbidden`; 404
--> :class:`SecretNotFound`; 429, 5xx (503 is also "sealed"), connection errors and timeouts ->
-:class:`SecretStoreUnavailable` (retryable); all non-retryable ones otherwise. Library retries
-are off (requests' default): Temporal owns retries.
+Errors, by the status code hvac turns into an exception class: 400 "check-and-set parameter did not
+match" -> :class:`SecretConflict`, other 400 -> ``InvalidInput``; 401/403 ->
+:class:`SecretForbidden`; 404 -> :class:`SecretNotFound`; 429, 5xx (503 is also "sealed"),
+connection errors and timeouts -> :class:`SecretStoreUnavailable` (retryable); all non-retryable
+ones otherwise. Library retries are off (requests' default): Temporal owns retries.
 """
 
 from __future__ import annotations
