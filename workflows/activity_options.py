@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.notify import NotifyActivities
     from activities.platform.activities import PlatformActivities
     from activities.probes import ProbeActivities
+    from activities.secrets import SecretActivities
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -77,6 +78,12 @@ TABLE: dict[Callable[..., Any], Options] = {
     MetricsActivities.measure_metric: Options(
         timedelta(seconds=30), timedelta(seconds=10), MEASURE_RETRY
     ),
+    # A few Vault/file calls each; retryable failures (sealed, 5xx, unreachable) retry with
+    # PLATFORM_RETRY, conflicts and missing secrets fail at once.
+    SecretActivities.rotate_secret: Options(timedelta(seconds=60)),
+    SecretActivities.restore_secret: Options(timedelta(seconds=60)),
+    SecretActivities.confirm_secret: Options(timedelta(seconds=30)),
+    SecretActivities.secret_versions: Options(timedelta(seconds=30)),
 }
 """Activity -> options."""
 

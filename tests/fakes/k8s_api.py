@@ -222,7 +222,12 @@ class FakeKubernetes:
                 return status(
                     422, "Invalid", "PatchOptions.meta.k8s.io: fieldManager is required for apply"
                 )
-            new = self._write(resource, key, merge_patch(obj or {}, body))
+            merged = merge_patch(obj or {}, body)
+            if resource == "secrets":
+                # Server-side apply with one field manager: the keys it no longer sends are
+                # removed (a merge patch would keep them).
+                merged["data"] = dict(body.get("data") or {})
+            new = self._write(resource, key, merged)
             return JSONResponse(new, status_code=200 if obj else 201)
         if obj is None:
             return status(404, "NotFound", f'{resource} "{name}" not found')
