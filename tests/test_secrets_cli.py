@@ -100,3 +100,20 @@ def test_the_local_store_file_holds_no_value(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     assert VALUE.encode() not in store.path.read_bytes()
     assert store.read("agents/x").data == {"api": VALUE}
+
+
+def test_agent_start_takes_secret_references_not_values() -> None:
+    import typer
+
+    from starters.agent_cli import _build_spec
+
+    spec = _build_spec("demo", secrets=["OPENAI_API_KEY=agents/demo:openai"])
+    assert [r.model_dump() for r in spec.secrets] == [
+        {"env": "OPENAI_API_KEY", "path": "agents/demo", "key": "openai"}
+    ]
+    with pytest.raises(typer.Exit) as bad:
+        _build_spec("demo", secrets=["OPENAI_API_KEY=agents/demo"])
+    assert bad.value.exit_code == 2
+    with pytest.raises(typer.Exit) as refused:
+        _build_spec("demo", env=["OPENAI_API_KEY=sk-value"])
+    assert refused.value.exit_code == 2
