@@ -136,6 +136,14 @@ def test_kubernetes_auth_logs_in_with_the_service_account_jwt(
     )
     assert store.write("agents/a", {"k": "v"}, cas=0) == 1
     assert store.logins == 1 and vault.count("POST", "auth/kubernetes/login") == 1
+    with vault.lock:  # the issued token is revoked: one new login, and the call goes through
+        for token in [t for t in vault.tokens if t.startswith("s.")]:
+            del vault.tokens[token]
+    assert store.read("agents/a").data == {"k": "v"} and store.logins == 2
+    vault.deny("agents/denied")
+    with pytest.raises(SecretForbidden):  # a real denial: one more login, then the error
+        store.read("agents/denied")
+    assert store.logins == 3
     vault.k8s_roles["fleetops"] = "another"
     refused = store_for(
         vault,

@@ -8,7 +8,8 @@ the Kubernetes auth method (``auth.kubernetes.login`` with the pod's service-acc
 https://developer.hashicorp.com/vault/docs/auth/kubernetes). The token's TTL is learnt at login
 (``lookup-self`` or the login's lease) and, before each call, a token with fewer than
 ``renew_before_seconds`` left is renewed (``auth.token.renew_self``) when renewable, else logged
-in again (Kubernetes auth).
+in again (Kubernetes auth); with Kubernetes auth a 403 logs in once more and retries once (a
+token revoked early).
 
 Errors, by the status code hvac turns into an exception class: 400 "check-and-set parameter did not
 match" -> :class:`SecretConflict`, other 400 -> ``InvalidInput``; 401/403 ->
@@ -175,10 +176,19 @@ class VaultStore:
         """Authenticate (or renew) if needed, then call ``fn`` on our mount; map errors."""
         kwargs.setdefault("mount_point", self._settings.mount_point)
         self._ensure_token()
-        try:
-            return fn(**kwargs)
-        except (hv.VaultError, requests.RequestException) as e:
-            raise map_vault_error(what, e) from e
+        for attempt in (1, 2):
+            try:
+                return fn(**kwargs)
+            except hv.Forbidden as e:
+                # A Kubernetes-auth token revoked or expired early: log in once more, retry once.
+                if attempt == 2 or self._settings.auth_method != "kubernetes":
+                    raise map_vault_error(what, e) from e
+                with self._auth_lock:
+                    self._logged_in = False
+                self._ensure_token()
+            except (hv.VaultError, requests.RequestException) as e:
+                raise map_vault_error(what, e) from e
+        raise AssertionError("unreachable")
 
     def _ensure_token(self) -> None:
         """Log in on first use; renew or log in again when the token is about to expire."""
