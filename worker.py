@@ -25,6 +25,8 @@ from activities.platform import Platform, PlatformActivities, build_platform
 from activities.platform.k8s_drain import NodeDrain
 from activities.probes import ProbeActivities
 from activities.quota import ReplicaQuota
+from activities.secret_stores import build_secret_store
+from activities.secrets import SecretActivities
 from fleetops.client import connect
 from fleetops.settings import Settings, get_settings
 from workflows.agent_lifecycle import AgentLifecycle
@@ -80,6 +82,7 @@ async def fleetops_worker(
             else None,
             settings.platform.kubernetes.namespace,
         )
+        secret_activities = SecretActivities(build_secret_store(settings))
         quota = ReplicaQuota(
             platform_activities.provision_replicas,
             max_replicas_per_agent=settings.max_replicas_per_agent,
@@ -109,6 +112,10 @@ async def fleetops_worker(
                 drain.cordon_node,
                 drain.drain_node,
                 drain.uncordon_node,
+                secret_activities.rotate_secret,
+                secret_activities.restore_secret,
+                secret_activities.confirm_secret,
+                secret_activities.secret_versions,
             ],
             interceptors=list(INTERCEPTORS),
             max_concurrent_activities=settings.max_concurrent_activities,

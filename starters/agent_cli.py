@@ -53,6 +53,7 @@ def _build_spec(
     overrides: dict[str, Any] | None = None,
     env: list[str] | None = None,
     health_interval: float | None = None,
+    secrets: list[str] | None = None,
 ) -> AgentSpec:
     """Merge a YAML or JSON spec file with command-line values (which win); exit 2 if invalid."""
     data: dict[str, Any] = {}
@@ -68,6 +69,17 @@ def _build_spec(
                 fail(f"--env {item!r} must be KEY=VALUE", 2)
             pairs[key] = value
         data["env"] = pairs
+    for item in secrets or []:
+        name, sep, ref = item.partition("=")
+        path, colon, key = ref.rpartition(":")
+        if not (sep and colon and name and path and key):
+            fail(
+                f"--secret {item!r} must be ENV=PATH:KEY, e.g. OPENAI_API_KEY=agents/demo:openai", 2
+            )
+        refs = [
+            r for r in data.get("secrets") or [] if isinstance(r, dict) and r.get("env") != name
+        ]
+        data["secrets"] = [*refs, {"env": name, "path": path, "key": key}]
     if health_interval is not None:
         data["health"] = {**_dict(data.get("health")), "interval_seconds": health_interval}
     try:
@@ -118,6 +130,10 @@ def start(
     health_interval: Annotated[
         float | None, typer.Option(help="Seconds between health rounds.")
     ] = None,
+    secret: Annotated[
+        list[str] | None,
+        typer.Option(help="ENV=PATH:KEY from the secret store (repeatable); not the value."),
+    ] = None,
     spec: Annotated[
         Path | None,
         typer.Option(
@@ -141,7 +157,12 @@ def start(
         "image": image,
     }
     agent_spec = _build_spec(
-        agent_id, spec_file=spec, overrides=overrides, env=env, health_interval=health_interval
+        agent_id,
+        spec_file=spec,
+        overrides=overrides,
+        env=env,
+        health_interval=health_interval,
+        secrets=secret,
     )
     settings = load_settings()
 

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.platform.activities import PlatformActivities
     from activities.platform.k8s_drain import NodeDrain
     from activities.probes import ProbeActivities
+    from activities.secrets import SecretActivities
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -85,6 +86,12 @@ TABLE: dict[Callable[..., Any], Options] = {
     NodeDrain.uncordon_node: Options(timedelta(seconds=30), retry=COMPENSATION_RETRY),
     # start_to_close is set per call: the drain's timeout_seconds plus a minute.
     NodeDrain.drain_node: Options(15 * _MINUTE, _MINUTE),
+    # A few Vault/file calls each; retryable failures (sealed, 5xx, unreachable) retry with
+    # PLATFORM_RETRY, conflicts and missing secrets fail at once.
+    SecretActivities.rotate_secret: Options(timedelta(seconds=60)),
+    SecretActivities.restore_secret: Options(timedelta(seconds=60)),
+    SecretActivities.confirm_secret: Options(timedelta(seconds=30)),
+    SecretActivities.secret_versions: Options(timedelta(seconds=30)),
 }
 """Activity -> options."""
 

@@ -93,7 +93,9 @@ class PlatformActivities:
         Raises:
             ApplicationError: non-retryable, type ``InvalidInput``: more replicas than the
                 platform can place (e.g. free local ports), nothing started; type
-                ``PlatformError``: the spec cannot run here.
+                ``PlatformError``: the spec cannot run here; type ``SecretNotFound``: a path or
+                key of ``spec.secrets`` is missing (the message names env, path and key);
+                retryable ``SecretStoreUnavailable``: the secret store is down or sealed.
         """
         return await _call(self._platform.ensure(req.spec, req.replicas, req.color))
 

@@ -2,11 +2,11 @@
 
 It speaks real HTTP + JSON on loopback, so the official ``kubernetes`` client runs unmodified
 against it: ``apps/v1`` deployments and ``v1`` services (GET, list with ``labelSelector``, PATCH as
-server-side apply or JSON merge / strategic merge patch, DELETE) and ``v1`` pods (GET, list,
-DELETE); for node maintenance, ``v1`` nodes (GET, list, JSON merge PATCH), pods of all namespaces
-(list with ``fieldSelector=spec.nodeName=<node>``) and the ``policy/v1`` eviction subresource
-(``POST .../pods/<name>/eviction``: 201, or 429 while a PodDisruptionBudget added with
-:meth:`FakeKubernetes.add_pdb` still refuses; an evicted pod stays terminating for
+server-side apply or JSON merge / strategic merge patch, DELETE), ``v1`` secrets (the same) and
+``v1`` pods (GET, list, DELETE); for node maintenance, ``v1`` nodes (GET, list, JSON merge PATCH),
+pods of all namespaces (list with ``fieldSelector=spec.nodeName=<node>``) and the ``policy/v1``
+eviction subresource (``POST .../pods/<name>/eviction``: 201, or 429 while a PodDisruptionBudget
+added with :meth:`FakeKubernetes.add_pdb` still refuses; an evicted pod stays terminating for
 ``termination_delay`` seconds, and its Deployment replaces it on a schedulable node).
 Errors are ``Status`` objects as the API conventions describe. A tiny controller stands
 in for the Deployment and ReplicaSet controllers: ``controller_delay`` seconds after a write it
@@ -38,11 +38,17 @@ from starlette.routing import Route
 
 _PATH = re.compile(
     r"^/(?:api/v1|apis/(?P<group>apps)/v1)/namespaces/(?P<ns>[^/]+)/"
-    r"(?P<resource>deployments|services|pods)(?:/(?P<name>[^/]+))?$"
+    r"(?P<resource>deployments|services|pods|secrets)(?:/(?P<name>[^/]+))?$"
 )
 _EVICTION = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)/eviction$")
 _CLUSTER = re.compile(r"^/api/v1/(?P<resource>nodes|pods)(?:/(?P<name>[^/]+))?$")
-_KINDS = {"deployments": "Deployment", "services": "Service", "pods": "Pod", "nodes": "Node"}
+_KINDS = {
+    "deployments": "Deployment",
+    "services": "Service",
+    "pods": "Pod",
+    "nodes": "Node",
+    "secrets": "Secret",
+}
 APPLY = "application/apply-patch+yaml"
 MERGE_TYPES = ("application/merge-patch+json",)  # the platform never sends strategic merge
 
@@ -393,7 +399,12 @@ class FakeKubernetes:
                 return status(
                     422, "Invalid", "PatchOptions.meta.k8s.io: fieldManager is required for apply"
                 )
-            new = self._write(resource, key, merge_patch(obj or {}, body))
+            merged = merge_patch(obj or {}, body)
+            if resource == "secrets":
+                # Server-side apply with one field manager: the keys it no longer sends are
+                # removed (a merge patch would keep them).
+                merged["data"] = dict(body.get("data") or {})
+            new = self._write(resource, key, merged)
             return JSONResponse(new, status_code=200 if obj else 201)
         if obj is None:
             return status(404, "NotFound", f'{resource} "{name}" not found')

@@ -29,12 +29,15 @@ logger = logging.getLogger("activities.platform.local")
 
 
 def command_hash(spec: AgentSpec) -> str:
-    """Hash of what a replica runs (command, env and config): a change restarts the replica.
-
-    The config counts only when set, so replicas of agents without one keep their hash."""
+    """Hash of what a replica runs (command, env, config, secret references; not secret
+    values): a change restarts the replica. A new secret version reaches replicas when they
+    restart. The config and secrets count only when set, so replicas of agents without them keep
+    their hash."""
     what: dict[str, object] = {"command": spec.command, "env": spec.env}
     if spec.config:
         what["config"] = spec.config
+    if spec.secrets:
+        what["secrets"] = [ref.model_dump() for ref in spec.secrets]
     payload = json.dumps(what, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -178,17 +181,24 @@ class ReplicaRunner:
         )
 
     async def replace(
-        self, spec: AgentSpec, argv: list[str], key: Key, records: dict[Key, ReplicaRecord]
+        self,
+        spec: AgentSpec,
+        argv: list[str],
+        key: Key,
+        records: dict[Key, ReplicaRecord],
+        secret_env: dict[str, str] | None = None,
     ) -> None:
-        """Drain and stop replica ``key`` if recorded, start it again (on its old port if free),
-        save."""
+        """Drain and stop replica ``key`` if recorded, start it again (on its old port if free)
+        with ``secret_env`` (resolved ``spec.secrets``) in its environment, save."""
         old = records.get(key)
         if old is not None:
             await self.drain(spec.agent_id, records, [key])
             await self.stop(old)
         async with file_lock(self._store.ports_lock()):
             preferred = old.port if old else None
-            await off_loop(self._start_and_record, spec, argv, key, records, preferred)
+            await off_loop(
+                self._start_and_record, spec, argv, key, records, preferred, secret_env or {}
+            )
 
     async def start_surge(
         self,
@@ -198,9 +208,11 @@ class ReplicaRunner:
         surge_key: Key,
         records: dict[Key, ReplicaRecord],
         rollout: str,
+        secret_env: dict[str, str] | None = None,
     ) -> ReplicaRecord:
         """Start a replacement of slot ``key`` on a new port, recorded under ``surge_key``
-        (marked with ``rollout``) and saved before anyone else can look at the ports.
+        (marked with ``rollout``) and saved before anyone else can look at the ports;
+        ``secret_env`` (resolved ``spec.secrets``) goes into its environment.
 
         Returns:
             The replacement's record.
@@ -211,7 +223,7 @@ class ReplicaRunner:
 
         def start() -> ReplicaRecord:
             port = self._allocate_port(spec.agent_id, records, surge_key, None)
-            started = self._start(spec, argv, key, port)
+            started = self._start(spec, argv, key, port, secret_env or {})
             records[surge_key] = dataclasses.replace(started, index=surge_key[1], rollout=rollout)
             self._store.save(spec.agent_id, records)
             return records[surge_key]
@@ -226,20 +238,24 @@ class ReplicaRunner:
         key: Key,
         records: dict[Key, ReplicaRecord],
         preferred: int | None,
+        secret_env: dict[str, str],
     ) -> None:
         """Choose a port, start the replica on it and save, in one blocking step (the caller
         holds the ports lock, so the port is recorded before anyone else can look)."""
         port = self._allocate_port(spec.agent_id, records, key, preferred)
-        records[key] = self._start(spec, argv, key, port)
+        records[key] = self._start(spec, argv, key, port, secret_env)
         self._store.save(spec.agent_id, records)
 
-    def _start(self, spec: AgentSpec, argv: list[str], key: Key, port: int) -> ReplicaRecord:
+    def _start(
+        self, spec: AgentSpec, argv: list[str], key: Key, port: int, secret_env: dict[str, str]
+    ) -> ReplicaRecord:
         color, index = key
         host = self._settings.host
         env = {
             **os.environ,
             **spec.env,
             **config_env(spec.config),
+            **secret_env,
             "HOST": host,
             "PORT": str(port),
             "AGENT_ID": spec.agent_id,

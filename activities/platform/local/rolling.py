@@ -68,8 +68,17 @@ class RollingRestart:
         self._runner, self._store, self._gateway = runner, store, gateway
         self._publish = publish
 
-    async def run(self, spec: AgentSpec, color: Color, rollout: str, ready_timeout: float) -> int:
+    async def run(
+        self,
+        spec: AgentSpec,
+        color: Color,
+        rollout: str,
+        ready_timeout: float,
+        secret_env: dict[str, str] | None = None,
+    ) -> int:
         """Replace every replica of ``color``; returns how many were replaced now.
+
+        ``secret_env`` (resolved ``spec.secrets``) goes into every replacement's environment.
 
         Raises:
             PlatformError: a replacement did not turn healthy within ``ready_timeout`` seconds
@@ -91,7 +100,9 @@ class RollingRestart:
             old = records.get((color, i))
             if old is not None and old.rollout == rollout and _alive(old):
                 continue  # replaced by an earlier attempt of this restart
-            await self._roll(spec, argv, (color, i), records, rollout, ready_timeout)
+            await self._roll(
+                spec, argv, (color, i), records, rollout, ready_timeout, secret_env or {}
+            )
             replaced += 1
             if activity.in_activity():
                 activity.heartbeat(f"replaced {color} replica {i}")
@@ -105,6 +116,7 @@ class RollingRestart:
         records: dict[Key, ReplicaRecord],
         rollout: str,
         ready_timeout: float,
+        secret_env: dict[str, str],
     ) -> None:
         agent, (color, index) = spec.agent_id, key
         surge_key: Key = (color, SURGE_BASE + index)
@@ -112,7 +124,9 @@ class RollingRestart:
         try:
             surge = records.get(surge_key)
             if surge is None:
-                surge = await self._runner.start_surge(spec, argv, key, surge_key, records, rollout)
+                surge = await self._runner.start_surge(
+                    spec, argv, key, surge_key, records, rollout, secret_env
+                )
                 await self._publish_now(agent)
             await self._wait_healthy(spec, surge, ready_timeout)
             old = records.get(key)
