@@ -18,6 +18,7 @@ import httpx
 from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
 
+from activities.agent_control import AgentControlActivities
 from activities.deployments import DeploymentActivities
 from activities.metrics import MetricsActivities
 from activities.notify import NotifyActivities
@@ -28,6 +29,7 @@ from fleetops.client import connect
 from fleetops.settings import Settings, get_settings
 from workflows.agent_lifecycle import AgentLifecycle
 from workflows.blue_green import BlueGreenDeployment
+from workflows.maintenance import Maintenance
 from workflows.payload_guard import MessageGuard
 
 log = logging.getLogger("fleetops.worker")
@@ -38,7 +40,7 @@ is 0.8 x heartbeat_timeout, up to 60 s). A heartbeat's answer is how an activity
 was cancelled or that its workflow ended (terminate): with 0.5 s, an activity that starts
 replicas stops within about a second, whatever heartbeat timeout its workflow set."""
 
-WORKFLOWS: Sequence[type] = (AgentLifecycle, BlueGreenDeployment)
+WORKFLOWS: Sequence[type] = (AgentLifecycle, BlueGreenDeployment, Maintenance)
 """Every workflow the FleetOps worker runs."""
 INTERCEPTORS: Sequence[Interceptor] = (MessageGuard(),)
 """Worker interceptors: ``MessageGuard`` drops a signal whose payload count does not fit."""
@@ -97,6 +99,7 @@ async def fleetops_worker(
                 notify.approval_policy,
                 notify.approver_roles,
                 metrics.measure_metric,
+                *agent_control_activities(AgentControlActivities(client)),
             ],
             interceptors=list(INTERCEPTORS),
             max_concurrent_activities=settings.max_concurrent_activities,
@@ -105,6 +108,21 @@ async def fleetops_worker(
         )
         async with worker:
             yield worker
+
+
+def agent_control_activities(a: AgentControlActivities) -> list[object]:
+    """The agent-control activities of the ``Maintenance`` workflow."""
+    return [
+        a.agent_health,
+        a.agent_wait_healthy,
+        a.find_agents,
+        a.open_incidents,
+        a.agent_transition,
+        a.agent_restart,
+        a.agent_configure,
+        a.agent_deploy,
+        a.agent_abort_deployment,
+    ]
 
 
 async def run_worker(

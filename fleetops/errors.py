@@ -37,3 +37,8 @@ WEBHOOK_RATE_LIMITED = "WebhookRateLimited"
 """The webhook answered 429 (retryable after Retry-After)."""
 WEBHOOK_REJECTED = "WebhookRejected"
 """The webhook answered another 4xx (non-retryable)."""
+AGENT_NOT_FOUND = "AgentNotFound"
+"""No open ``AgentLifecycle`` for the agent an activity steers (non-retryable)."""
+MAINTENANCE_REFUSED = "MaintenanceRefused"
+"""A maintenance plan that cannot run as given: its id does not match its name, a window that
+opens too far ahead (non-retryable)."""

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from fleetops.constants import AGENT_ID_PATTERN
+from fleetops.labels import LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS
 from fleetops.limits import (
     MAX_CPU_MILLICORES,
     MAX_DURATION_SECONDS,
@@ -148,6 +149,14 @@ class AgentSpec(StrictModel):
     )
     resources: Resources = Field(default_factory=Resources)
     env: dict[str, str] = Field(default_factory=dict, description="Environment of each replica.")
+    labels: dict[
+        Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN, max_length=317)],
+        Annotated[str, StringConstraints(pattern=LABEL_VALUE_PATTERN, max_length=63)],
+    ] = Field(
+        default_factory=dict,
+        max_length=MAX_LABELS,
+        description="Labels (Kubernetes syntax, <= 20) maintenance plans select agents by.",
+    )
     health: HealthCheck = Field(default_factory=HealthCheck)
     health_rounds_per_run: Count = Field(
         300,

@@ -17,6 +17,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from activities.agent_control import AgentControlActivities
     from activities.deployments import DeploymentActivities
     from activities.metrics import MetricsActivities
     from activities.notify import NotifyActivities
@@ -77,6 +78,17 @@ TABLE: dict[Callable[..., Any], Options] = {
     MetricsActivities.measure_metric: Options(
         timedelta(seconds=30), timedelta(seconds=10), MEASURE_RETRY
     ),
+    # Maintenance: agent control through the client. Waiting ones heartbeat every second.
+    AgentControlActivities.agent_health: Options(timedelta(seconds=30)),
+    AgentControlActivities.find_agents: Options(_MINUTE),
+    AgentControlActivities.open_incidents: Options(timedelta(seconds=30)),
+    AgentControlActivities.agent_wait_healthy: Options(61 * _MINUTE, timedelta(seconds=30)),
+    AgentControlActivities.agent_transition: Options(10 * _MINUTE, timedelta(seconds=30)),
+    AgentControlActivities.agent_restart: Options(30 * _MINUTE, timedelta(seconds=30)),
+    AgentControlActivities.agent_configure: Options(10 * _MINUTE, timedelta(seconds=30)),
+    # A deployment runs as long as its request says: ready timeout, promotion, scale-down delay.
+    AgentControlActivities.agent_deploy: Options(6 * 60 * _MINUTE, timedelta(seconds=30)),
+    AgentControlActivities.agent_abort_deployment: Options(60 * _MINUTE, timedelta(seconds=30)),
 }
 """Activity -> options."""
 

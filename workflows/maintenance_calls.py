@@ -1,0 +1,156 @@
+"""Activity calls of the ``Maintenance`` workflow (deterministic workflow code).
+
+Agent control goes through :data:`workflows.activity_options.TABLE`. The secret-store and node
+activities belong to other modules (``activities/secrets.py``, the Kubernetes platform) and are
+called by their registered names with the options of :data:`NAMED`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.agent_control import AgentControlActivities as Agents
+    from fleetops.agent_control import (
+        AbortDeployment,
+        AgentAction,
+        AgentConfigure,
+        AgentDeploy,
+        AgentHealth,
+        AgentRestart,
+        ConfigureOutcome,
+        DeployOutcome,
+        RestartOutcome,
+        WaitAgentHealthy,
+    )
+    from fleetops.secrets import SecretRestore, SecretRotation, SecretVersionRef
+    from workflows.activity_options import COMPENSATION_RETRY, PLATFORM_RETRY, Options, call
+
+_MINUTE = timedelta(minutes=1)
+NAMED: dict[str, Options] = {
+    "rotate_secret": Options(_MINUTE),
+    "restore_secret": Options(_MINUTE),
+    "confirm_secret": Options(_MINUTE),
+    "agent_nodes": Options(timedelta(seconds=30)),
+    "cordon_node": Options(_MINUTE),
+    "drain_node": Options(60 * _MINUTE, timedelta(seconds=30)),  # per call: drain timeout + 60 s
+    "uncordon_node": Options(_MINUTE),
+}
+"""Options of the activities called by name."""
+
+
+async def named(
+    name: str,
+    *args: Any,
+    result_type: type | None = None,
+    summary: str,
+    compensation: bool = False,
+    start_to_close: timedelta | None = None,
+) -> Any:
+    """Run activity ``name`` with its row of :data:`NAMED`.
+
+    Raises:
+        ActivityError: it failed for good.
+    """
+    o = NAMED[name]
+    return await workflow.execute_activity(
+        name,
+        args=list(args),
+        result_type=result_type,
+        start_to_close_timeout=start_to_close or o.start_to_close,
+        heartbeat_timeout=o.heartbeat,
+        retry_policy=COMPENSATION_RETRY if compensation else (o.retry or PLATFORM_RETRY),
+        summary=summary[:200],
+    )
+
+
+async def health(agent_id: str) -> AgentHealth:
+    """The agent's health now (``agent_health``)."""
+    return await call(Agents.agent_health, agent_id, summary=f"health of {agent_id}")
+
+
+async def wait_healthy(agent_id: str, timeout_seconds: float) -> AgentHealth:
+    """Wait up to ``timeout_seconds`` for the agent to be healthy; the last health seen."""
+    return await call(
+        Agents.agent_wait_healthy,
+        WaitAgentHealthy(agent_id=agent_id, timeout_seconds=timeout_seconds),
+        summary=f"wait until {agent_id} is healthy ({timeout_seconds:g} s)",
+        start_to_close=timedelta(seconds=timeout_seconds + 30),
+    )
+
+
+async def transition(agent_id: str, action: str, by: str, *, compensation: bool = False) -> str:
+    """Pause or resume the agent (idempotent)."""
+    return await call(
+        Agents.agent_transition,
+        AgentAction(agent_id=agent_id, action=action, reason="maintenance", requested_by=by),  # type: ignore[arg-type]
+        summary=f"{action} {agent_id}",
+        compensation=compensation,
+    )
+
+
+async def restart(
+    agent_id: str, by: str, reason: str, *, compensation: bool = False
+) -> RestartOutcome:
+    """Rolling restart of the agent."""
+    return await call(
+        Agents.agent_restart,
+        AgentRestart(agent_id=agent_id, reason=reason, requested_by=by),
+        summary=f"rolling restart of {agent_id}: {reason}",
+        compensation=compensation,
+    )
+
+
+async def configure(req: AgentConfigure, *, compensation: bool = False) -> ConfigureOutcome:
+    """Apply or restore an agent's config."""
+    what = f"restore config v{req.restore_version}" if req.restore_version else "apply config"
+    return await call(
+        Agents.agent_configure, req, summary=f"{what} on {req.agent_id}", compensation=compensation
+    )
+
+
+async def deploy(req: AgentDeploy, *, compensation: bool = False) -> DeployOutcome:
+    """Blue-green deployment of the agent, followed to its end."""
+    r = req.request
+    return await call(
+        Agents.agent_deploy,
+        req,
+        summary=f"deploy {r.version} to {r.agent_id}",
+        compensation=compensation,
+    )
+
+
+async def abort_deployment(agent_id: str, by: str) -> str | None:
+    """Abort the agent's running deployment (if any) and wait until it rolled back."""
+    return await call(
+        Agents.agent_abort_deployment,
+        AbortDeployment(agent_id=agent_id, reason="maintenance cancelled", requested_by=by),
+        summary=f"abort the deployment of {agent_id}, if any",
+        compensation=True,
+    )
+
+
+async def rotate_secret(req: SecretRotation) -> SecretVersionRef:
+    """Write a new random version of a secret (cas); only path and versions come back."""
+    return await named(
+        "rotate_secret", req, result_type=SecretVersionRef, summary=f"rotate {req.path}:{req.key}"
+    )
+
+
+async def restore_secret(req: SecretRestore) -> SecretVersionRef:
+    """Make an earlier version current again (compensation: retried until it succeeds)."""
+    return await named(
+        "restore_secret",
+        req,
+        result_type=SecretVersionRef,
+        summary=f"restore {req.path} v{req.version}",
+        compensation=True,
+    )
+
+
+async def confirm_secret(path: str, version: int) -> None:
+    """End the protection of the version before ``version`` (the rotation was verified)."""
+    await named("confirm_secret", path, version, summary=f"confirm {path} v{version}")
