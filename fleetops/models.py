@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from fleetops.agent_config import (
+    MAX_CONFIG_KEYS,
+    ConfigValue,
+    check_config_bounds,
+)
 from fleetops.constants import AGENT_ID_PATTERN
 from fleetops.labels import LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS
 from fleetops.limits import (
@@ -158,6 +163,19 @@ class AgentSpec(StrictModel):
         description="Labels (Kubernetes syntax, <= 20) maintenance plans select agents by.",
     )
     health: HealthCheck = Field(default_factory=HealthCheck)
+    config: dict[str, ConfigValue] = Field(
+        default_factory=dict,
+        max_length=MAX_CONFIG_KEYS,
+        description=(
+            "Versioned agent configuration (keys: letters, digits, '_', '.', '-'; values: JSON"
+            " scalars). Delivered to each replica as env FLEETOPS_AGENT_CONFIG (one JSON object)."
+            " At most 64 keys, 16 KiB as JSON. Changed by the `configure` update."
+        ),
+    )
+    config_schema: dict[str, Any] | None = Field(
+        None,
+        description="JSON Schema (Draft 2020-12) `config` must satisfy; at most 16 KiB as JSON.",
+    )
     health_rounds_per_run: Count = Field(
         300,
         ge=1,
@@ -174,6 +192,7 @@ class AgentSpec(StrictModel):
             raise ValueError("command must be a non-empty list of non-empty strings")
         if self.command is None and self.image is None:
             self.command = list(SAMPLE_AGENT_COMMAND)
+        check_config_bounds(self.config, self.config_schema)
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must be <= max_replicas")
         if not self.min_replicas <= self.replicas <= self.max_replicas:
@@ -477,3 +496,68 @@ class ProbeRequest(FrozenModel):
     endpoints: list[str]
     path: str = "/health"
     timeout_seconds: float = Field(2.0, gt=0)
+
+
+# --- agent operations: restart and configure -----------------------------------------------
+
+
+class RestartAgentRequest(StrictModel):
+    """Payload of the ``AgentLifecycle`` update ``restart``: a rolling restart of the active colour.
+
+    Every replica is re-provisioned (so it re-reads its environment and secret references) one
+    at a time, surge first: a replacement starts and turns healthy before the old one is drained
+    and stopped.
+    """
+
+    requested_by: str = Field("", max_length=200, description="Who asked.")
+    reason: str = Field("", max_length=500, description="Why; kept in the transition record.")
+
+
+class RestartAgentResult(FrozenModel):
+    """Answer of ``restart`` once every replica of ``color`` has been replaced."""
+
+    restarted: int = Field(ge=0, description="Replicas replaced.")
+    color: Color = Field(description="The (active) colour that was restarted.")
+
+
+class ConfigureAgentRequest(StrictModel):
+    """Payload of the ``AgentLifecycle`` update ``configure``.
+
+    Exactly one of ``config`` (a new configuration, validated against ``AgentSpec.config_schema``)
+    or ``restore_version`` (put a kept earlier version back) is given.
+    """
+
+    config: dict[str, ConfigValue] | None = Field(
+        None, max_length=MAX_CONFIG_KEYS, description="New configuration (JSON scalars)."
+    )
+    restore_version: Count | None = Field(
+        None, ge=1, description="A kept configuration version to restore."
+    )
+    requested_by: str = Field("", max_length=200, description="Who asked.")
+    reason: str = Field("", max_length=500, description="Why; kept in the audit record.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ConfigureAgentRequest:
+        if (self.config is None) == (self.restore_version is None):
+            raise ValueError("give exactly one of config or restore_version")
+        if self.config is not None:
+            check_config_bounds(self.config, None)
+        return self
+
+
+class ConfigureAgentResult(FrozenModel):
+    """Answer of ``configure`` once every replica runs the new configuration."""
+
+    config_version: int = Field(ge=1, description="The version now applied.")
+    previous_version: int | None = Field(None, description="The version it replaced, if any.")
+
+
+class ConfigVersion(FrozenModel):
+    """One kept configuration version (the agent keeps the last few in its state)."""
+
+    version: int = Field(ge=1)
+    config: dict[str, ConfigValue]
+    at: datetime
+    requested_by: str = ""
+    reason: str = ""
+    restored_from: int | None = Field(None, description="Set when this came from a restore.")
