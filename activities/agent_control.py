@@ -32,11 +32,9 @@ from fleetops.agent_control import (
     AgentDeploy,
     AgentHealth,
     AgentRestart,
-    ConfigureOutcome,
     DeployOutcome,
     FoundAgents,
     IncidentQuery,
-    RestartOutcome,
     TargetQuery,
     WaitAgentHealthy,
 )
@@ -44,7 +42,16 @@ from fleetops.constants import AGENT_ID_KEY, LABELS_KEY, agent_workflow_id
 from fleetops.deploy import AbortRequest, DeploymentStarted
 from fleetops.errors import AGENT_NOT_FOUND
 from fleetops.labels import label_terms
-from fleetops.models import AgentState, AgentStatus, TransitionRequest, TransitionResult
+from fleetops.models import (
+    AgentState,
+    AgentStatus,
+    ConfigureAgentRequest,
+    ConfigureAgentResult,
+    RestartAgentRequest,
+    RestartAgentResult,
+    TransitionRequest,
+    TransitionResult,
+)
 
 T = TypeVar("T")
 HEARTBEAT_SECONDS = 1.0
@@ -212,23 +219,29 @@ class AgentControlActivities:
         return str(r.state)
 
     @activity.defn(name="agent_restart")
-    async def agent_restart(self, req: AgentRestart) -> RestartOutcome:
+    async def agent_restart(self, req: AgentRestart) -> RestartAgentResult:
         """Rolling restart of the agent's replicas (update ``restart``; re-resolves secrets)."""
-        payload = {"requested_by": req.requested_by, "reason": req.reason}
-        result = await self._update(req.agent_id, "restart", payload, dict)
-        return RestartOutcome.model_validate(result)
+        payload = RestartAgentRequest(requested_by=req.requested_by, reason=req.reason)
+        return await self._update(req.agent_id, "restart", payload, RestartAgentResult)
 
     @activity.defn(name="agent_configure")
-    async def agent_configure(self, req: AgentConfigure) -> ConfigureOutcome:
-        """Apply a config (or restore an earlier version) through update ``configure``."""
-        payload = {
-            "config": req.config,
-            "restore_version": req.restore_version,
-            "requested_by": req.requested_by,
-            "reason": req.reason,
-        }
-        result = await self._update(req.agent_id, "configure", payload, dict)
-        return ConfigureOutcome.model_validate(result)
+    async def agent_configure(self, req: AgentConfigure) -> ConfigureAgentResult:
+        """Apply a config (or restore an earlier version) through update ``configure``.
+
+        Raises:
+            ApplicationError: ``InvalidInput`` (non-retryable) when neither or both of config and
+                restore_version are given; the agent's refusal (schema, unknown version).
+        """
+        try:
+            payload = ConfigureAgentRequest(
+                config=req.config,
+                restore_version=req.restore_version,
+                requested_by=req.requested_by,
+                reason=req.reason,
+            )
+        except ValueError as err:
+            raise ApplicationError(str(err), type="InvalidInput", non_retryable=True) from None
+        return await self._update(req.agent_id, "configure", payload, ConfigureAgentResult)
 
     @activity.defn(name="agent_deploy")
     async def agent_deploy(self, req: AgentDeploy) -> DeployOutcome:

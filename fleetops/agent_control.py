@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from fleetops.agent_config import ConfigValue
 from fleetops.deploy import DeploymentRequest
 from fleetops.maintenance import Labels
 from fleetops.models import AgentState, Color, FrozenModel
@@ -85,35 +86,23 @@ class AgentAction(FrozenModel):
 
 
 class AgentRestart(FrozenModel):
-    """Input of ``agent_restart``: a rolling restart (update ``restart``)."""
+    """Input of ``agent_restart``: a rolling restart (update ``restart``); the result is
+    :class:`~fleetops.models.RestartAgentResult`."""
 
     agent_id: str
     reason: str = Field("", max_length=500)
     requested_by: str = Field("", max_length=200)
-
-
-class RestartOutcome(FrozenModel):
-    """Result of ``agent_restart``."""
-
-    restarted: int = Field(ge=0)
-    color: Color
 
 
 class AgentConfigure(FrozenModel):
-    """Input of ``agent_configure``: a new config, or ``restore_version`` of an earlier one."""
+    """Input of ``agent_configure``: a new config, or ``restore_version`` of an earlier one; the
+    result is :class:`~fleetops.models.ConfigureAgentResult`."""
 
     agent_id: str
-    config: dict[str, object] | None = None
+    config: dict[str, ConfigValue] | None = None
     restore_version: int | None = Field(None, ge=1)
     reason: str = Field("", max_length=500)
     requested_by: str = Field("", max_length=200)
-
-
-class ConfigureOutcome(FrozenModel):
-    """Result of ``agent_configure``."""
-
-    config_version: int
-    previous_version: int | None = None
 
 
 class AgentDeploy(FrozenModel):

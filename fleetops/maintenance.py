@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
+from fleetops.agent_config import MAX_CONFIG_KEYS, ConfigValue, check_config_bounds
 from fleetops.analysis import Analysis
 from fleetops.approvals import (
     ApprovalDecision,
@@ -45,8 +46,6 @@ MAX_SECRETS = 20
 """Most secrets one secret rotation rotates per target."""
 MAX_STEPS = 20
 """Most manual steps of a custom plan."""
-MAX_CONFIG_BYTES = 64 * 1024
-"""Largest ``config`` of a config change, as compact JSON (64 KiB)."""
 MAX_AUDIT_ENTRIES = 300
 """Audit entries a run keeps (oldest dropped)."""
 
@@ -193,12 +192,11 @@ class ConfigChangeParams(StrictModel):
     """``config_change``: ``configure`` each target (validated against its schema by the agent);
     a failed post-check restores the previous config version."""
 
-    config: dict[str, Any]
+    config: dict[str, ConfigValue] = Field(max_length=MAX_CONFIG_KEYS)
 
     @model_validator(mode="after")
     def _small(self) -> ConfigChangeParams:
-        if len(json.dumps(self.config, separators=(",", ":"))) > MAX_CONFIG_BYTES:
-            raise ValueError("config: at most 64 KiB of JSON")
+        check_config_bounds(self.config, None)  # keys and 16 KiB, as the agent checks them
         return self
 
 

@@ -25,14 +25,14 @@ from fleetops.agent_control import (
     AgentDeploy,
     AgentHealth,
     AgentRestart,
-    ConfigureOutcome,
     DeployOutcome,
     FoundAgents,
     IncidentQuery,
-    RestartOutcome,
     TargetQuery,
     WaitAgentHealthy,
 )
+from fleetops.drain import DrainRequest, DrainResult
+from fleetops.models import ConfigureAgentResult, RestartAgentResult
 from fleetops.secrets import SecretRestore, SecretRotation, SecretVersionRef
 
 
@@ -146,16 +146,16 @@ class Fleet:
         return a.state
 
     @activity.defn(name="agent_restart")
-    async def agent_restart(self, req: AgentRestart) -> RestartOutcome:
+    async def agent_restart(self, req: AgentRestart) -> RestartAgentResult:
         self.calls.append(("agent_restart", (req.agent_id, req.reason)))
         a = self._agent(req.agent_id)
         await self._hold("agent_restart")
         await self._change(req.agent_id, undo="rollback" in req.reason)
         a.restarts += 1
-        return RestartOutcome(restarted=2, color="blue")
+        return RestartAgentResult(restarted=2, color="blue")
 
     @activity.defn(name="agent_configure")
-    async def agent_configure(self, req: AgentConfigure) -> ConfigureOutcome:
+    async def agent_configure(self, req: AgentConfigure) -> ConfigureAgentResult:
         self.calls.append(("agent_configure", (req.agent_id, req.config, req.restore_version)))
         a = self._agent(req.agent_id)
         previous = len(a.configs) or None
@@ -165,7 +165,7 @@ class Fleet:
             assert req.config is not None
             a.configs.append(req.config)
         await self._change(req.agent_id, undo=req.restore_version is not None)
-        return ConfigureOutcome(config_version=len(a.configs), previous_version=previous)
+        return ConfigureAgentResult(config_version=len(a.configs), previous_version=previous)
 
     @activity.defn(name="agent_deploy")
     async def agent_deploy(self, req: AgentDeploy) -> DeployOutcome:
@@ -217,9 +217,10 @@ class Fleet:
         )
 
     @activity.defn(name="confirm_secret")
-    async def confirm_secret(self, path: str, version: int) -> None:
+    async def confirm_secret(self, path: str, version: int) -> list[int]:
         self.calls.append(("confirm_secret", (path, version)))
         self.confirmed.append((path, version))
+        return [version - 1] if version > 1 else []
 
     # --- the agent-ops engineer's node activities ------------------------------------------------
 
@@ -234,10 +235,10 @@ class Fleet:
         self.cordoned.add(name)
 
     @activity.defn(name="drain_node")
-    async def drain_node(self, req: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(("drain_node", req["node"]))
+    async def drain_node(self, req: DrainRequest) -> DrainResult:
+        self.calls.append(("drain_node", req.node))
         await self._hold("drain_node")
-        return {"node": req["node"], "evicted": 1}
+        return DrainResult(node=req.node, evicted=[f"default/{req.node}-pod"])
 
     @activity.defn(name="uncordon_node")
     async def uncordon_node(self, name: str) -> None:

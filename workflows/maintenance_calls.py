@@ -21,11 +21,11 @@ with workflow.unsafe.imports_passed_through():
         AgentDeploy,
         AgentHealth,
         AgentRestart,
-        ConfigureOutcome,
         DeployOutcome,
-        RestartOutcome,
         WaitAgentHealthy,
     )
+    from fleetops.drain import DrainRequest, DrainResult
+    from fleetops.models import ConfigureAgentResult, RestartAgentResult
     from fleetops.secrets import SecretRestore, SecretRotation, SecretVersionRef
     from workflows.activity_options import COMPENSATION_RETRY, PLATFORM_RETRY, Options, call
 
@@ -94,7 +94,7 @@ async def transition(agent_id: str, action: str, by: str, *, compensation: bool 
 
 async def restart(
     agent_id: str, by: str, reason: str, *, compensation: bool = False
-) -> RestartOutcome:
+) -> RestartAgentResult:
     """Rolling restart of the agent."""
     return await call(
         Agents.agent_restart,
@@ -104,7 +104,7 @@ async def restart(
     )
 
 
-async def configure(req: AgentConfigure, *, compensation: bool = False) -> ConfigureOutcome:
+async def configure(req: AgentConfigure, *, compensation: bool = False) -> ConfigureAgentResult:
     """Apply or restore an agent's config."""
     what = f"restore config v{req.restore_version}" if req.restore_version else "apply config"
     return await call(
@@ -153,4 +153,17 @@ async def restore_secret(req: SecretRestore) -> SecretVersionRef:
 
 async def confirm_secret(path: str, version: int) -> None:
     """End the protection of the version before ``version`` (the rotation was verified)."""
-    await named("confirm_secret", path, version, summary=f"confirm {path} v{version}")
+    await named(
+        "confirm_secret", path, version, result_type=list[int], summary=f"confirm {path} v{version}"
+    )
+
+
+async def drain_node(req: DrainRequest) -> DrainResult:
+    """Evict the node's pods through the Eviction API (the node is cordoned first)."""
+    return await named(
+        "drain_node",
+        req,
+        result_type=DrainResult,
+        summary=f"drain {req.node} (Eviction API)",
+        start_to_close=timedelta(seconds=req.timeout_seconds + 60),
+    )

@@ -10,14 +10,13 @@ did in ``facts`` (versions and ids, never values), so ``undo`` reverts exactly t
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
-from typing import Any
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from fleetops.agent_control import AgentConfigure, AgentDeploy, ConfigureOutcome, DeployOutcome
+    from fleetops.agent_control import AgentConfigure, AgentDeploy, DeployOutcome
     from fleetops.deploy import DeploymentRequest, Promotion
+    from fleetops.drain import DrainRequest
     from fleetops.maintenance import (
         ConfigChangeParams,
         CustomParams,
@@ -27,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         StepConfirmation,
         VersionUpdateParams,
     )
+    from fleetops.models import ConfigureAgentResult
     from fleetops.secrets import SecretRestore, SecretRotation, SecretVersionRef
     from workflows import maintenance_calls as calls
 
@@ -158,7 +158,7 @@ class ConfigChangeChange(Change):
     def __init__(self, plan: MaintenancePlan, agent_id: str, by: str) -> None:
         super().__init__(plan, agent_id, by)
         self.params: ConfigChangeParams = plan.params()
-        self.result: ConfigureOutcome | None = None
+        self.result: ConfigureAgentResult | None = None
         self.started = False
 
     async def apply(self) -> None:
@@ -213,13 +213,10 @@ class SecurityPatchChange(Change):
         for node in nodes:
             await calls.named("cordon_node", node, summary=f"cordon {node}")
             self.cordoned.append(node)
-            result: Any = await calls.named(
-                "drain_node",
-                {"node": node, "timeout_seconds": timeout},
-                summary=f"drain {node} (Eviction API)",
-                start_to_close=timedelta(seconds=timeout + 60),
+            result = await calls.drain_node(DrainRequest(node=node, timeout_seconds=timeout))
+            self.facts[f"drained:{node}"] = (
+                f"{len(result.evicted)} evicted, {result.retries} retries"
             )
-            self.facts[f"drained:{node}"] = str(result)[:200]
         health = await calls.wait_healthy(
             self.agent_id, self.plan.post_checks.health_timeout_seconds
         )
