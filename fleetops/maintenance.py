@@ -23,6 +23,7 @@ from fleetops.agent_config import MAX_CONFIG_KEYS, ConfigValue, check_config_bou
 from fleetops.analysis import Analysis
 from fleetops.approvals import (
     ApprovalDecision,
+    AuditEntry,
     Names,
     PendingApproval,
     TimeoutOutcome,
@@ -396,6 +397,9 @@ class MaintenanceStatus(FrozenModel):
     audit: list[MaintenanceAudit] = Field(default_factory=list)
     pending_approval: PendingApproval | None = None
     approvals: list[ApprovalDecision] = Field(default_factory=list)
+    approval_audit: list[AuditEntry] = Field(
+        default_factory=list, description="The approval gate's trail (requests, refusals)."
+    )
     message: str = ""
 
 

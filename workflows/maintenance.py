@@ -135,6 +135,7 @@ class Maintenance(ApprovalHandlers):
             audit=list(self._audit),
             pending_approval=self._approval_gate.pending,
             approvals=self._approval_gate.decisions,
+            approval_audit=self._approval_gate.audit,
             message=self._message,
         )
 
