@@ -157,7 +157,9 @@ async def create_schedule(
             overlap=ScheduleOverlapPolicy.SKIP,
             catchup_window=timedelta(seconds=catchup_window_seconds),
         ),
-        state=ScheduleState(paused=paused, note=note or f"maintenance plan {plan.name}"),
+        state=ScheduleState(
+            paused=paused, note=note or f"maintenance plan {plan.name} ({plan.kind}), cron {cron}"
+        ),
     )
     try:
         await client.create_schedule(sid, schedule)

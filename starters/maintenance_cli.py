@@ -115,7 +115,7 @@ def list_cmd() -> None:
     """List maintenance schedules with their next and most recent runs."""
 
     async def go(client: Client) -> Table:
-        t = Table("schedule", "state", "cron", "next run (UTC)", "recent runs")
+        t = Table("schedule", "state", "note", "next run (UTC)", "recent runs")
         for s in await m.list_schedules(client):
             if s.schedule is None or s.info is None:  # listed before it was fully created
                 t.add_row(s.id, "?", "-", "-", "-")
@@ -126,7 +126,7 @@ def list_cmd() -> None:
             t.add_row(
                 s.id,
                 "paused" if s.schedule.state.paused else "active",
-                ", ".join(spec.cron_expressions) or "-",
+                s.schedule.state.note or ", ".join(spec.cron_expressions) or "-",
                 nxt[0].isoformat(timespec="seconds") if nxt else "-",
                 ", ".join(r for r in recent if r) or "-",
             )

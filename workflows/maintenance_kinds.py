@@ -90,7 +90,9 @@ class SecretRotationChange(Change):
                 done.append(f"{ref.path} had no previous version (kept v{ref.version})")
                 continue
             back = await calls.restore_secret(
-                SecretRestore(path=ref.path, version=ref.previous_version)
+                SecretRestore(
+                    path=ref.path, version=ref.previous_version, expected_version=ref.version
+                )
             )
             done.append(f"{ref.path} restored v{ref.previous_version} as v{back.version}")
         if self.restarted:
