@@ -187,6 +187,9 @@ class VersionUpdateParams(StrictModel):
     )
     ready_timeout_seconds: Seconds = Field(300.0, gt=0, le=86400, description="<= 1 day.")
     scale_down_delay_seconds: Seconds = Field(30.0, ge=0, le=86400, description="<= 1 day.")
+    abort_scale_down_delay_seconds: Seconds = Field(
+        30.0, ge=0, le=86400, description="Seconds the new colour is kept after a rollback."
+    )
 
 
 class ConfigChangeParams(StrictModel):

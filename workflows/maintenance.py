@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RawValue
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from fleetops.approvals import ApprovalRequest
@@ -347,6 +347,11 @@ class Maintenance(ApprovalHandlers):
             )
             return True
         except (StepFailed, ActivityError, ApplicationError) as err:
+            if isinstance(err, ActivityError) and isinstance(err.cause, CancelledError):
+                # The plan was cancelled while an activity of this target ran.
+                self._record("cancelled", agent_id, "undoing the change in progress", ok=False)
+                await _shielded(self._undo(agent_id, change, paused, "cancelled"))
+                raise asyncio.CancelledError() from None
             why = (
                 f"{err.activity_type}: {cause(err)}" if isinstance(err, ActivityError) else str(err)
             )

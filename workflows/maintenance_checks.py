@@ -26,12 +26,19 @@ with workflow.unsafe.imports_passed_through():
 
 
 async def pre_checks(plan: MaintenancePlan) -> tuple[list[str], list[str]]:
-    """Resolve the targets and check them.
+    """Resolve the targets and check them; a check that cannot run is a problem too.
 
     Returns:
         ``(targets, problems)``: the agents the plan would change, and why it must not (empty:
         go ahead).
     """
+    try:
+        return await _pre_checks(plan)
+    except ActivityError as err:
+        return [], [f"pre-check {err.activity_type} failed: {cause(err)}"]
+
+
+async def _pre_checks(plan: MaintenancePlan) -> tuple[list[str], list[str]]:
     found = await call(
         Agents.find_agents,
         TargetQuery(agents=plan.targets.agents, selector=plan.targets.selector),

@@ -123,6 +123,7 @@ class VersionUpdateChange(Change):
                 ),
                 ready_timeout_seconds=p.ready_timeout_seconds,
                 scale_down_delay_seconds=p.scale_down_delay_seconds,
+                abort_scale_down_delay_seconds=p.abort_scale_down_delay_seconds,
                 requested_by=self.by,
             )
         )
