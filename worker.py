@@ -25,6 +25,8 @@ from activities.notify import NotifyActivities
 from activities.platform import Platform, PlatformActivities, build_platform
 from activities.probes import ProbeActivities
 from activities.quota import ReplicaQuota
+from activities.secret_stores import build_secret_store
+from activities.secrets import SecretActivities
 from fleetops.client import connect
 from fleetops.settings import Settings, get_settings
 from workflows.agent_lifecycle import AgentLifecycle
@@ -75,6 +77,7 @@ async def fleetops_worker(
         platform_activities = PlatformActivities(platform)
         notify = NotifyActivities(http, settings.approval)
         metrics = MetricsActivities(http, settings.metrics)
+        secret_activities = SecretActivities(build_secret_store(settings))
         quota = ReplicaQuota(
             platform_activities.provision_replicas,
             max_replicas_per_agent=settings.max_replicas_per_agent,
@@ -100,6 +103,10 @@ async def fleetops_worker(
                 notify.approver_roles,
                 metrics.measure_metric,
                 *agent_control_activities(AgentControlActivities(client)),
+                secret_activities.rotate_secret,
+                secret_activities.restore_secret,
+                secret_activities.confirm_secret,
+                secret_activities.secret_versions,
             ],
             interceptors=list(INTERCEPTORS),
             max_concurrent_activities=settings.max_concurrent_activities,

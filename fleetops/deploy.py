@@ -46,6 +46,7 @@ from fleetops.models import (
     ServiceInfo,
     StrictModel,
 )
+from fleetops.secrets import MAX_SECRETS_PER_AGENT, SecretRef, looks_like_secret
 
 Phase = Literal[
     "STARTING",
@@ -156,8 +157,8 @@ class DeploymentRequest(StrictModel):
     """A deployment an operator asks for: payload of ``AgentLifecycle``'s ``deploy`` update.
 
     The agent starts it as its child ``BlueGreenDeployment`` (workflow id
-    ``deploy/<agent_id>/<version>``). ``command``/``image``/``env``/``replicas`` default to the
-    running spec's. Delays are seconds, at most 30 days
+    ``deploy/<agent_id>/<version>``). ``command``/``image``/``env``/``secrets``/``replicas`` default
+    to the running spec's. Delays are seconds, at most 30 days
     (:data:`~fleetops.limits.MAX_DURATION_SECONDS`); replica counts at most
     :data:`~fleetops.limits.MAX_REPLICAS` (the worker's ``max_replicas_per_agent`` quota is
     checked when the new colour is provisioned).
@@ -168,6 +169,9 @@ class DeploymentRequest(StrictModel):
     command: list[str] | None = None
     image: str | None = Field(None, min_length=1)
     env: dict[str, str] | None = None
+    secrets: list[SecretRef] | None = Field(
+        None, max_length=MAX_SECRETS_PER_AGENT, description="New secret references (<= 50)."
+    )
     replicas: Count | None = Field(None, ge=1, le=MAX_REPLICAS, description="<= 1000.")
     preview_replicas: Count | None = Field(
         None, ge=1, le=MAX_REPLICAS, description="Replicas before promotion (<= replicas)."
@@ -202,6 +206,13 @@ class DeploymentRequest(StrictModel):
             and self.preview_replicas > self.replicas
         ):
             raise ValueError("preview_replicas must be <= replicas")
+        for name in self.env or {}:
+            if looks_like_secret(name):
+                raise ValueError(
+                    f"env.{name} looks like a secret (*_KEY, *_TOKEN, *PASSWORD*, *SECRET*): "
+                    "its value would be stored in plain workflow history; reference it in "
+                    "`secrets` instead"
+                )
         return self
 
 
@@ -211,7 +222,7 @@ def new_spec(running: AgentSpec, req: DeploymentRequest) -> AgentSpec:
     Args:
         running: the agent's spec now (the stable side).
         req: the deployment; its ``version`` always applies, ``command``/``image`` (together),
-            ``env`` and ``replicas`` when given.
+            ``env``, ``secrets`` and ``replicas`` when given.
 
     Returns:
         The validated new spec.
@@ -225,6 +236,8 @@ def new_spec(running: AgentSpec, req: DeploymentRequest) -> AgentSpec:
         changes["command"], changes["image"] = req.command, req.image
     if req.env is not None:
         changes["env"] = req.env
+    if req.secrets is not None:
+        changes["secrets"] = [ref.model_dump() for ref in req.secrets]
     if req.replicas is not None:
         changes["replicas"] = req.replicas
     return AgentSpec.model_validate({**running.model_dump(), **changes})

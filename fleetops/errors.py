@@ -42,3 +42,19 @@ AGENT_NOT_FOUND = "AgentNotFound"
 MAINTENANCE_REFUSED = "MaintenanceRefused"
 """A maintenance plan that cannot run as given: its id does not match its name, a window that
 opens too far ahead (non-retryable)."""
+SECRET_NOT_FOUND = "SecretNotFound"
+"""A secret path, version or key does not exist (Vault 404; non-retryable). The message names
+the path (and the key and env variable when resolving an agent's ``secrets``)."""
+SECRET_FORBIDDEN = "SecretForbidden"
+"""The secret store refused the credentials or the policy (Vault 401/403; non-retryable)."""
+SECRET_CONFLICT = "SecretConflict"
+"""A check-and-set write lost: the secret's current version is not the expected one (Vault 400
+"check-and-set parameter did not match"; non-retryable: re-read and decide again)."""
+SECRET_PINNED = "SecretPinned"
+"""Destroying a version kept undeletable until a rotation is confirmed (non-retryable)."""
+SECRET_STORE_UNAVAILABLE = "SecretStoreUnavailable"
+"""The secret store is unreachable, sealed (Vault 503), rate limiting (429) or failing (5xx);
+retryable."""
+SECRET_STORE_MISCONFIGURED = "SecretStoreMisconfigured"
+"""The secret store cannot be used as configured: bad local key, unreadable store file, missing
+Vault token or Kubernetes JWT, another 4xx (non-retryable)."""

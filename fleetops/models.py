@@ -32,6 +32,7 @@ from fleetops.limits import (
     Count,
     Seconds,
 )
+from fleetops.secrets import MAX_SECRETS_PER_AGENT, SecretRef, looks_like_secret
 
 VERSION_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 """Versions are Kubernetes label values (at most 63 characters), since they label replicas and
@@ -153,7 +154,6 @@ class AgentSpec(StrictModel):
         10, ge=1, le=MAX_REPLICAS, description="Highest replica count `scale` accepts (<= 1000)."
     )
     resources: Resources = Field(default_factory=Resources)
-    env: dict[str, str] = Field(default_factory=dict, description="Environment of each replica.")
     labels: dict[
         Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN, max_length=317)],
         Annotated[str, StringConstraints(pattern=LABEL_VALUE_PATTERN, max_length=63)],
@@ -161,6 +161,17 @@ class AgentSpec(StrictModel):
         default_factory=dict,
         max_length=MAX_LABELS,
         description="Labels (Kubernetes syntax, <= 20) maintenance plans select agents by.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment of each replica (plain values: they are in workflow history; "
+        "names that look like secrets are refused, use `secrets`).",
+    )
+    secrets: list[SecretRef] = Field(
+        default_factory=list,
+        max_length=MAX_SECRETS_PER_AGENT,
+        description="Environment variables set from the secret store when replicas start "
+        '(references only: [{"env": "OPENAI_API_KEY", "path": "agents/demo", "key": "openai"}]).',
     )
     health: HealthCheck = Field(default_factory=HealthCheck)
     config: dict[str, ConfigValue] = Field(
@@ -193,6 +204,7 @@ class AgentSpec(StrictModel):
         if self.command is None and self.image is None:
             self.command = list(SAMPLE_AGENT_COMMAND)
         check_config_bounds(self.config, self.config_schema)
+        self._check_secrets()
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must be <= max_replicas")
         if not self.min_replicas <= self.replicas <= self.max_replicas:
@@ -201,6 +213,31 @@ class AgentSpec(StrictModel):
                 f"[min_replicas={self.min_replicas}, max_replicas={self.max_replicas}]"
             )
         return self
+
+    def _check_secrets(self) -> None:
+        """Refuse secret-looking ``env`` names and ``secrets`` that clash."""
+        for name in self.env:
+            if looks_like_secret(name):
+                raise ValueError(
+                    f"env.{name} looks like a secret (*_KEY, *_TOKEN, *PASSWORD*, *SECRET*): its "
+                    "value would be stored in plain workflow history. Put it in the secret store "
+                    f"(`fleetops secrets put <path> <key>`) and reference it in `secrets`: "
+                    f'[{{"env": "{name}", "path": "<path>", "key": "<key>"}}]'
+                )
+        names = [ref.env for ref in self.secrets]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"secrets[{i}].env {name!r} is given twice")
+            if name in self.env:
+                raise ValueError(f"secrets[{i}].env {name!r} is also in env; keep one")
+            if name in RESERVED_ENV:
+                raise ValueError(f"secrets[{i}].env {name!r} is set by FleetOps itself")
+
+
+RESERVED_ENV = frozenset(
+    {"HOST", "PORT", "AGENT_ID", "AGENT_VERSION", "AGENT_COLOR", "REPLICA_INDEX"}
+)
+"""Environment variables the platforms set on every replica."""
 
 
 # --- lifecycle ------------------------------------------------------------------------------

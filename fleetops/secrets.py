@@ -9,6 +9,8 @@ version is the one given (0: only if the secret does not exist yet).
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict, Field
 
 SECRET_PATH_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*$"
@@ -17,6 +19,24 @@ SECRET_KEY_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 """A key inside a secret."""
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 """An environment variable name."""
+
+
+ROTATION_ID_PATTERN = r"^[A-Za-z0-9_.:/@-]{1,256}$"
+"""A rotation id (a workflow id, run id and activity id fit)."""
+MAX_SECRETS_PER_AGENT = 50
+"""Entries of ``AgentSpec.secrets``."""
+
+_SECRET_NAME = re.compile(r"(_KEY$|_TOKEN$|PASSWORD|SECRET)", re.IGNORECASE)
+
+
+def looks_like_secret(env_name: str) -> bool:
+    """Whether an environment variable name looks like it holds a secret.
+
+    Names ending in ``_KEY`` or ``_TOKEN``, or containing ``PASSWORD`` or ``SECRET``, any case
+    (e.g. ``OPENAI_API_KEY``, ``github_token``, ``DB_PASSWORD``, ``CLIENT_SECRET_FILE``).
+    ``AgentSpec.env`` refuses them: their values would be in plain workflow history.
+    """
+    return _SECRET_NAME.search(env_name) is not None
 
 
 class _Frozen(BaseModel):
@@ -44,6 +64,13 @@ class SecretRotation(_Frozen):
         None, ge=0, description="Current version the write must replace; None: read it first."
     )
     value_bytes: int = Field(32, ge=16, le=256, description="Random bytes in the new value.")
+    rotation_id: str | None = Field(
+        None,
+        pattern=ROTATION_ID_PATTERN,
+        max_length=256,
+        description="Identifies this rotation so a retry finds its write instead of writing "
+        "again; None: the calling activity's workflow id, run id and activity id.",
+    )
 
 
 class SecretRestore(_Frozen):
@@ -60,3 +87,21 @@ class SecretVersionRef(_Frozen):
     path: str
     version: int = Field(ge=1)
     previous_version: int | None = Field(None, ge=1)
+
+
+class SecretVersionInfo(_Frozen):
+    """One version of a secret, without its data."""
+
+    version: int = Field(ge=1)
+    created_time: str = Field(description="RFC 3339 time the version was written.")
+    deleted: bool = Field(False, description="Soft-deleted (can be undeleted).")
+    destroyed: bool = Field(False, description="Destroyed for good.")
+    pinned: bool = Field(False, description="Kept undeletable until a rotation is confirmed.")
+
+
+class SecretVersions(_Frozen):
+    """Answer of ``secret_versions``: the versions of a secret, oldest first; no values."""
+
+    path: str
+    current_version: int = Field(ge=0, description="0: the secret has no version.")
+    versions: list[SecretVersionInfo] = Field(default_factory=list)

@@ -228,6 +228,58 @@ class MetricsSettings(BaseModel):
     query_timeout_seconds: float = Field(10.0, gt=0, description="Seconds per Prometheus query.")
 
 
+class VaultSettings(BaseModel):
+    """HashiCorp Vault, KV secrets engine version 2, through hvac (``secrets.backend=vault``)."""
+
+    address: str = Field("http://127.0.0.1:8200", description="Vault base URL.")
+    namespace: str | None = Field(None, description="Vault Enterprise namespace; unset: none.")
+    mount_point: str = Field("secret", min_length=1, description="Mount of the KV v2 engine.")
+    auth_method: Literal["token", "kubernetes"] = Field(
+        "token", description="How the worker logs in: a token, or Kubernetes auth."
+    )
+    token: SecretStr | None = Field(None, description="Vault token (auth_method=token).")
+    kubernetes_role: str | None = Field(
+        None, description="Vault role of the Kubernetes auth method (auth_method=kubernetes)."
+    )
+    kubernetes_mount_point: str = Field(
+        "kubernetes", min_length=1, description="Mount of the Kubernetes auth method."
+    )
+    kubernetes_jwt_path: Path = Field(
+        Path("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        description="Service-account JWT file sent to the Kubernetes auth login.",
+    )
+    ca_cert: Path | None = Field(None, description="PEM CA bundle to verify Vault's TLS.")
+    timeout_seconds: float = Field(10.0, gt=0, le=300, description="Seconds per Vault request.")
+    renew_before_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="Renew (or log in again) when the token has fewer seconds than this left.",
+    )
+
+    @model_validator(mode="after")
+    def _auth_complete(self) -> VaultSettings:
+        if self.auth_method == "kubernetes" and not self.kubernetes_role:
+            raise ValueError(
+                "secrets.vault.kubernetes_role is required with auth_method=kubernetes"
+            )
+        return self
+
+
+class SecretsSettings(BaseModel):
+    """Where agents' secrets and rotations live: the embedded local store or Vault."""
+
+    backend: Literal["local", "vault"] = Field(
+        "local", description="Secret store: `local` (encrypted file) or `vault` (KV v2)."
+    )
+    local_key: SecretStr | None = Field(
+        None,
+        description="Local store key, base64 of 32 bytes (AES-256-GCM); unset: generated on "
+        "first use into <state_dir>/secrets/key (mode 0600).",
+    )
+    vault: VaultSettings = Field(default_factory=VaultSettings)
+
+
 class Settings(BaseSettings):
     """The whole FleetOps configuration (environment prefix ``FLEETOPS_``)."""
 
@@ -262,6 +314,7 @@ class Settings(BaseSettings):
             "more (non-retryable QuotaExceeded); at most 1000, the bound of the models."
         ),
     )
+    secrets: SecretsSettings = Field(default_factory=SecretsSettings)
 
 
 @lru_cache(maxsize=1)

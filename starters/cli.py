@@ -17,6 +17,7 @@ from starters.approval_cli import register as register_approval_commands
 from starters.cli_common import load_settings
 from starters.deploy_cli import register as register_deploy_commands
 from starters.maintenance_cli import register as register_maintenance_commands
+from starters.secrets_cli import register as register_secrets_commands
 
 app = typer.Typer(
     name="fleetops",
@@ -28,6 +29,7 @@ app.add_typer(agent_app, name="agent")
 register_deploy_commands(app)
 register_approval_commands(app)
 register_maintenance_commands(app)
+register_secrets_commands(app)
 console = Console(stderr=True)
 
 

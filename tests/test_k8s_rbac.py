@@ -23,6 +23,7 @@ import yaml
 from kubernetes.client import ApiClient, Configuration
 
 from activities.platform.kubernetes import KubernetesPlatform
+from activities.secret_stores import LocalStore, SecretResolver
 from fleetops.models import AgentSpec
 from fleetops.settings import KubernetesSettings
 from tests.fakes.k8s_api import FakeKubernetes, RecordedRequest
@@ -93,13 +94,18 @@ def verbs(request: RecordedRequest) -> set[str]:
 
 
 @pytest.fixture
-async def used_triples() -> AsyncIterator[set[Triple]]:
+async def used_triples(tmp_path: Path) -> AsyncIterator[set[Triple]]:
     """Everything the platform does in one full flow, as RBAC triples."""
-    spec = AgentSpec(agent_id="echo", image="fleetops/sample-agent:v1")
+    store = LocalStore(tmp_path)
+    store.write("agents/echo", {"api": "value"}, cas=0)
+    ref = {"env": "API_KEY", "path": "agents/echo", "key": "api"}
+    spec = AgentSpec(agent_id="echo", image="fleetops/sample-agent:v1", secrets=[ref])
     v2 = spec.model_copy(update={"image": "fleetops/sample-agent:v2", "version": "v2"})
     settings = KubernetesSettings(rollout_poll_seconds=0.02)
     with FakeKubernetes(controller_delay=0.01, ready_delay=0.05) as fake:
-        platform = KubernetesPlatform(ApiClient(Configuration(host=fake.url)), settings)
+        platform = KubernetesPlatform(
+            ApiClient(Configuration(host=fake.url)), settings, secrets=SecretResolver(store)
+        )
         await platform.ensure(spec, 2, "blue")
         await platform.ensure(v2, 2, "green")
         await platform.switch_traffic("echo", "green", "blue")
@@ -138,4 +144,8 @@ def test_role_grants_exactly_what_the_platform_uses(used_triples: set[Triple]) -
         ("", "services", "delete"),
         ("", "pods", "list"),
         ("", "pods", "delete"),
+        ("", "secrets", "get"),
+        ("", "secrets", "create"),
+        ("", "secrets", "patch"),
+        ("", "secrets", "delete"),
     }

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.notify import NotifyActivities
     from activities.platform.activities import PlatformActivities
     from activities.probes import ProbeActivities
+    from activities.secrets import SecretActivities
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -89,6 +90,12 @@ TABLE: dict[Callable[..., Any], Options] = {
     # A deployment runs as long as its request says: ready timeout, promotion, scale-down delay.
     AgentControlActivities.agent_deploy: Options(6 * 60 * _MINUTE, timedelta(seconds=30)),
     AgentControlActivities.agent_abort_deployment: Options(60 * _MINUTE, timedelta(seconds=30)),
+    # A few Vault/file calls each; retryable failures (sealed, 5xx, unreachable) retry with
+    # PLATFORM_RETRY, conflicts and missing secrets fail at once.
+    SecretActivities.rotate_secret: Options(timedelta(seconds=60)),
+    SecretActivities.restore_secret: Options(timedelta(seconds=60)),
+    SecretActivities.confirm_secret: Options(timedelta(seconds=30)),
+    SecretActivities.secret_versions: Options(timedelta(seconds=30)),
 }
 """Activity -> options."""
 

@@ -1,8 +1,8 @@
 """Activity calls of the ``Maintenance`` workflow (deterministic workflow code).
 
-Agent control goes through :data:`workflows.activity_options.TABLE`. The secret-store and node
-activities belong to other modules (``activities/secrets.py``, the Kubernetes platform) and are
-called by their registered names with the options of :data:`NAMED`.
+Agent control and secrets go through :data:`workflows.activity_options.TABLE`. The node drain
+activities (Kubernetes platform) are called by their registered names with the options of
+:data:`NAMED`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.agent_control import AgentControlActivities as Agents
+    from activities.secrets import SecretActivities
     from fleetops.agent_control import (
         AbortDeployment,
         AgentAction,
@@ -27,13 +28,16 @@ with workflow.unsafe.imports_passed_through():
     from fleetops.drain import DrainRequest, DrainResult
     from fleetops.models import ConfigureAgentResult, RestartAgentResult
     from fleetops.secrets import SecretRestore, SecretRotation, SecretVersionRef
-    from workflows.activity_options import COMPENSATION_RETRY, PLATFORM_RETRY, Options, call
+    from workflows.activity_options import (
+        COMPENSATION_RETRY,
+        PLATFORM_RETRY,
+        TABLE,
+        Options,
+        call,
+    )
 
 _MINUTE = timedelta(minutes=1)
 NAMED: dict[str, Options] = {
-    "rotate_secret": Options(_MINUTE),
-    "restore_secret": Options(_MINUTE),
-    "confirm_secret": Options(_MINUTE),
     "agent_nodes": Options(timedelta(seconds=30)),
     "cordon_node": Options(_MINUTE),
     "drain_node": Options(60 * _MINUTE, timedelta(seconds=30)),  # per call: drain timeout + 60 s
@@ -135,17 +139,14 @@ async def abort_deployment(agent_id: str, by: str) -> str | None:
 
 async def rotate_secret(req: SecretRotation) -> SecretVersionRef:
     """Write a new random version of a secret (cas); only path and versions come back."""
-    return await named(
-        "rotate_secret", req, result_type=SecretVersionRef, summary=f"rotate {req.path}:{req.key}"
-    )
+    return await call(SecretActivities.rotate_secret, req, summary=f"rotate {req.path}:{req.key}")
 
 
 async def restore_secret(req: SecretRestore) -> SecretVersionRef:
     """Make an earlier version current again (compensation: retried until it succeeds)."""
-    return await named(
-        "restore_secret",
+    return await call(
+        SecretActivities.restore_secret,
         req,
-        result_type=SecretVersionRef,
         summary=f"restore {req.path} v{req.version}",
         compensation=True,
     )
@@ -153,8 +154,13 @@ async def restore_secret(req: SecretRestore) -> SecretVersionRef:
 
 async def confirm_secret(path: str, version: int) -> None:
     """End the protection of the version before ``version`` (the rotation was verified)."""
-    await named(
-        "confirm_secret", path, version, result_type=list[int], summary=f"confirm {path} v{version}"
+    o = TABLE[SecretActivities.confirm_secret]
+    await workflow.execute_activity_method(
+        SecretActivities.confirm_secret,
+        args=[path, version],
+        start_to_close_timeout=o.start_to_close,
+        retry_policy=o.retry or PLATFORM_RETRY,
+        summary=f"confirm {path} v{version}"[:200],
     )
 
 

@@ -7,6 +7,7 @@ Names and labels follow the Kubernetes recommended labels
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any
 
@@ -45,12 +46,43 @@ def labels(agent: str, color: Color | None = None) -> dict[str, str]:
     return found | {AGENT_LABEL: agent} | ({COLOR_LABEL: color} if color else {})
 
 
+def secret_name(agent: str) -> str:
+    """The agent's Secret: ``<agent>-secrets`` (fits 63 characters for any checked agent id)."""
+    return f"{agent}-secrets"
+
+
+def secret_data_key(color: Color, env: str) -> str:
+    """Key of one resolved secret inside the agent's Secret: ``<color>.<ENV>``, so the colours of
+    a blue-green deployment can reference different secrets under the same variable name."""
+    return f"{color}.{env}"
+
+
+def secret_manifest(
+    agent: str, data: dict[str, str], settings: KubernetesSettings
+) -> dict[str, Any]:
+    """The Opaque Secret ``<agent>-secrets`` holding ``data`` (key -> value, base64-encoded)."""
+    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in sorted(data.items())}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret_name(agent),
+            "namespace": settings.namespace,
+            "labels": labels(agent),
+        },
+        "type": "Opaque",
+        "data": encoded,
+    }
+
+
 def deployment_manifest(
     spec: AgentSpec, replicas: int, color: Color, settings: KubernetesSettings
 ) -> dict[str, Any]:
     """The Deployment ``<agent>-<color>``: container ``agent`` running ``spec.image``.
 
-    ``spec.command``, if also given, becomes the container args. Resources become requests and
+    ``spec.command``, if also given, becomes the container args. ``spec.secrets`` become env
+    entries with ``valueFrom.secretKeyRef`` into ``<agent>-secrets`` (values never in the
+    Deployment). Resources become requests and
     limits in millicores (``m``) and MiB (``Mi``); the health check becomes identical HTTP
     readiness and liveness probes (period and timeout rounded up to whole seconds).
 
@@ -77,7 +109,19 @@ def deployment_manifest(
         "name": "agent",
         "image": spec.image,
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
-        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "env": [{"name": k, "value": v} for k, v in env.items()]
+        + [
+            {
+                "name": ref.env,
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": secret_name(agent),
+                        "key": secret_data_key(color, ref.env),
+                    }
+                },
+            }
+            for ref in spec.secrets
+        ],
         "resources": {
             "requests": {
                 "cpu": f"{res.cpu_request_millicores}m",

@@ -22,6 +22,7 @@ Server-Side Apply (https://kubernetes.io/docs/reference/using-api/server-side-ap
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 from collections.abc import Callable
@@ -43,9 +44,13 @@ from activities.platform._k8s_manifests import (
     check_agent_id,
     deployment_manifest,
     pod_replica,
+    secret_data_key,
+    secret_manifest,
+    secret_name,
     service_manifest,
 )
 from activities.platform.base import PlatformError
+from activities.secret_stores import SecretResolver, no_secrets_error
 from fleetops.errors import KUBERNETES_UNAVAILABLE, ROLLOUT_TIMEOUT
 from fleetops.models import AgentSpec, Color, Replica, ServiceInfo
 from fleetops.settings import KubernetesSettings
@@ -64,6 +69,8 @@ class KubernetesPlatform:
         settings: namespace, container and service ports, rollout poll interval (seconds).
         rollout_timeout_seconds: how long ``ensure``/``restart`` wait for a complete rollout
             before raising a retryable ``RolloutTimeout``.
+        secrets: resolves ``spec.secrets`` into the agent's Secret ``<agent>-secrets`` when a
+            colour is applied or restarted; None: specs with secrets fail.
     """
 
     def __init__(
@@ -72,7 +79,9 @@ class KubernetesPlatform:
         settings: KubernetesSettings,
         *,
         rollout_timeout_seconds: float = 600.0,
+        secrets: SecretResolver | None = None,
     ) -> None:
+        self._secrets = secrets
         apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
         self._calls: dict[str, Callable[..., Any]] = {
             "read deployment": apps.read_namespaced_deployment,
@@ -82,6 +91,9 @@ class KubernetesPlatform:
             "patch service": core.patch_namespaced_service,
             "delete service": core.delete_namespaced_service,
             "list pods": core.list_namespaced_pod,
+            "read secret": core.read_namespaced_secret,
+            "patch secret": core.patch_namespaced_secret,
+            "delete secret": core.delete_namespaced_secret,
             "delete pod": core.delete_namespaced_pod,
         }
         self._settings = settings
@@ -89,7 +101,9 @@ class KubernetesPlatform:
         self._rollout_timeout = rollout_timeout_seconds
 
     @classmethod
-    def from_settings(cls, settings: KubernetesSettings) -> KubernetesPlatform:
+    def from_settings(
+        cls, settings: KubernetesSettings, *, secrets: SecretResolver | None = None
+    ) -> KubernetesPlatform:
         """Connect as configured: an explicit ``kubeconfig``/``context`` wins; otherwise the
         pod's ServiceAccount when running in a pod, else the default kubeconfig.
 
@@ -110,14 +124,16 @@ class KubernetesPlatform:
                 "FLEETOPS_PLATFORM__KUBERNETES__KUBECONFIG (and __CONTEXT)"
             ) from e
         cfg.retries = False  # Temporal owns retries
-        return cls(client.ApiClient(cfg), settings)
+        return cls(client.ApiClient(cfg), settings, secrets=secrets)
 
     # --- Platform protocol ---------------------------------------------------------------------
 
     async def ensure(self, spec: AgentSpec, replicas: int, color: Color = "blue") -> list[Replica]:
         """Apply the colour's Deployment with ``replicas`` pods and wait for the rollout.
 
-        The first ``ensure`` of an agent also applies its Services with ``color`` active.
+        The first ``ensure`` of an agent also applies its Services with ``color`` active. With
+        ``spec.secrets``, their current values are written to the Secret ``<agent>-secrets``
+        first (keys ``<color>.<ENV>``), which the pods reference with ``secretKeyRef``.
 
         Returns:
             The colour's replicas, all ready, indexed by a stable sort of pod names.
@@ -125,11 +141,13 @@ class KubernetesPlatform:
         Raises:
             PlatformError: no ``image``, negative ``replicas``, names too long, a 4xx, or the
                 Deployment exceeded its progress deadline.
-            ApplicationError: retryable: API unavailable, or ``RolloutTimeout``.
+            ApplicationError: retryable: API unavailable, or ``RolloutTimeout``; a secret
+                that cannot be read (non-retryable ``SecretNotFound`` naming env, path, key).
         """
         if replicas < 0:
             raise PlatformError(f"replicas must be >= 0, got {replicas}")
         manifest = deployment_manifest(spec, replicas, color, self._settings)
+        await self._apply_secret(spec, color)
         await self._patch("deployment", manifest["metadata"]["name"], manifest)
         if await self._read("service", spec.agent_id) is None:
             await self._apply_services(spec.agent_id, color, color, generation=0)
@@ -139,7 +157,8 @@ class KubernetesPlatform:
         self, spec: AgentSpec, indices: list[int], color: Color = "blue"
     ) -> list[Replica]:
         """Delete the colour's pods at ``indices`` (the Deployment recreates them) and wait
-        until the colour is ready again.
+        until the colour is ready again. ``spec.secrets`` are resolved again first, so the new
+        pods get the secrets' current versions.
 
         Returns:
             The colour's replicas (new pods get new names, hence possibly new indices).
@@ -150,6 +169,7 @@ class KubernetesPlatform:
         if any(i < 0 for i in indices):
             raise PlatformError(f"replica indices must be >= 0, got {indices}")
         agent = check_agent_id(spec.agent_id)
+        await self._apply_secret(spec, color)  # new pods read the current secret versions
         pods = await self._pods(agent, color)
         doomed = {pods[i].metadata.name for i in set(indices) if i < len(pods)}
         for name in sorted(doomed):
@@ -170,7 +190,8 @@ class KubernetesPlatform:
         return (dep.status.ready_replicas or 0) if dep is not None and dep.status else 0
 
     async def stop_all(self, agent_id: str) -> int:
-        """Delete both Deployments (their pods are garbage-collected) and both Services.
+        """Delete both Deployments (their pods are garbage-collected), both Services and the
+        agent's Secret.
 
         Returns:
             How many pods were running.
@@ -181,6 +202,7 @@ class KubernetesPlatform:
             await self._delete("deployment", f"{agent}-{color}", propagation_policy="Background")
         for name in (agent, f"{agent}-preview"):
             await self._delete("service", name)
+        await self._delete("secret", secret_name(agent))
         return running
 
     async def list_replicas(self, agent_id: str, color: Color | None = None) -> list[Replica]:
@@ -248,6 +270,25 @@ class KubernetesPlatform:
             await self._patch(
                 "service", name, service_manifest(agent, name, color, generation, self._settings)
             )
+
+    async def _apply_secret(self, spec: AgentSpec, color: Color) -> None:
+        """Write the current values of ``spec.secrets`` as ``<color>.<ENV>`` keys of the agent's
+        Secret, keeping the other colour's keys (a read, then one server-side apply)."""
+        if not spec.secrets:
+            return
+        if self._secrets is None:
+            raise no_secrets_error(spec.agent_id)
+        values = await self._secrets.resolve(spec.secrets)
+        agent, prefix = check_agent_id(spec.agent_id), f"{color}."
+        current = await self._read("secret", secret_name(agent))
+        kept = {
+            k: base64.b64decode(v).decode()
+            for k, v in ((current.data or {}) if current is not None else {}).items()
+            if not k.startswith(prefix)
+        }
+        data = kept | {secret_data_key(color, env): v for env, v in values.items()}
+        manifest = secret_manifest(agent, data, self._settings)
+        await self._patch("secret", secret_name(agent), manifest)
 
     async def _read(self, kind: str, name: str) -> Any:
         """The object, or None if it does not exist."""

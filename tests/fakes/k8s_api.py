@@ -2,11 +2,12 @@
 
 It speaks real HTTP + JSON on loopback, so the official ``kubernetes`` client runs unmodified
 against it: ``apps/v1`` deployments and ``v1`` services (GET, list with ``labelSelector``, PATCH as
-server-side apply or JSON merge / strategic merge patch, DELETE) and ``v1`` pods (GET, list,
-DELETE). Errors are ``Status`` objects as the API conventions describe. A tiny controller stands
-in for the Deployment and ReplicaSet controllers: ``controller_delay`` seconds after a write it
-converges the pods (podIP 127.0.0.1) and ``observedGeneration``; each pod turns ready
-``ready_delay`` seconds after it was created. State advances lazily on each request (no timers).
+server-side apply or JSON merge / strategic merge patch, DELETE), ``v1`` secrets (the same) and
+``v1`` pods (GET, list, DELETE). Errors are ``Status`` objects as the API conventions describe. A
+tiny controller stands in for the Deployment and ReplicaSet controllers: ``controller_delay``
+seconds after a write it converges the pods (podIP 127.0.0.1) and ``observedGeneration``; each pod
+turns ready ``ready_delay`` seconds after it was created. State advances lazily on each request (no
+timers).
 
 Every request is recorded (method, path, query, content type, parsed body, response status) so
 tests can assert that server-side apply was used and derive the RBAC the platform needs.
@@ -33,9 +34,9 @@ from starlette.routing import Route
 
 _PATH = re.compile(
     r"^/(?:api/v1|apis/(?P<group>apps)/v1)/namespaces/(?P<ns>[^/]+)/"
-    r"(?P<resource>deployments|services|pods)(?:/(?P<name>[^/]+))?$"
+    r"(?P<resource>deployments|services|pods|secrets)(?:/(?P<name>[^/]+))?$"
 )
-_KINDS = {"deployments": "Deployment", "services": "Service", "pods": "Pod"}
+_KINDS = {"deployments": "Deployment", "services": "Service", "pods": "Pod", "secrets": "Secret"}
 APPLY = "application/apply-patch+yaml"
 MERGE_TYPES = ("application/merge-patch+json",)  # the platform never sends strategic merge
 
@@ -221,7 +222,12 @@ class FakeKubernetes:
                 return status(
                     422, "Invalid", "PatchOptions.meta.k8s.io: fieldManager is required for apply"
                 )
-            new = self._write(resource, key, merge_patch(obj or {}, body))
+            merged = merge_patch(obj or {}, body)
+            if resource == "secrets":
+                # Server-side apply with one field manager: the keys it no longer sends are
+                # removed (a merge patch would keep them).
+                merged["data"] = dict(body.get("data") or {})
+            new = self._write(resource, key, merged)
             return JSONResponse(new, status_code=200 if obj else 201)
         if obj is None:
             return status(404, "NotFound", f'{resource} "{name}" not found')

@@ -29,6 +29,7 @@ from activities.platform.local.admin import ServiceView
 from activities.platform.local.gateway_client import GatewayClient
 from activities.platform.local.replicas import ReplicaRunner, argv_of, command_hash, to_replicas
 from activities.platform.local.state import StateStore, file_lock, fsync_file, off_loop
+from activities.secret_stores import SecretResolver, no_secrets_error
 from fleetops.models import AgentSpec, Color, Replica, ServiceInfo
 from fleetops.settings import GatewaySettings, LocalPlatformSettings
 
@@ -53,6 +54,8 @@ class LocalPlatform:
         state_dir: FleetOps state directory; replica state and logs live in ``state_dir/agents``.
         gateway: the local gateway's host and port range, for service ports and URLs
             (default: :class:`~fleetops.settings.GatewaySettings` defaults).
+        secrets: resolves ``spec.secrets`` into the environment of replicas it starts (values
+            are read when a replica starts, never stored); None: specs with secrets fail.
 
     Raises:
         PlatformError: the replica or gateway port range is empty.
@@ -63,8 +66,10 @@ class LocalPlatform:
         settings: LocalPlatformSettings,
         state_dir: Path,
         gateway: GatewaySettings | None = None,
+        secrets: SecretResolver | None = None,
     ) -> None:
         gateway = gateway or GatewaySettings()
+        self._secrets = secrets
         for name, first, last in (
             ("platform.local", settings.port_range_start, settings.port_range_end),
             ("platform.gateway", gateway.port_range_start, gateway.port_range_end),
@@ -106,6 +111,9 @@ class LocalPlatform:
             PlatformInputError: ``replicas`` exceeds the free ports of the replica range (checked
                 before anything starts).
             PlatformError: no ``command``, executable not found, or no free (gateway) port.
+            ApplicationError: a secret of ``spec.secrets`` cannot be read (non-retryable
+                ``SecretNotFound`` naming env, path and key; retryable
+                ``SecretStoreUnavailable``); nothing was stopped or started for it.
         """
         if replicas < 0:
             raise PlatformError(f"replicas must be >= 0, got {replicas}")
@@ -122,10 +130,12 @@ class LocalPlatform:
                 if (r := records.get((color, i))) is None
                 or not self._runner.current(r, spec, digest)
             ]
+            secret_env: dict[str, str] = {}
             if stale:
                 await self._runner.check_capacity(spec.agent_id, records, color, replicas)
+                secret_env = await self._resolve(spec)
             for index in stale:
-                await self._runner.replace(spec, argv, (color, index), records)
+                await self._runner.replace(spec, argv, (color, index), records, secret_env)
             return to_replicas(records, color)
 
     async def restart(
@@ -149,8 +159,9 @@ class LocalPlatform:
         argv = argv_of(spec)
         async with self._changing(spec.agent_id):
             records = await off_loop(self._store.load, spec.agent_id)
+            secret_env = await self._resolve(spec) if indices else {}
             for index in dict.fromkeys(indices):
-                await self._runner.replace(spec, argv, (color, index), records)
+                await self._runner.replace(spec, argv, (color, index), records, secret_env)
             return to_replicas(records, color)
 
     async def scale_down(self, agent_id: str, color: Color) -> int:
@@ -252,6 +263,18 @@ class LocalPlatform:
         if service is None:
             return None
         return services.service_info(agent_id, service, self._gateway.host)
+
+    async def _resolve(self, spec: AgentSpec) -> dict[str, str]:
+        """The values of ``spec.secrets`` (current versions), before anything is stopped.
+
+        Raises:
+            ApplicationError: non-retryable ``SecretNotFound`` naming env, path and key, ...
+        """
+        if not spec.secrets:
+            return {}
+        if self._secrets is None:
+            raise no_secrets_error(spec.agent_id)
+        return await self._secrets.resolve(spec.secrets)
 
     # --- locking ------------------------------------------------------------------------------
 

@@ -28,8 +28,12 @@ logger = logging.getLogger("activities.platform.local")
 
 
 def command_hash(spec: AgentSpec) -> str:
-    """Hash of what a replica runs (command and env): a change restarts the replica."""
-    payload = json.dumps({"command": spec.command, "env": spec.env}, sort_keys=True)
+    """Hash of what a replica runs (command, env, secret references; not secret values): a
+    change restarts the replica. A new secret version reaches replicas when they restart."""
+    what: dict[str, object] = {"command": spec.command, "env": spec.env}
+    if spec.secrets:  # absent otherwise: replicas started before secrets existed stay current
+        what["secrets"] = [ref.model_dump() for ref in spec.secrets]
+    payload = json.dumps(what, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -172,17 +176,24 @@ class ReplicaRunner:
         )
 
     async def replace(
-        self, spec: AgentSpec, argv: list[str], key: Key, records: dict[Key, ReplicaRecord]
+        self,
+        spec: AgentSpec,
+        argv: list[str],
+        key: Key,
+        records: dict[Key, ReplicaRecord],
+        secret_env: dict[str, str] | None = None,
     ) -> None:
-        """Drain and stop replica ``key`` if recorded, start it again (on its old port if free),
-        save."""
+        """Drain and stop replica ``key`` if recorded, start it again (on its old port if free)
+        with ``secret_env`` (resolved ``spec.secrets``) in its environment, save."""
         old = records.get(key)
         if old is not None:
             await self.drain(spec.agent_id, records, [key])
             await self.stop(old)
         async with file_lock(self._store.ports_lock()):
             preferred = old.port if old else None
-            await off_loop(self._start_and_record, spec, argv, key, records, preferred)
+            await off_loop(
+                self._start_and_record, spec, argv, key, records, preferred, secret_env or {}
+            )
 
     def _start_and_record(
         self,
@@ -191,19 +202,23 @@ class ReplicaRunner:
         key: Key,
         records: dict[Key, ReplicaRecord],
         preferred: int | None,
+        secret_env: dict[str, str],
     ) -> None:
         """Choose a port, start the replica on it and save, in one blocking step (the caller
         holds the ports lock, so the port is recorded before anyone else can look)."""
         port = self._allocate_port(spec.agent_id, records, key, preferred)
-        records[key] = self._start(spec, argv, key, port)
+        records[key] = self._start(spec, argv, key, port, secret_env)
         self._store.save(spec.agent_id, records)
 
-    def _start(self, spec: AgentSpec, argv: list[str], key: Key, port: int) -> ReplicaRecord:
+    def _start(
+        self, spec: AgentSpec, argv: list[str], key: Key, port: int, secret_env: dict[str, str]
+    ) -> ReplicaRecord:
         color, index = key
         host = self._settings.host
         env = {
             **os.environ,
             **spec.env,
+            **secret_env,
             "HOST": host,
             "PORT": str(port),
             "AGENT_ID": spec.agent_id,
