@@ -220,3 +220,110 @@ def _merged() -> str | None:
     except ImportError:
         return "activities.secrets is not merged yet (secrets)"
     return None
+
+
+@pytest.mark.skipif(_merged() is not None, reason=str(_merged()))
+async def test_weekly_rotation_triggered_approved_every_agent_rotated_no_failed_request(
+    dev_env: WorkflowEnvironment, tmp_path: Path, tag: str
+) -> None:
+    """The README walkthrough: schedule a weekly rotation, trigger it now, approve it, see every
+    agent rotated with no failed request through the gateway, and no secret value in any
+    recorded history (every payload decoded)."""
+    from activities.secret_stores import LocalStore
+    from tests.test_secrets_history import environ, history_text
+
+    settings = e2e_settings(tmp_path / "state")
+    store = LocalStore(settings.state_dir, settings.secrets.local_key)
+    task_queue = f"mt-rot-{uuid.uuid4()}"
+    labels = {"tier": f"prod-{tag[:8]}"}
+    first: dict[str, str] = {}
+    async with Gateway(settings), fleetops_worker(dev_env.client, settings, task_queue=task_queue):
+        agents = []
+        for i in range(2):
+            spec = agent_spec(tag, f"rot{i}", replicas=2, labels=labels)
+            first[spec.agent_id] = f"sk-first-{i}-{tag}"
+            store.write(f"agents/{spec.agent_id}", {"openai": first[spec.agent_id]}, cas=0)
+            spec = spec.model_copy(
+                update={
+                    "secrets": [
+                        {
+                            "env": "OPENAI_API_KEY",
+                            "path": f"agents/{spec.agent_id}",
+                            "key": "openai",
+                        }
+                    ]
+                }
+            )
+            spec = type(spec).model_validate(spec.model_dump())
+            agents.append(
+                await dev_env.client.start_workflow(
+                    AgentLifecycle.run,
+                    AgentLifecycleInput(**spec.model_dump()),
+                    id=f"agent/{spec.agent_id}",
+                    task_queue=task_queue,
+                )
+            )
+        for a in agents:
+            await wait_ready(a, 2, timeout=60)
+        urls = [(await a.query(AgentLifecycle.status)).service.active_url for a in agents]  # type: ignore[union-attr]
+        loads = [Load(url, clients=2, max_seconds=150) for url in urls]
+        for load in loads:
+            load.start()
+        name = f"rot-{tag[:8]}"
+        plan = MaintenancePlan.model_validate(
+            {
+                "name": name,
+                "kind": "secret_rotation",
+                "targets": {"selector": labels},
+                "window": {"duration_seconds": 3600},
+                "approval": {"required": "always", "approvers": ["alice"]},
+                "parameters": {"secrets": [{"path": "agents/{agent_id}", "key": "openai"}]},
+                "post_checks": {"health_timeout_seconds": 60},
+            }
+        )
+        await m.create_schedule(dev_env.client, plan, cron="0 3 * * 1", task_queue=task_queue)
+        try:
+            await m.trigger_schedule(dev_env.client, name)
+
+            async def pending() -> str:
+                d = await m.describe_schedule(dev_env.client, name)
+                assert d.info.running_actions, "no run yet"
+                wid = d.info.running_actions[0].workflow_id
+                st = await dev_env.client.get_workflow_handle(wid).query(Maintenance.status)
+                assert st.pending_approval is not None, st.phase
+                return wid
+
+            wid = await eventually(pending, "the run waiting for approval", timeout=60)
+            run = dev_env.client.get_workflow_handle(wid, result_type=MaintenanceStatus)
+            await run.execute_update(
+                Maintenance.decide, DecisionRequest(approver="alice", approved=True)
+            )
+            st = await asyncio.wait_for(run.result(), timeout=240)
+        finally:
+            await m.delete_schedule(dev_env.client, name)
+        for load in loads:
+            await load.stop()
+        assert st.outcome == "completed", (st.message, st.audit)
+        assert {t.agent_id for t in st.targets} == set(first)
+        for a in agents:
+            agent_id = a.id.removeprefix("agent/")
+            now = store.read(f"agents/{agent_id}").data["openai"]
+            assert now != first[agent_id]
+            s = await a.query(AgentLifecycle.status)
+            active = [r for r in s.replicas if r.color == s.active_color]
+            assert active and all(environ(r.pid or 0)["OPENAI_API_KEY"] == now for r in active)
+        for load in loads:
+            failed = [s for s in load.samples if s.status != 200]
+            assert load.samples and not failed, failed[:3]
+        values = [*first.values()] + [
+            store.read(f"agents/{a.id.removeprefix('agent/')}").data["openai"] for a in agents
+        ]
+        for a in agents:
+            await a.signal(AgentLifecycle.shutdown)
+        for a in agents:
+            await asyncio.wait_for(a.result(), timeout=60)
+        for workflow_id in [wid, *(a.id for a in agents)]:
+            text = await history_text(dev_env.client, workflow_id)
+            for value in values:
+                assert value not in text, f"a secret value is in the history of {workflow_id}"
+    assert tagged_pids(tag) == set()
