@@ -23,6 +23,7 @@ from activities.deployments import DeploymentActivities
 from activities.metrics import MetricsActivities
 from activities.notify import NotifyActivities
 from activities.platform import Platform, PlatformActivities, build_platform
+from activities.platform.k8s_drain import NodeDrain
 from activities.probes import ProbeActivities
 from activities.quota import ReplicaQuota
 from activities.secret_stores import build_secret_store
@@ -78,6 +79,12 @@ async def fleetops_worker(
         notify = NotifyActivities(http, settings.approval)
         metrics = MetricsActivities(http, settings.metrics)
         secret_activities = SecretActivities(build_secret_store(settings))
+        drain = NodeDrain(
+            getattr(platform, "api_client", None)
+            if settings.platform.kind == "kubernetes"
+            else None,
+            settings.platform.kubernetes.namespace,
+        )
         quota = ReplicaQuota(
             platform_activities.provision_replicas,
             max_replicas_per_agent=settings.max_replicas_per_agent,
@@ -107,6 +114,11 @@ async def fleetops_worker(
                 secret_activities.restore_secret,
                 secret_activities.confirm_secret,
                 secret_activities.secret_versions,
+                platform_activities.rolling_restart,
+                drain.agent_nodes,
+                drain.cordon_node,
+                drain.drain_node,
+                drain.uncordon_node,
             ],
             interceptors=list(INTERCEPTORS),
             max_concurrent_activities=settings.max_concurrent_activities,

@@ -58,3 +58,12 @@ retryable."""
 SECRET_STORE_MISCONFIGURED = "SecretStoreMisconfigured"
 """The secret store cannot be used as configured: bad local key, unreadable store file, missing
 Vault token or Kubernetes JWT, another 4xx (non-retryable)."""
+DRAIN_TIMEOUT = "DrainTimeout"
+"""A node drain did not finish before its deadline: evictions still refused by a
+PodDisruptionBudget (HTTP 429) or evicted pods still terminating (non-retryable)."""
+NOT_SUPPORTED = "NotSupported"
+"""An operation this platform does not have (e.g. node drains on the local platform)."""
+OPERATION_REFUSED = "OperationRefused"
+"""An agent operation (``restart``, ``configure``) the agent's state does not allow now."""
+OPERATION_FAILED = "OperationFailed"
+"""An agent operation that was accepted but could not be completed (the agent was restored)."""

@@ -14,9 +14,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from fleetops.agent_config import (
+    CONFIG_ENV,
     MAX_CONFIG_KEYS,
     ConfigValue,
     check_config_bounds,
+    config_error,
 )
 from fleetops.constants import AGENT_ID_PATTERN
 from fleetops.labels import LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS
@@ -205,6 +207,12 @@ class AgentSpec(StrictModel):
             self.command = list(SAMPLE_AGENT_COMMAND)
         check_config_bounds(self.config, self.config_schema)
         self._check_secrets()
+        if CONFIG_ENV in self.env:
+            raise ValueError(
+                f"env must not set {CONFIG_ENV}: use `config` (the `configure` update)"
+            )
+        if (error := config_error(self.config, self.config_schema)) is not None:
+            raise ValueError(error)
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must be <= max_replicas")
         if not self.min_replicas <= self.replicas <= self.max_replicas:
@@ -366,6 +374,17 @@ class ReplicaHealth(FrozenModel):
     last_error: str | None = None
 
 
+class ConfigVersion(FrozenModel):
+    """One kept configuration version (the agent keeps the last few in its state)."""
+
+    version: int = Field(ge=1)
+    config: dict[str, ConfigValue]
+    at: datetime
+    requested_by: str = ""
+    reason: str = ""
+    restored_from: int | None = Field(None, description="Set when this came from a restore.")
+
+
 # --- deployments an agent owns --------------------------------------------------------------
 
 DeploymentClosure = Literal["completed", "failed", "canceled", "terminated", "timed_out", "unknown"]
@@ -416,6 +435,8 @@ class AgentCounters(StrictModel):
     rejected_requests: int = 0
     continued_as_new: int = 0
     deployments: int = 0
+    rolling_restarts: int = 0
+    config_changes: int = 0
 
 
 class AgentStatus(FrozenModel):
@@ -438,6 +459,12 @@ class AgentStatus(FrozenModel):
     last_deployment: DeploymentEnded | None = Field(
         None, description="How the last deployment ended and what the agent reconciled to."
     )
+    config_version: int | None = Field(None, description="Configuration version applied.")
+    config: dict[str, ConfigValue] = Field(default_factory=dict, description="Applied config.")
+    config_versions: list[ConfigVersion] = Field(
+        default_factory=list, description="Kept configuration versions, oldest first (<= 10)."
+    )
+    operation: str | None = Field(None, description="Restart or configure in progress, if any.")
 
 
 class AgentReport(FrozenModel):
@@ -473,6 +500,8 @@ class LifecycleCarry(FrozenModel):
     last_deployment: DeploymentEnded | None = None
     cleanup_color: Color | None = Field(None, description="Colour to scale down at cleanup_at.")
     cleanup_at: datetime | None = None
+    config_version: int | None = Field(None, description="None: carried by older code.")
+    config_versions: list[ConfigVersion] = Field(default_factory=list)
 
 
 class AgentLifecycleInput(AgentSpec):
@@ -589,12 +618,21 @@ class ConfigureAgentResult(FrozenModel):
     previous_version: int | None = Field(None, description="The version it replaced, if any.")
 
 
-class ConfigVersion(FrozenModel):
-    """One kept configuration version (the agent keeps the last few in its state)."""
+class RollingRestartRequest(FrozenModel):
+    """Replace every replica of ``color`` one by one, surge first (activity ``rolling_restart``).
 
-    version: int = Field(ge=1)
-    config: dict[str, ConfigValue]
-    at: datetime
-    requested_by: str = ""
-    reason: str = ""
-    restored_from: int | None = Field(None, description="Set when this came from a restore.")
+    ``rollout_id`` names this restart: a retried activity skips the replicas it already
+    replaced and adopts a replacement it had started. ``requested_at`` is the Kubernetes
+    ``kubectl.kubernetes.io/restartedAt`` annotation.
+    """
+
+    spec: AgentSpec
+    color: Color = "blue"
+    rollout_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
+    requested_at: datetime
+    ready_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        le=MAX_DURATION_SECONDS,
+        description="Seconds for each replacement to turn healthy.",
+    )

@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.metrics import MetricsActivities
     from activities.notify import NotifyActivities
     from activities.platform.activities import PlatformActivities
+    from activities.platform.k8s_drain import NodeDrain
     from activities.probes import ProbeActivities
     from activities.secrets import SecretActivities
 
@@ -96,6 +97,13 @@ TABLE: dict[Callable[..., Any], Options] = {
     SecretActivities.restore_secret: Options(timedelta(seconds=60)),
     SecretActivities.confirm_secret: Options(timedelta(seconds=30)),
     SecretActivities.secret_versions: Options(timedelta(seconds=30)),
+    # start_to_close is set per call from the replica count and startup timeout.
+    PlatformActivities.rolling_restart: Options(30 * _MINUTE, timedelta(seconds=20)),
+    NodeDrain.agent_nodes: Options(timedelta(seconds=30)),
+    NodeDrain.cordon_node: Options(timedelta(seconds=30)),
+    NodeDrain.uncordon_node: Options(timedelta(seconds=30), retry=COMPENSATION_RETRY),
+    # start_to_close is set per call: the drain's timeout_seconds plus a minute.
+    NodeDrain.drain_node: Options(15 * _MINUTE, _MINUTE),
 }
 """Activity -> options."""
 

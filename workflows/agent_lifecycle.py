@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import lifecycle_calls as calls
     from workflows.lifecycle_deployments import DeploymentOwner
+    from workflows.lifecycle_operations import AgentOperations
     from workflows.lifecycle_rules import (
         PROBED_STATES,
         action_error,
@@ -90,7 +91,7 @@ class _Command:
 
 
 @workflow.defn(name="AgentLifecycle")
-class AgentLifecycle(DeploymentOwner):
+class AgentLifecycle(DeploymentOwner, AgentOperations):
     """Keeps one agent's replicas running and healthy until it is shut down."""
 
     @workflow.init
@@ -132,6 +133,7 @@ class AgentLifecycle(DeploymentOwner):
         self._child: workflow.ChildWorkflowHandle[Any, DeploymentReport] | None = None
         self._check_at: datetime | None = None  # next check on a child of an earlier run
         self._follow_requested = False
+        self._init_config(carry.config_versions, carry.config_version)
 
     @workflow.run
     async def run(self, input: AgentLifecycleInput) -> AgentReport:
@@ -166,6 +168,9 @@ class AgentLifecycle(DeploymentOwner):
         while True:
             while self._commands:
                 await self._apply(self._commands.popleft())
+            if self._operations:
+                await self._run_operations()
+                continue
             if await self._deployment_step():
                 continue
             if self._state == S.TERMINATED:
@@ -181,7 +186,11 @@ class AgentLifecycle(DeploymentOwner):
                 next_probe = workflow.now() + self._interval
                 if self._should_continue_as_new(rounds):
                     await workflow.wait_condition(
-                        lambda: not self._commands and workflow.all_handlers_finished()
+                        lambda: (
+                            not self._commands
+                            and not self._operations
+                            and workflow.all_handlers_finished()
+                        )
                     )
                     self._counters.continued_as_new += 1
                     workflow.continue_as_new(
@@ -283,6 +292,10 @@ class AgentLifecycle(DeploymentOwner):
             deployment_id=self._deploying,
             deployment=self._deployment,
             last_deployment=self._last_deployment,
+            config_version=self._config_version,
+            config=self._spec.config,
+            config_versions=list(self._config_versions),
+            operation=self._operation,
         )
 
     # --- deployments: the agent starts each as its child and follows it to the end -------
@@ -532,7 +545,7 @@ class AgentLifecycle(DeploymentOwner):
 
     def _woken(self) -> bool:
         """Whether the main loop has work besides its timers."""
-        return bool(self._commands) or self._deployment_wake()[0]
+        return bool(self._commands) or bool(self._operations) or self._deployment_wake()[0]
 
     # --- state bookkeeping -----------------------------------------------------------------
 
@@ -641,6 +654,8 @@ class AgentLifecycle(DeploymentOwner):
             last_deployment=self._last_deployment,
             cleanup_color=self._cleanup_color,
             cleanup_at=self._cleanup_at,
+            config_version=self._config_version,
+            config_versions=self._config_versions,
         )
 
     def _report(self) -> AgentReport:

@@ -21,6 +21,7 @@ from activities.platform.base import PlatformError, PlatformInputError, url
 from activities.platform.local import process
 from activities.platform.local.gateway_client import GatewayClient
 from activities.platform.local.state import Key, ReplicaRecord, StateStore, file_lock, off_loop
+from fleetops.agent_config import config_env
 from fleetops.models import AgentSpec, Color, Replica
 from fleetops.settings import LocalPlatformSettings
 
@@ -28,11 +29,15 @@ logger = logging.getLogger("activities.platform.local")
 
 
 def command_hash(spec: AgentSpec) -> str:
-    """Hash of what a replica runs (command, env, secret references; not secret values): a
-    change restarts the replica. A new secret version reaches replicas when they restart."""
+    """Hash of what a replica runs (command, env, secret references, config; not secret
+    values): a change restarts the replica. A new secret version reaches replicas when they
+    restart. Secrets and config count only when set, so replicas of agents without them keep
+    their hash."""
     what: dict[str, object] = {"command": spec.command, "env": spec.env}
     if spec.secrets:  # absent otherwise: replicas started before secrets existed stay current
         what["secrets"] = [ref.model_dump() for ref in spec.secrets]
+    if spec.config:
+        what["config"] = spec.config
     payload = json.dumps(what, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -195,6 +200,37 @@ class ReplicaRunner:
                 self._start_and_record, spec, argv, key, records, preferred, secret_env or {}
             )
 
+    async def start_surge(
+        self,
+        spec: AgentSpec,
+        argv: list[str],
+        key: Key,
+        surge_key: Key,
+        records: dict[Key, ReplicaRecord],
+        rollout: str,
+        secret_env: dict[str, str] | None = None,
+    ) -> ReplicaRecord:
+        """Start a replacement of slot ``key`` on a new port, recorded under ``surge_key``
+        (marked with ``rollout``) and saved before anyone else can look at the ports, with
+        ``secret_env`` (the resolved ``spec.secrets``) in its environment.
+
+        Returns:
+            The replacement's record.
+
+        Raises:
+            PlatformError: no free port.
+        """
+
+        def start() -> ReplicaRecord:
+            port = self._allocate_port(spec.agent_id, records, surge_key, None)
+            started = self._start(spec, argv, key, port, secret_env or {})
+            records[surge_key] = dataclasses.replace(started, index=surge_key[1], rollout=rollout)
+            self._store.save(spec.agent_id, records)
+            return records[surge_key]
+
+        async with file_lock(self._store.ports_lock()):
+            return await off_loop(start)
+
     def _start_and_record(
         self,
         spec: AgentSpec,
@@ -219,6 +255,7 @@ class ReplicaRunner:
             **os.environ,
             **spec.env,
             **secret_env,
+            **config_env(spec.config),
             "HOST": host,
             "PORT": str(port),
             "AGENT_ID": spec.agent_id,
