@@ -1,19 +1,15 @@
-"""Activity calls of the ``Maintenance`` workflow (deterministic workflow code).
-
-Agent control and secrets go through :data:`workflows.activity_options.TABLE`. The node drain
-activities (Kubernetes platform) are called by their registered names with the options of
-:data:`NAMED`.
-"""
+"""Activity calls of the ``Maintenance`` workflow (deterministic workflow code): agent control,
+secrets and node drains, each with its row of :data:`workflows.activity_options.TABLE`."""
 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.agent_control import AgentControlActivities as Agents
+    from activities.platform.k8s_drain import NodeDrain
     from activities.secrets import SecretActivities
     from fleetops.agent_control import (
         AbortDeployment,
@@ -28,47 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from fleetops.drain import DrainRequest, DrainResult
     from fleetops.models import ConfigureAgentResult, RestartAgentResult
     from fleetops.secrets import SecretRestore, SecretRotation, SecretVersionRef
-    from workflows.activity_options import (
-        COMPENSATION_RETRY,
-        PLATFORM_RETRY,
-        TABLE,
-        Options,
-        call,
-    )
-
-_MINUTE = timedelta(minutes=1)
-NAMED: dict[str, Options] = {
-    "agent_nodes": Options(timedelta(seconds=30)),
-    "cordon_node": Options(_MINUTE),
-    "drain_node": Options(60 * _MINUTE, timedelta(seconds=30)),  # per call: drain timeout + 60 s
-    "uncordon_node": Options(_MINUTE),
-}
-"""Options of the activities called by name."""
-
-
-async def named(
-    name: str,
-    *args: Any,
-    result_type: type | None = None,
-    summary: str,
-    compensation: bool = False,
-    start_to_close: timedelta | None = None,
-) -> Any:
-    """Run activity ``name`` with its row of :data:`NAMED`.
-
-    Raises:
-        ActivityError: it failed for good.
-    """
-    o = NAMED[name]
-    return await workflow.execute_activity(
-        name,
-        args=list(args),
-        result_type=result_type,
-        start_to_close_timeout=start_to_close or o.start_to_close,
-        heartbeat_timeout=o.heartbeat,
-        retry_policy=COMPENSATION_RETRY if compensation else (o.retry or PLATFORM_RETRY),
-        summary=summary[:200],
-    )
+    from workflows.activity_options import PLATFORM_RETRY, TABLE, call
 
 
 async def health(agent_id: str) -> AgentHealth:
@@ -164,12 +120,26 @@ async def confirm_secret(path: str, version: int) -> None:
     )
 
 
+async def agent_nodes(agent_id: str) -> list[str]:
+    """Nodes hosting the agent's pods ([] on the local platform)."""
+    return await call(NodeDrain.agent_nodes, agent_id, summary=f"nodes of {agent_id}")
+
+
+async def cordon(node: str) -> None:
+    """Mark the node unschedulable."""
+    await call(NodeDrain.cordon_node, node, summary=f"cordon {node}")
+
+
+async def uncordon(node: str) -> None:
+    """Mark the node schedulable again (retried until it succeeds, as in its table row)."""
+    await call(NodeDrain.uncordon_node, node, summary=f"uncordon {node}")
+
+
 async def drain_node(req: DrainRequest) -> DrainResult:
     """Evict the node's pods through the Eviction API (the node is cordoned first)."""
-    return await named(
-        "drain_node",
+    return await call(
+        NodeDrain.drain_node,
         req,
-        result_type=DrainResult,
         summary=f"drain {req.node} (Eviction API)",
         start_to_close=timedelta(seconds=req.timeout_seconds + 60),
     )

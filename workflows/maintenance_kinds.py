@@ -204,9 +204,7 @@ class SecurityPatchChange(Change):
         self.cordoned: list[str] = []
 
     async def apply(self) -> None:
-        nodes: list[str] = await calls.named(
-            "agent_nodes", self.agent_id, result_type=list[str], summary=f"nodes of {self.agent_id}"
-        )
+        nodes = await calls.agent_nodes(self.agent_id)
         self.facts["nodes"] = ",".join(nodes) or None
         if not nodes:
             r = await calls.restart(self.agent_id, self.by, "security patch")
@@ -214,7 +212,7 @@ class SecurityPatchChange(Change):
             return
         timeout = self.params.drain_timeout_seconds
         for node in nodes:
-            await calls.named("cordon_node", node, summary=f"cordon {node}")
+            await calls.cordon(node)
             self.cordoned.append(node)
             result = await calls.drain_node(DrainRequest(node=node, timeout_seconds=timeout))
             self.facts[f"drained:{node}"] = (
@@ -230,7 +228,7 @@ class SecurityPatchChange(Change):
     async def _uncordon(self) -> None:
         while self.cordoned:
             node = self.cordoned[-1]
-            await calls.named("uncordon_node", node, summary=f"uncordon {node}", compensation=True)
+            await calls.uncordon(node)
             self.cordoned.pop()
 
     async def undo(self) -> str:
