@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from pathlib import Path
@@ -326,4 +327,53 @@ async def test_weekly_rotation_triggered_approved_every_agent_rotated_no_failed_
             text = await history_text(dev_env.client, workflow_id)
             for value in values:
                 assert value not in text, f"a secret value is in the history of {workflow_id}"
+    assert tagged_pids(tag) == set()
+
+
+@pytest.mark.skipif(_merged() is not None, reason=str(_merged()))
+async def test_config_change_then_security_patch_on_the_local_platform(
+    dev_env: WorkflowEnvironment, tmp_path: Path, tag: str
+) -> None:
+    """A config change reaches every replica (``FLEETOPS_AGENT_CONFIG``, versioned); a security
+    patch on the local platform (no nodes) is a rolling restart; no failed request in either."""
+    from tests.test_secrets_history import environ
+
+    settings = e2e_settings(tmp_path / "state")
+    task_queue = f"mt-cfg-{uuid.uuid4()}"
+    async with Gateway(settings), fleetops_worker(dev_env.client, settings, task_queue=task_queue):
+        (agent,) = await start_agents(dev_env, task_queue, tag, {}, 1)
+        agent_id = agent.id.removeprefix("agent/")
+        url = (await agent.query(AgentLifecycle.status)).service.active_url  # type: ignore[union-attr]
+        load = Load(url, clients=2, max_seconds=120)
+        load.start()
+        outcomes = []
+        for kind, params in (
+            ("config_change", {"config": {"temperature": 0.2}}),
+            ("security_patch", {}),
+        ):
+            plan = MaintenancePlan.model_validate(
+                {
+                    "name": kind.replace("_", "-"),
+                    "kind": kind,
+                    "targets": {"agents": [agent_id]},
+                    "approval": {"required": "never"},
+                    "parameters": params,
+                }
+            )
+            h = await m.run_plan(dev_env.client, plan, task_queue=task_queue)
+            outcomes.append(await asyncio.wait_for(h.result(), timeout=120))
+        await load.stop()
+        cfg, patch = outcomes
+        assert cfg.outcome == "completed", cfg.message
+        facts = cfg.targets[0].facts
+        assert facts["config_version"] == (facts["previous_version"] or 0) + 1  # a new version
+        assert patch.outcome == "completed", patch.message
+        assert patch.targets[0].facts["restarted"] == 2 and patch.targets[0].facts["nodes"] is None
+        st = await agent.query(AgentLifecycle.status)
+        for r in st.replicas:
+            assert json.loads(environ(r.pid or 0)["FLEETOPS_AGENT_CONFIG"]) == {"temperature": 0.2}
+        failed = [s for s in load.samples if s.status != 200]
+        assert load.samples and not failed, failed[:3]
+        await agent.signal(AgentLifecycle.shutdown)
+        await asyncio.wait_for(agent.result(), timeout=60)
     assert tagged_pids(tag) == set()
