@@ -22,17 +22,28 @@ from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 from fleetops.agent_config import MAX_CONFIG_KEYS, ConfigValue, check_config_bounds
 from fleetops.analysis import Analysis
 from fleetops.approvals import (
-    ApprovalDecision,
-    AuditEntry,
     Names,
-    PendingApproval,
     TimeoutOutcome,
     TimeoutSeconds,
 )
 from fleetops.constants import AGENT_ID_PATTERN
 from fleetops.labels import LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS
 from fleetops.limits import MAX_TEXT_LENGTH, Count, Seconds
-from fleetops.models import VERSION_PATTERN, FrozenModel, StrictModel
+from fleetops.maintenance_status import (
+    MAX_STEPS,
+    AgentId,
+    Fact,
+    Kind,
+    MaintenanceAudit,
+    MaintenanceStatus,
+    Outcome,
+    Phase,
+    Risk,
+    StepConfirmation,
+    TargetRecord,
+    TargetState,
+)
+from fleetops.models import VERSION_PATTERN, StrictModel
 from fleetops.secrets import SECRET_KEY_PATTERN, SECRET_PATH_PATTERN
 
 MAX_TARGETS = 200
@@ -45,8 +56,6 @@ MAX_BATCH_SIZE = 50
 """Most targets in one batch."""
 MAX_SECRETS = 20
 """Most secrets one secret rotation rotates per target."""
-MAX_STEPS = 20
-"""Most manual steps of a custom plan."""
 MAX_AUDIT_ENTRIES = 300
 """Audit entries a run keeps (oldest dropped)."""
 
@@ -55,8 +64,6 @@ PLAN_NAME_PATTERN = AGENT_ID_PATTERN
 AGENT_PLACEHOLDER = "{agent_id}"
 """In a secret path, replaced by each target's id (``agents/{agent_id}``: one secret per agent)."""
 
-Kind = Literal["secret_rotation", "version_update", "config_change", "security_patch", "custom"]
-Risk = Literal["low", "medium", "high"]
 OnFailure = Literal["halt", "continue"]
 NotifyTarget = Literal["approvals", "escalation"]
 """Where plan notifications go: the approval webhook, the escalation webhook (settings)."""
@@ -76,7 +83,6 @@ LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN, max_lengt
 LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE_PATTERN, max_length=63)]
 Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
 """Agent labels (Kubernetes label syntax), at most :data:`MAX_LABELS`."""
-AgentId = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_LENGTH)]
 
 
@@ -332,85 +338,20 @@ def load_plan(path: Path) -> MaintenancePlan:
     return MaintenancePlan.model_validate(data)
 
 
-# --- what the workflow reports ---------------------------------------------------------------
-
-Phase = Literal[
-    "STARTING",
-    "WAITING_FOR_WINDOW",
-    "PRE_CHECKS",
-    "NOTIFYING",
-    "AWAITING_APPROVAL",
-    "RUNNING",
-    "FINISHING",
-    "DONE",
+__all__ = [  # the report's names are re-exported from fleetops.maintenance_status
+    "MAX_STEPS",
+    "AgentId",
+    "Fact",
+    "Kind",
+    "MaintenanceAudit",
+    "MaintenancePlan",
+    "MaintenanceStatus",
+    "MaintenanceWindow",
+    "Outcome",
+    "Phase",
+    "Risk",
+    "StepConfirmation",
+    "TargetRecord",
+    "TargetState",
+    "load_plan",
 ]
-Outcome = Literal[
-    "completed",  # every target changed and verified
-    "completed_with_failures",  # on_failure=continue and some targets rolled back
-    "halted",  # a target failed and on_failure=halt
-    "window_closed",  # the window ended before every target was done
-    "window_missed",  # the plan started after its window
-    "refused",  # pre-checks failed: nothing changed
-    "rejected",  # approval rejected or timed out
-    "cancelled",
-]
-TargetState = Literal[
-    "pending", "running", "done", "failed", "rolled_back", "rollback_failed", "not_done"
-]
-Fact = str | int | bool | None
-
-
-class TargetRecord(FrozenModel):
-    """One target as ``status`` shows it."""
-
-    agent_id: str
-    state: TargetState = "pending"
-    batch: int | None = None
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    detail: str = ""
-    facts: dict[str, Fact] = Field(
-        default_factory=dict, description="Versions and ids (secret versions, deployment id)."
-    )
-
-
-class MaintenanceAudit(FrozenModel):
-    """One line of a run's audit trail."""
-
-    at: datetime
-    step: str
-    target: str | None = None
-    ok: bool = True
-    detail: str = ""
-
-
-class MaintenanceStatus(FrozenModel):
-    """Answer of the ``status`` query, and the workflow's result."""
-
-    maintenance_id: str
-    name: str
-    kind: Kind
-    phase: Phase
-    outcome: Outcome | None = None
-    emergency: bool = False
-    risk: Risk | None = None
-    window_opens: datetime | None = None
-    window_closes: datetime | None = None
-    targets: list[TargetRecord] = Field(default_factory=list)
-    audit: list[MaintenanceAudit] = Field(default_factory=list)
-    pending_approval: PendingApproval | None = None
-    approvals: list[ApprovalDecision] = Field(default_factory=list)
-    approval_audit: list[AuditEntry] = Field(
-        default_factory=list, description="The approval gate's trail (requests, refusals)."
-    )
-    message: str = ""
-
-
-class StepConfirmation(StrictModel):
-    """Payload of the ``confirm_step`` signal of a custom plan."""
-
-    agent_id: AgentId
-    step: Count = Field(ge=0, le=MAX_STEPS, description="0-based index of the step.")
-    done: bool = Field(True, description="false: the step failed; the target is rolled back.")
-    by: str = Field(min_length=1, max_length=200)
-    note: str = Field("", max_length=500)

@@ -19,23 +19,18 @@ History is bounded: at most 200 targets, each a bounded number of activities.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable
 from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RawValue
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from fleetops.approvals import ApprovalRequest
     from fleetops.constants import STATE_KEY
     from fleetops.errors import MAINTENANCE_REFUSED
     from fleetops.maintenance import (
-        MAX_AUDIT_ENTRIES,
-        MAX_TARGETS,
         MAX_WAIT_FOR_WINDOW_SECONDS,
-        MaintenanceAudit,
         MaintenancePlan,
         MaintenanceStatus,
         MaintenanceWindow,
@@ -46,10 +41,9 @@ with workflow.unsafe.imports_passed_through():
         TargetRecord,
     )
     from workflows.approval import ApprovalGate, ApprovalHandlers
-    from workflows.lifecycle_calls import cause
-    from workflows.maintenance_calls import transition
-    from workflows.maintenance_checks import notify, post_check, pre_checks
-    from workflows.maintenance_kinds import Change, StepFailed, make_change
+    from workflows.maintenance_batches import Batches, shielded
+    from workflows.maintenance_checks import notify, pre_checks
+    from workflows.maintenance_trail import Trail
     from workflows.payload_guard import requires_input
     from workflows.payloads import decode_payload
 
@@ -74,11 +68,11 @@ class Maintenance(ApprovalHandlers):
         self._risk: Risk | None = None
         self._opens: datetime | None = None
         self._closes: datetime | None = None
-        self._targets: dict[str, TargetRecord] = {}
-        self._audit: list[MaintenanceAudit] = []
+        self._trail = Trail()
+        self._targets = self._trail.targets  # the same dict
         self._confirmations: dict[tuple[str, int], StepConfirmation] = {}
         self._awaiting: set[tuple[str, int]] = set()  # (agent, step) waiting for confirm_step
-        self._tasks: dict[str, asyncio.Task[bool]] = {}  # targets changing now
+        self._batches: Batches | None = None
 
     @workflow.run
     async def run(self, plan: MaintenancePlan) -> MaintenanceStatus:
@@ -110,7 +104,11 @@ class Maintenance(ApprovalHandlers):
         except asyncio.CancelledError:
             self._outcome = "cancelled"
             self._message = "cancelled: targets in the middle of a change were undone"
-            await _shielded(self._cancel_all())
+            if self._batches is not None:
+                await shielded(self._batches.cancel_all())
+            for t, r in self._targets.items():
+                if r.state == "pending":
+                    self._trail.set(t, state="not_done", detail="cancelled before it started")
             self._enter("DONE")
             raise
         self._enter("DONE")
@@ -132,7 +130,7 @@ class Maintenance(ApprovalHandlers):
             window_opens=self._opens,
             window_closes=self._closes,
             targets=list(self._targets.values()),
-            audit=list(self._audit),
+            audit=list(self._trail.audit),
             pending_approval=self._approval_gate.pending,
             approvals=self._approval_gate.decisions,
             approval_audit=self._approval_gate.audit,
@@ -226,7 +224,8 @@ class Maintenance(ApprovalHandlers):
         if plan.needs_approval(len(targets)) and not await self._approve(targets):
             return
         self._enter("RUNNING")
-        await self._batches(targets)
+        self._batches = Batches(plan, self._id, self._trail, self._closes, self._await_confirmation)
+        self._finish(*await self._batches.run(targets))
         self._enter("FINISHING")
         await self._notify(f"*Maintenance {plan.name}* {self._outcome}: {self._message}")
 
@@ -266,143 +265,10 @@ class Maintenance(ApprovalHandlers):
             await self._notify(f"*Maintenance {plan.name}* not run: approval {decision.outcome}")
         return decision.approved
 
-    async def _batches(self, targets: list[str]) -> None:
-        plan = self._plan
-        failed: list[str] = []
-        batches = [
-            targets[i : i + plan.batch_size] for i in range(0, len(targets), plan.batch_size)
-        ]
-        for n, batch in enumerate(batches, start=1):
-            if self._window_closed():
-                break
-            self._record("batch", None, f"batch {n}/{len(batches)}: {', '.join(batch)}")
-            queue = list(batch)
-            running = self._tasks
-            while queue or running:
-                while queue and len(running) < plan.max_unavailable and not self._stop(failed):
-                    agent_id = queue.pop(0)
-                    running[agent_id] = asyncio.ensure_future(self._target(agent_id, n))
-                if not running:
-                    break
-                await workflow.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
-                for agent_id, task in list(running.items()):
-                    if task.done():
-                        del running[agent_id]
-                        if not task.result():
-                            failed.append(agent_id)
-            if self._stop(failed):
-                break
-        not_done = [t for t, r in self._targets.items() if r.state == "pending"]
-        for t in not_done:
-            self._set(t, state="not_done", detail="not started")
-        done = [t for t, r in self._targets.items() if r.state == "done"]
-        summary = (
-            f"{len(done)} of {len(targets)} done"
-            + (f"; failed: {', '.join(failed)}" if failed else "")
-            + (f"; not done: {', '.join(not_done)}" if not_done else "")
-        )
-        if failed and plan.on_failure == "halt":
-            self._finish("halted", f"halted after {failed[0]} failed: {summary}")
-        elif not_done and self._window_closed():
-            self._finish("window_closed", f"the window closed at {self._closes}: {summary}")
-        elif failed:
-            self._finish("completed_with_failures", summary)
-        else:
-            self._finish("completed", summary)
-
-    def _stop(self, failed: list[str]) -> bool:
-        return (bool(failed) and self._plan.on_failure == "halt") or self._window_closed()
-
-    def _window_closed(self) -> bool:
-        return self._closes is not None and workflow.now() >= self._closes
-
-    async def _target(self, agent_id: str, batch: int) -> bool:
-        """Change one target; True when done and verified, False when it failed (undone)."""
-        plan = self._plan
-        change = make_change(plan, agent_id, self._id, self._await_confirmation)
-        self._set(agent_id, state="running", batch=batch, started_at=workflow.now())
-        paused = False
-        try:
-            before = await post_check(plan, agent_id, wait=False)
-            if before is not None:
-                raise StepFailed(f"not healthy before the change: {before}")
-            if plan.pause_targets:
-                paused = True
-                await _step(self, "pause", agent_id, _transition(agent_id, "pause", self._id))
-            await _step(self, "apply", agent_id, change.apply())
-            if paused:
-                await _step(self, "resume", agent_id, _transition(agent_id, "resume", self._id))
-                paused = False
-            problem = await post_check(plan, agent_id, wait=True)
-            if problem is not None:
-                raise StepFailed(f"post-check failed: {problem}")
-            self._record("post_check", agent_id, "healthy")
-            await _step(self, "confirm", agent_id, change.confirm())
-            self._set(
-                agent_id,
-                state="done",
-                ended_at=workflow.now(),
-                facts=change.facts,
-                detail="changed and verified",
-            )
-            return True
-        except (StepFailed, ActivityError, ApplicationError) as err:
-            if isinstance(err, ActivityError) and isinstance(err.cause, CancelledError):
-                # The plan was cancelled while an activity of this target ran.
-                self._record("cancelled", agent_id, "undoing the change in progress", ok=False)
-                await _shielded(self._undo(agent_id, change, paused, "cancelled"))
-                raise asyncio.CancelledError() from None
-            why = (
-                f"{err.activity_type}: {cause(err)}" if isinstance(err, ActivityError) else str(err)
-            )
-            self._record("failed", agent_id, why, ok=False)
-            await _shielded(self._undo(agent_id, change, paused, why))
-            return False
-        except asyncio.CancelledError:  # the plan was cancelled: leave this target consistent
-            self._record("cancelled", agent_id, "undoing the change in progress", ok=False)
-            await _shielded(self._undo(agent_id, change, paused, "cancelled"))
-            raise
-
-    async def _undo(self, agent_id: str, change: Change, paused: bool, why: str) -> None:
-        try:
-            done = await change.undo()
-            if paused:
-                await _transition(agent_id, "resume", self._id, compensation=True)
-            self._record("rollback", agent_id, done)
-            self._set(
-                agent_id,
-                state="rolled_back",
-                ended_at=workflow.now(),
-                facts=change.facts,
-                detail=f"{why}; rolled back: {done}",
-            )
-        except (ActivityError, ApplicationError, StepFailed) as err:
-            what = cause(err) if isinstance(err, ActivityError) else str(err)
-            self._record("rollback", agent_id, f"rollback failed: {what}", ok=False)
-            self._set(
-                agent_id,
-                state="rollback_failed",
-                ended_at=workflow.now(),
-                facts=change.facts,
-                detail=f"{why}; rollback failed: {what}",
-            )
-
-    async def _cancel_all(self) -> None:
-        """Cancel every target in the middle of its change; each undoes itself (shielded)."""
-        tasks = [t for t in self._tasks.values() if not t.done()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
-        for t, r in self._targets.items():
-            if r.state == "pending":
-                self._set(t, state="not_done", detail="cancelled before it started")
-
     # --- records -------------------------------------------------------------------------------
 
     async def _notify(self, text: str) -> None:
-        for err in await notify(self._plan, self._id, text, len(self._audit)):
+        for err in await notify(self._plan, self._id, text, len(self._trail.audit)):
             self._record("notify", None, err, ok=False)
         self._record("notify", None, text[:200])
 
@@ -410,16 +276,8 @@ class Maintenance(ApprovalHandlers):
         self._outcome, self._message = outcome, message
         self._record("outcome", None, f"{outcome}: {message}", ok=outcome == "completed")
 
-    def _set(self, agent_id: str, **changes: object) -> None:
-        self._targets[agent_id] = self._targets[agent_id].model_copy(update=changes)
-
     def _record(self, step: str, target: str | None, detail: str, *, ok: bool = True) -> None:
-        self._audit.append(
-            MaintenanceAudit(
-                at=workflow.now(), step=step, target=target, ok=ok, detail=detail[:500]
-            )
-        )
-        del self._audit[:-MAX_AUDIT_ENTRIES]
+        self._trail.record(step, target, detail, ok=ok)
 
     def _enter(self, phase: Phase) -> None:
         self._phase = phase
@@ -429,22 +287,3 @@ class Maintenance(ApprovalHandlers):
             f"**{phase}** {self._plan.kind} {self._plan.name}: {done} of {len(self._targets)} "
             f"targets done" + (f"; {self._outcome}" if self._outcome else "")
         )
-        assert len(self._targets) <= MAX_TARGETS
-
-
-async def _step(wf: Maintenance, step: str, agent_id: str, work: Awaitable[object]) -> None:
-    await work
-    wf._record(step, agent_id, "ok")
-
-
-async def _transition(agent_id: str, action: str, by: str, *, compensation: bool = False) -> None:
-    await transition(agent_id, action, by, compensation=compensation)
-
-
-async def _shielded(step: Awaitable[None]) -> None:
-    """Run ``step`` to the end even if the workflow is cancelled meanwhile (compensations)."""
-    task = asyncio.ensure_future(step)
-    while not task.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(task)
-    task.result()
