@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from temporalio import workflow
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
@@ -23,6 +25,7 @@ from activities.agent_control import AgentControlActivities
 from activities.deployments import DeploymentActivities
 from activities.notify import NotifyActivities
 from fleetops.agent_control import AgentAction
+from fleetops.constants import AGENT_ID_KEY
 from fleetops.maintenance import MaintenancePlan, StepConfirmation
 from fleetops.models import AgentLifecycleInput, AgentSpec, AgentStatus
 from fleetops.settings import ApprovalSettings
@@ -40,6 +43,15 @@ def env(dev_env: WorkflowEnvironment) -> WorkflowEnvironment:
     return dev_env
 
 
+@workflow.defn(name="IncidentResponse", sandboxed=False)
+class OpenIncident:
+    """Stands in for the incident workflow: open until cancelled, tagged with its agent."""
+
+    @workflow.run
+    async def run(self, agent_id: str) -> None:
+        await workflow.wait_condition(lambda: False)
+
+
 @pytest.fixture
 async def worker(env: WorkflowEnvironment) -> AsyncIterator[Worker]:
     platform = ColorPlatform()
@@ -47,7 +59,7 @@ async def worker(env: WorkflowEnvironment) -> AsyncIterator[Worker]:
         notify = NotifyActivities(http, ApprovalSettings())
         w = new_worker(
             env.client,
-            workflows=[AgentLifecycle, BlueGreenDeployment, Maintenance],
+            workflows=[AgentLifecycle, BlueGreenDeployment, Maintenance, OpenIncident],
             activities=[
                 *platform.activities(),
                 DeploymentActivities(env.client).describe_deployment,
@@ -167,3 +179,36 @@ async def test_cancelled_version_update_aborts_the_agents_deployment(
     assert st.version == "v1" and st.deployment_id is None
     m = await h.query(Maintenance.status)
     assert m.outcome == "cancelled" and m.targets[0].state == "rolled_back"
+
+
+async def test_an_open_incident_on_a_target_refuses_the_plan(
+    env: WorkflowEnvironment, worker: Worker
+) -> None:
+    agent, _ = await ready_agent(env, worker)
+    incident = await env.client.start_workflow(
+        OpenIncident.run,
+        agent,
+        id=f"incident/{agent}/lifecycle",
+        task_queue=worker.task_queue,
+        search_attributes=TypedSearchAttributes([SearchAttributePair(AGENT_ID_KEY, agent)]),
+    )
+    plan = MaintenancePlan.model_validate(
+        {
+            "name": "inc",
+            "kind": "security_patch",
+            "targets": {"agents": [agent]},
+            "approval": {"required": "never"},
+        }
+    )
+
+    async def listed() -> None:  # visibility is eventually consistent
+        found = [w.id async for w in env.client.list_workflows(f"WorkflowId = '{incident.id}'")]
+        assert found
+
+    await assert_eventually(listed)
+    st = await env.client.execute_workflow(
+        Maintenance.run, plan, id=f"maintenance/inc/{agent}", task_queue=worker.task_queue
+    )
+    assert st.outcome == "refused"
+    assert f"incident open: incident/{agent}/lifecycle" in st.message
+    await incident.cancel()
