@@ -276,6 +276,8 @@ class MaintenancePlan(StrictModel):
     def _consistent(self) -> MaintenancePlan:
         if self.max_unavailable > self.batch_size:
             raise ValueError("max_unavailable must be <= batch_size")
+        if self.pause_targets and self.kind == "version_update":
+            raise ValueError("pause_targets: a paused agent cannot be deployed; leave it false")
         if self.emergency and self.approval.required == "never":
             raise ValueError("approval.required: emergency plans always need approval")
         params = self.params()  # raises ValidationError naming the kind's field

@@ -368,7 +368,9 @@ async def test_config_change_then_security_patch_on_the_local_platform(
         facts = cfg.targets[0].facts
         assert facts["config_version"] == (facts["previous_version"] or 0) + 1  # a new version
         assert patch.outcome == "completed", patch.message
-        assert patch.targets[0].facts["restarted"] == 2 and patch.targets[0].facts["nodes"] is None
+        assert (
+            patch.targets[0].facts["restarted"] == "2" and patch.targets[0].facts["nodes"] is None
+        )
         st = await agent.query(AgentLifecycle.status)
         for r in st.replicas:
             assert json.loads(environ(r.pid or 0)["FLEETOPS_AGENT_CONFIG"]) == {"temperature": 0.2}

@@ -288,8 +288,7 @@ async def test_pre_checks_refuse_before_anything_changes(
 async def test_cancel_mid_plan_leaves_every_target_consistent(
     env: WorkflowEnvironment, worker: Worker, fleet: Fleet
 ) -> None:
-    p = plan(targets={"agents": ["a1", "a2", "a3"]}, pause_targets=True)
-    fleet.breaks.clear()
+    p = plan(targets={"agents": ["a1", "a2", "a3"]})
     h = await start(env, worker, p)
     fleet.hang.add("agent_restart")
 
@@ -306,8 +305,44 @@ async def test_cancel_mid_plan_leaves_every_target_consistent(
     assert st.outcome == "cancelled"
     assert states(st) == {"a1": "rolled_back", "a2": "not_done", "a3": "not_done"}
     assert fleet.names("restore_secret") == [("agents/a1", 1)]
-    assert fleet.agents["a1"].state == "READY"  # paused for the change, resumed by the undo
     assert fleet.secrets["agents/a1"][-1] == fleet.secrets["agents/a1"][0]
+    assert fleet.names("agent_restart")[-1] == ("a1", "secret rollback")  # replicas read it back
+
+
+async def test_cancel_while_a_target_is_paused_resumes_it(
+    env: WorkflowEnvironment, worker: Worker, fleet: Fleet
+) -> None:
+    p = plan(
+        kind="custom",
+        parameters={"description": "swap disks", "steps": ["swap"]},
+        targets={"agents": ["a1"]},
+        pause_targets=True,
+    )
+    h = await start(env, worker, p)
+
+    async def paused() -> None:
+        assert fleet.agents["a1"].state == "PAUSED"
+        st = await h.query(Maintenance.status)
+        assert any(e.step == "awaiting_confirmation" for e in st.audit)
+
+    await assert_eventually(paused)
+    await h.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await h.result()
+    assert fleet.names("agent_transition") == [("a1", "pause"), ("a1", "resume")]
+    assert fleet.agents["a1"].state == "READY"
+
+
+async def test_a_paused_target_is_rotated_without_a_restart(
+    env: WorkflowEnvironment, worker: Worker, fleet: Fleet
+) -> None:
+    st: MaintenanceStatus = await (
+        await start(env, worker, plan(targets={"agents": ["a1"]}, pause_targets=True))
+    ).result()
+    assert st.outcome == "completed", st.message
+    assert fleet.names("agent_restart") == []  # resume provisions replicas anew
+    assert fleet.names("agent_transition") == [("a1", "pause"), ("a1", "resume")]
+    assert st.targets[0].facts["restarted"] == "on resume"
 
 
 async def test_cancel_during_a_version_update_aborts_the_deployment(

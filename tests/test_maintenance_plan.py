@@ -56,6 +56,10 @@ def plan(**kw: Any) -> MaintenancePlan:
         ),
         ({"post_checks": {"analysis": {"metrics": []}}}, "metrics"),
         ({"unknown": 1}, "unknown"),
+        (
+            {"kind": "version_update", "parameters": {"version": "v2"}, "pause_targets": True},
+            "cannot be deployed",
+        ),
     ],
 )
 def test_bad_plans_are_refused_naming_the_problem(fields: dict[str, Any], message: str) -> None:

@@ -107,6 +107,7 @@ class Batches:
             if plan.pause_targets:
                 paused = True
                 await self._step("pause", agent_id, _transition(agent_id, "pause", self.wid))
+            change.paused = paused
             await self._step("apply", agent_id, change.apply())
             if paused:
                 await self._step("resume", agent_id, _transition(agent_id, "resume", self.wid))
@@ -143,6 +144,7 @@ class Batches:
 
     async def _undo(self, agent_id: str, change: Change, paused: bool, why: str) -> None:
         try:
+            change.paused = paused
             done = await change.undo()
             if paused:
                 await _transition(agent_id, "resume", self.wid, compensation=True)

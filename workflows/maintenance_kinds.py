@@ -46,6 +46,15 @@ class Change:
         """Remember the plan, the target and who asks (the workflow id)."""
         self.plan, self.agent_id, self.by = plan, agent_id, by
         self.facts: dict[str, str | int | bool | None] = {}
+        # Set by the workflow: the target is paused now, so a restart is refused and not needed
+        # (resume provisions replicas anew: they read secrets and config again).
+        self.paused = False
+
+    async def _restart(self, reason: str, *, compensation: bool = False) -> str:
+        if self.paused:
+            return "on resume"
+        r = await calls.restart(self.agent_id, self.by, reason, compensation=compensation)
+        return str(r.restarted)
 
     async def apply(self) -> None:
         """Make the change. Raises StepFailed or ActivityError."""
@@ -76,8 +85,7 @@ class SecretRotationChange(Change):
             self.refs.append(ref)
             self.facts[f"{path}:{item.key}"] = f"v{ref.previous_version}->v{ref.version}"
         self.restarted = True  # from here on, replicas may read the new versions
-        r = await calls.restart(self.agent_id, self.by, "secret rotation")
-        self.facts["restarted"] = r.restarted
+        self.facts["restarted"] = await self._restart("secret rotation")
 
     async def confirm(self) -> None:
         for ref in self.refs:
@@ -96,8 +104,7 @@ class SecretRotationChange(Change):
             )
             done.append(f"{ref.path} restored v{ref.previous_version} as v{back.version}")
         if self.restarted:
-            await calls.restart(self.agent_id, self.by, "secret rollback", compensation=True)
-            done.append("restarted")
+            done.append("restarted " + await self._restart("secret rollback", compensation=True))
         return "; ".join(done) or "nothing rotated"
 
 
@@ -207,8 +214,7 @@ class SecurityPatchChange(Change):
         nodes = await calls.agent_nodes(self.agent_id)
         self.facts["nodes"] = ",".join(nodes) or None
         if not nodes:
-            r = await calls.restart(self.agent_id, self.by, "security patch")
-            self.facts["restarted"] = r.restarted
+            self.facts["restarted"] = await self._restart("security patch")
             return
         timeout = self.params.drain_timeout_seconds
         for node in nodes:

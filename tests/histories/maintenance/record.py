@@ -67,7 +67,7 @@ async def main() -> None:
             fleet.hang.add("agent_restart")
             h = await env.client.start_workflow(
                 Maintenance.run,
-                plan(pause_targets=True),
+                plan(),
                 id="maintenance/rotate/cancelled",
                 task_queue=w.task_queue,
             )
