@@ -19,6 +19,7 @@ from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
 
 from activities.deployments import DeploymentActivities
+from activities.incident_intake import IncidentIntakeActivities
 from activities.metrics import MetricsActivities
 from activities.notify import NotifyActivities
 from activities.platform import Platform, PlatformActivities, build_platform
@@ -97,6 +98,7 @@ async def fleetops_worker(
                 notify.approval_policy,
                 notify.approver_roles,
                 metrics.measure_metric,
+                IncidentIntakeActivities(client).open_incident,
             ],
             interceptors=list(INTERCEPTORS),
             max_concurrent_activities=settings.max_concurrent_activities,
