@@ -19,7 +19,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleetops.constants import AGENT_ID_PATTERN, agent_workflow_id
 from fleetops.limits import Count, Seconds
@@ -342,7 +342,12 @@ class ContainmentRequest(_Strict):
 
     ``replicas`` is the ``scale_up`` target (default: current + 1, capped at the agent's
     ``max_replicas``); ``rate_limit_rps`` is the ``rate_limit`` limit in requests per second
-    (``None`` with ``rate_limit`` lifts the limit).
+    (required unless ``lift``); ``lift`` with ``rate_limit`` removes the limit (at resolution).
+
+    Idempotency: each action changes the agent through a Temporal update whose id is
+    ``<incident_id>/<action>/<action_id>``, so a retried activity gets the first outcome instead
+    of acting twice (no double scale-up). Give a new ``action_id`` to run one action again
+    deliberately in the same incident.
     """
 
     incident_id: str = Field(min_length=1, max_length=200)
@@ -354,6 +359,22 @@ class ContainmentRequest(_Strict):
     rate_limit_rps: Seconds | None = Field(
         None, gt=0, le=MAX_RATE_LIMIT_RPS, description="rate_limit: requests/second."
     )
+    lift: bool = Field(False, description="rate_limit: remove the agent's limit instead.")
+    action_id: str = Field(
+        "1", min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._-]+$", description="See above."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ContainmentRequest:
+        prefix = f"incident/{self.agent_id}/"
+        if self.incident_id.startswith("incident/") and not self.incident_id.startswith(prefix):
+            raise ValueError(
+                f"agent_id: {self.agent_id} is not the agent of incident {self.incident_id}"
+            )
+        rate_limit = self.action == ContainmentAction.RATE_LIMIT
+        if rate_limit and not self.lift and self.rate_limit_rps is None:
+            raise ValueError("rate_limit_rps: required for rate_limit (or set lift)")
+        return self
 
 
 class ContainmentResult(_Strict):
