@@ -335,6 +335,9 @@ class EvidenceRequest(_Strict):
     step_seconds: Seconds = Field(
         15.0, ge=1, le=3600, description="Prometheus range query resolution, seconds."
     )
+    first_ref: Count = Field(
+        1, ge=1, le=100_000, description="Items are numbered E<first_ref>, E<first_ref + 1>, ..."
+    )
 
 
 class ContainmentRequest(_Strict):

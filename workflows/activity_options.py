@@ -18,11 +18,14 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.deployments import DeploymentActivities
+    from activities.containment import ContainmentActivities
+    from activities.incident_evidence import EvidenceActivities
     from activities.incident_intake import IncidentIntakeActivities
     from activities.metrics import MetricsActivities
     from activities.notify import NotifyActivities
     from activities.platform.activities import PlatformActivities
     from activities.probes import ProbeActivities
+    from activities.recovery import RecoveryActivities
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -84,6 +87,12 @@ TABLE: dict[Callable[..., Any], Options] = {
     IncidentIntakeActivities.open_incident: Options(
         timedelta(seconds=10), retry=OPEN_INCIDENT_RETRY
     ),
+    # Read-only: a status query, a few Prometheus queries or scrapes, log tails.
+    EvidenceActivities.gather_evidence: Options(2 * _MINUTE, timedelta(seconds=30)),
+    # A pause or scale waits for the agent to stop or start replicas (minutes at most).
+    ContainmentActivities.run_containment: Options(10 * _MINUTE, _MINUTE),
+    # Without Prometheus it waits window_seconds (<= 1 h) between two scrapes, heartbeating.
+    RecoveryActivities.check_recovery: Options(65 * _MINUTE, timedelta(seconds=30)),
 }
 """Activity -> options."""
 
