@@ -17,8 +17,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.deployments import DeploymentActivities
     from activities.containment import ContainmentActivities
+    from activities.deployments import DeploymentActivities
     from activities.incident_evidence import EvidenceActivities
     from activities.incident_intake import IncidentIntakeActivities
     from activities.metrics import MetricsActivities
