@@ -19,6 +19,7 @@ from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
 
 from activities.deployments import DeploymentActivities
+from activities.llm import LlmActivities
 from activities.metrics import MetricsActivities
 from activities.notify import NotifyActivities
 from activities.platform import Platform, PlatformActivities, build_platform
@@ -73,6 +74,7 @@ async def fleetops_worker(
         platform_activities = PlatformActivities(platform)
         notify = NotifyActivities(http, settings.approval)
         metrics = MetricsActivities(http, settings.metrics)
+        llm = LlmActivities(http, settings.llm)
         quota = ReplicaQuota(
             platform_activities.provision_replicas,
             max_replicas_per_agent=settings.max_replicas_per_agent,
@@ -97,6 +99,8 @@ async def fleetops_worker(
                 notify.approval_policy,
                 notify.approver_roles,
                 metrics.measure_metric,
+                llm.llm_triage,
+                llm.llm_policy,
             ],
             interceptors=list(INTERCEPTORS),
             max_concurrent_activities=settings.max_concurrent_activities,

@@ -18,6 +18,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.deployments import DeploymentActivities
+    from activities.llm import LlmActivities
     from activities.metrics import MetricsActivities
     from activities.notify import NotifyActivities
     from activities.platform.activities import PlatformActivities
@@ -40,6 +41,10 @@ the approval goes on waiting."""
 MEASURE_RETRY = RetryPolicy(maximum_attempts=2)
 """One analysis measurement: one attempt and one retry; a measurement that still fails counts as
 an Error measurement (Argo's ``consecutiveErrorLimit``)."""
+LLM_RETRY = RetryPolicy(maximum_attempts=3, maximum_interval=timedelta(seconds=60))
+"""An LLM triage is tried 3 times (429/5xx/unreachable; a 429's Retry-After sets the delay);
+one that still fails leaves the incident to the rules. Invalid or truncated answers are not
+retried here: the activity makes its own one repair call and returns a failure."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,11 @@ TABLE: dict[Callable[..., Any], Options] = {
     MetricsActivities.measure_metric: Options(
         timedelta(seconds=30), timedelta(seconds=10), MEASURE_RETRY
     ),
+    # Two HTTP calls (answer + one repair) of llm.timeout_seconds (60 s by default) and a margin;
+    # pass start_to_close=LlmPolicy.activity_timeout_seconds when the timeout setting differs.
+    # The activity heartbeats every 2 s while it waits for the model.
+    LlmActivities.llm_triage: Options(timedelta(seconds=150), timedelta(seconds=30), LLM_RETRY),
+    LlmActivities.llm_policy: Options(timedelta(seconds=10)),
 }
 """Activity -> options."""
 
