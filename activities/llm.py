@@ -186,7 +186,7 @@ class LlmActivities:
             {"role": "assistant", "content": reply.content},
             {"role": "user", "content": repair_message(error)},
         ]
-        extra = estimate_tokens(reply.content + repair_message(error), s.bytes_per_token) + 16
+        extra = estimate_tokens(reply.content + repair_message(error), s.letters_per_token) + 16
         needed = composed.estimated_input_tokens + extra + composed.max_tokens
         spent = sum(u.input_tokens + u.output_tokens for u in usage)
         left = request.budget_tokens_remaining
@@ -298,8 +298,8 @@ class LlmActivities:
             tokens_in, tokens_out = parsed.usage.prompt_tokens, parsed.usage.completion_tokens
         else:  # a provider without usage: count our (pessimistic) estimate against the budget
             text = "".join(m["content"] for m in messages)
-            tokens_in = estimate_tokens(text, s.bytes_per_token)
-            tokens_out = estimate_tokens(content, s.bytes_per_token)
+            tokens_in = estimate_tokens(text, s.letters_per_token)
+            tokens_out = estimate_tokens(content, s.letters_per_token)
             note = "the provider reported no usage: tokens estimated"
         response_model = parsed.model or s.model
         usage = base.model_copy(

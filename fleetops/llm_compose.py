@@ -87,7 +87,7 @@ def compose(request: TriageRequest, settings: LlmSettings, fence: str) -> Compos
             the context; ``over_budget`` when the call could spend more than the incident's
             remaining tokens or USD.
     """
-    bpt = settings.bytes_per_token
+    bpt = settings.letters_per_token
     max_tokens = min(request.max_output_tokens, settings.max_output_tokens)
     redact = Redactor(list(request.redact_values))
     title = redact(request.title)

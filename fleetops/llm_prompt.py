@@ -7,7 +7,7 @@ Pure functions, no I/O, so every guard is unit- and mutation-tested:
   everything inside is data, never instructions. Evidence text cannot close the block: it cannot
   guess the token, and any ``<<<``/``>>>`` in it is neutralised anyway.
 - Context bound (HolmesGPT #1805): the prompt is estimated in tokens (:func:`estimate_tokens`,
-  UTF-8 bytes / ``bytes_per_token``, a deliberate over-estimate) and must fit in the model's
+  UTF-8 bytes / ``letters_per_token``, a deliberate over-estimate) and must fit in the model's
   context minus the output cap minus a margin; evidence is cut, biggest first (water-filling:
   small items stay whole), its newest end kept, and when that is not enough the oldest items
   are dropped; each cut is a note. A prompt whose fixed part does not fit is refused.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,20 +36,35 @@ MESSAGE_OVERHEAD_TOKENS = 8
 """Tokens a chat template adds per message (role markers; ChatML uses 4-5)."""
 MIN_EVIDENCE_TOKENS = 24
 """Smallest share of the context an evidence item is cut to; below it, items are dropped."""
+_TOKEN_CLASSES = re.compile(r"(?P<digits>[0-9]+)|(?P<letters>[A-Za-z]+)|(?P<other>[^\sA-Za-z0-9])")
 CUT_MARKER = "[... {n} bytes cut to fit the model's context ...]\n"
 
 
-def estimate_tokens(text: str, bytes_per_token: float) -> int:
-    """An upper-bound estimate of the tokens of ``text``.
+def estimate_tokens(text: str, letters_per_token: float) -> int:
+    """A pessimistic estimate of the tokens of ``text``, for any BPE tokenizer.
+
+    Every digit counts one token (Llama 2, Mistral and SmolLM2 split numbers into digits), every
+    punctuation or symbol character one token, every non-ASCII character one token per UTF-8
+    byte, and each run of ASCII letters ``ceil(len / letters_per_token)`` tokens; whitespace is
+    free (merged into the next token). Logs full of ids and timestamps are dense in tokens: a
+    flat bytes-per-token ratio underestimates them (measured on SmolLM2: 1.8 bytes/token).
 
     Args:
         text: any text.
-        bytes_per_token: UTF-8 bytes per token to assume (low = pessimistic).
+        letters_per_token: letters of a word per token (English averages ~4; low = pessimistic).
 
     Returns:
-        ``ceil(len(utf8) / bytes_per_token)``.
+        The estimate, in tokens.
     """
-    return math.ceil(len(text.encode()) / bytes_per_token)
+    digits = symbols = words = 0
+    for m in _TOKEN_CLASSES.finditer(text):
+        if m.group("digits"):
+            digits += len(m.group("digits"))
+        elif m.group("letters"):
+            words += math.ceil(len(m.group("letters")) / letters_per_token)
+        else:
+            symbols += len(m.group("other").encode())
+    return digits + symbols + words
 
 
 def new_fence() -> str:
@@ -102,7 +118,7 @@ class FittedEvidence:
 
 
 def fit_evidence(
-    items: list[EvidenceItem], budget_tokens: int, fence: str, bytes_per_token: float
+    items: list[EvidenceItem], budget_tokens: int, fence: str, letters_per_token: float
 ) -> FittedEvidence:
     """Cut evidence to ``budget_tokens``: biggest first, newest end kept, oldest dropped last.
 
@@ -115,7 +131,7 @@ def fit_evidence(
         items: the evidence, texts already redacted.
         budget_tokens: tokens the evidence (headers and texts) may take.
         fence: the fence token (headers count).
-        bytes_per_token: of the token estimate.
+        letters_per_token: of the token estimate.
 
     Returns:
         The items to send and a note per item cut or dropped.
@@ -123,19 +139,19 @@ def fit_evidence(
     kept = list(items)
     notes: list[str] = []
     while kept:
-        headers = sum(estimate_tokens(item_header(fence, i), bytes_per_token) for i in kept)
+        headers = sum(estimate_tokens(item_header(fence, i), letters_per_token) for i in kept)
         room = budget_tokens - headers
-        sizes = [estimate_tokens(i.text, bytes_per_token) for i in kept]
+        sizes = [estimate_tokens(i.text, letters_per_token) for i in kept]
         if sum(sizes) <= room:
             return FittedEvidence(kept, notes)
         share = _water_level(sizes, room)
         while share >= MIN_EVIDENCE_TOKENS:
             out = [
-                _cut(i, share, bytes_per_token) if size > share else i
+                _cut(i, share, letters_per_token) if size > share else i
                 for i, size in zip(kept, sizes, strict=True)
             ]
             # A cut item's header grows by its note: shrink the share by any overshoot.
-            over = _cost(out, fence, bytes_per_token) - budget_tokens
+            over = _cost(out, fence, letters_per_token) - budget_tokens
             if over <= 0:
                 cut = [
                     f"evidence {i.ref} cut to fit the model's context"
@@ -150,10 +166,10 @@ def fit_evidence(
     return FittedEvidence([], notes)
 
 
-def _cost(items: list[EvidenceItem], fence: str, bytes_per_token: float) -> int:
+def _cost(items: list[EvidenceItem], fence: str, letters_per_token: float) -> int:
     return sum(
-        estimate_tokens(item_header(fence, i), bytes_per_token)
-        + estimate_tokens(i.text, bytes_per_token)
+        estimate_tokens(item_header(fence, i), letters_per_token)
+        + estimate_tokens(i.text, letters_per_token)
         for i in items
     )
 
@@ -172,14 +188,25 @@ def _water_level(sizes: list[int], room: int) -> int:
     return remaining
 
 
-def _cut(item: EvidenceItem, tokens: int, bytes_per_token: float) -> EvidenceItem:
-    raw = item.text.encode()
-    marker_bytes = len(CUT_MARKER.format(n=len(raw)).encode())
-    keep = max(int(tokens * bytes_per_token) - marker_bytes, 0)
-    tail = raw[len(raw) - keep :].decode(errors="ignore") if keep else ""
-    text = CUT_MARKER.format(n=len(raw) - len(tail.encode())) + tail
-    note = f"cut to the last {len(tail.encode())} of {len(raw)} bytes before sending"
-    return item.model_copy(update={"text": text, "truncated": note})
+def _cut(item: EvidenceItem, tokens: int, letters_per_token: float) -> EvidenceItem:
+    """``item`` cut to its longest tail (newest lines) whose text, marker included, is estimated
+    at most ``tokens`` (binary search: the estimate grows with the tail)."""
+    text = item.text
+    marker = CUT_MARKER.format(n=len(text.encode()))
+    room = tokens - estimate_tokens(marker, letters_per_token)
+    lo, hi = 0, len(text)  # the tail text[len - k:] of k characters
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if estimate_tokens(text[len(text) - mid :], letters_per_token) <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    tail = text[len(text) - lo :] if lo else ""
+    cut_bytes = len(text.encode()) - len(tail.encode())
+    note = f"cut to the last {len(tail.encode())} of {len(text.encode())} bytes before sending"
+    return item.model_copy(
+        update={"text": CUT_MARKER.format(n=cut_bytes) + tail, "truncated": note}
+    )
 
 
 def evidence_block(fence: str, items: list[EvidenceItem]) -> str:

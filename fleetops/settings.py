@@ -272,12 +272,12 @@ class LlmSettings(BaseModel):
         ge=0,
         description="Tokens kept free besides max output (chat template, estimate error).",
     )
-    bytes_per_token: float = Field(
-        2.5,
+    letters_per_token: float = Field(
+        3.0,
         gt=0,
         le=8,
-        description="Token estimate: UTF-8 bytes per token, on the low side so the estimate "
-        "is an upper bound (English prose is ~4, logs and ids ~2.5-3).",
+        description="Token estimate: letters of a word per token; digits, symbols and "
+        "non-ASCII bytes count one token each (a deliberate over-estimate).",
     )
     prices: dict[str, ModelPrice] = Field(
         default_factory=dict,

@@ -196,10 +196,13 @@ def test_schema_bounds_every_string_and_closes_objects() -> None:
 # --- token bound ----------------------------------------------------------------------------
 
 
-def test_estimate_counts_utf8_bytes() -> None:
-    assert estimate_tokens("abcd", 2) == 2
-    assert estimate_tokens("abcde", 2) == 3
-    assert estimate_tokens("é", 1) == 2
+def test_estimate_is_pessimistic_for_digits_symbols_and_non_ascii() -> None:
+    assert estimate_tokens("abcdef", 3) == 2
+    assert estimate_tokens("abcdefg", 3) == 3
+    assert estimate_tokens("hello   world", 3) == 4  # whitespace is free
+    assert estimate_tokens("2026-01-01", 3) == 10  # every digit and symbol is a token
+    assert estimate_tokens("é", 3) == 2  # one per UTF-8 byte
+    assert estimate_tokens("id=7f3a", 3) == 6  # i d, =, 7, f, 3, a
 
 
 def test_small_evidence_is_kept_whole() -> None:
