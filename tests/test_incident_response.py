@@ -9,108 +9,37 @@ activities are the scripted stand-ins of tests/incident_standins.py.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from activities.incident_intake import signal_incident
 from fleetops.constants import SEVERITY_KEY, STATE_KEY
-from fleetops.incident_report import IncidentStatus, ReviewReport
+from fleetops.incident_report import ReviewReport
 from fleetops.incidents import AlertBatch
-from fleetops.settings import IncidentSettings, LlmSettings
-from tests.conftest import assert_eventually, new_worker
-from tests.incident_standins import (
-    ESCALATION_WEBHOOK,
-    Standins,
-    activities,
-    alert,
-    answer,
-    failed,
-    start_and_batch,
+from tests.incident_helpers import (
+    E,
+    decide,
+    finish,
+    kinds,
+    open_incident,
+    pending,
+    resolve,
+    status,
+    until,
+    world,
 )
-from workflows.incident_response import IncidentResponse
-from workflows.payload_guard import MessageGuard
-
-E = EventType
-LLM = LlmSettings(base_url="http://llm.invalid/v1")
+from tests.incident_standins import ESCALATION_WEBHOOK, Standins, alert, start_and_batch
 
 
 @pytest.fixture
 def env(isolated_env: WorkflowEnvironment) -> WorkflowEnvironment:
     return isolated_env
-
-
-@contextlib.asynccontextmanager
-async def world(
-    env: WorkflowEnvironment, tmp_path: Path, s: Standins, **incidents: Any
-) -> AsyncIterator[Worker]:
-    llm = incidents.pop("llm", LlmSettings())
-    settings = IncidentSettings(**incidents)
-    async with activities(s, tmp_path, incidents=settings, llm=llm) as acts:
-        w = new_worker(
-            env.client, workflows=[IncidentResponse], activities=acts, interceptors=[MessageGuard()]
-        )
-        async with w:
-            yield w
-
-
-async def open_incident(env: WorkflowEnvironment, w: Worker, *alerts: Any) -> WorkflowHandle:
-    agent = f"ir-{uuid.uuid4().hex[:8]}"
-    start, batch = start_and_batch(agent, *alerts)
-    wid = await signal_incident(env.client, start, batch, task_queue=w.task_queue)
-    return env.client.get_workflow_handle(wid, result_type=ReviewReport)
-
-
-async def status(h: WorkflowHandle) -> IncidentStatus:
-    return await h.query(IncidentResponse.status)
-
-
-async def until(h: WorkflowHandle, pred: Callable[[IncidentStatus], bool]) -> IncidentStatus:
-    async def check() -> IncidentStatus:
-        st = await status(h)
-        assert pred(st), (st.phase, st.actions)
-        return st
-
-    return await assert_eventually(check)
-
-
-async def pending(h: WorkflowHandle) -> dict[str, Any]:
-    async def check() -> dict[str, Any]:
-        p = await h.query("pending_approval")
-        assert p, "no approval pending"
-        return p
-
-    return await assert_eventually(check)
-
-
-async def decide(h: WorkflowHandle, approver: str, approved: bool) -> None:
-    await pending(h)
-    await h.execute_update("decide", {"approver": approver, "approved": approved, "comment": "ok"})
-
-
-async def finish(env: WorkflowEnvironment, h: WorkflowHandle) -> ReviewReport:
-    async with env.time_skipping_unlocked():
-        return await asyncio.wait_for(h.result(), 60)
-
-
-async def resolve(h: WorkflowHandle, who: str = "carol") -> None:
-    await h.execute_update("resolve", {"requested_by": who, "reason": "fixed by hand"})
-
-
-def kinds(st: IncidentStatus | ReviewReport) -> list[str]:
-    audit = st.audit if isinstance(st, IncidentStatus) else st.timeline
-    return [e.detail.split(":")[0] for e in audit if e.kind == "phase"]
 
 
 # --- the whole procedure --------------------------------------------------------------------
