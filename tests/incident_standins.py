@@ -128,6 +128,11 @@ class Standins:
             healthy=self.healthy, values={"error_rate": 0.0 if self.healthy else 0.3}
         )
 
+    def stand_ins(self) -> list[Any]:
+        """The four stand-in activities (llm_triage, gather_evidence, run_containment,
+        check_recovery)."""
+        return [self.llm_triage, self.gather_evidence, self.run_containment, self.check_recovery]
+
     def actions(self) -> list[str]:
         """Actions run, lifts excluded, in order."""
         return [c.action.value for c in self.containment_calls if not c.lift]
@@ -161,10 +166,7 @@ async def activities(
         )
         own = IncidentActivities(incidents or IncidentSettings(), llm or LlmSettings(), state_dir)
         yield [
-            s.llm_triage,
-            s.gather_evidence,
-            s.run_containment,
-            s.check_recovery,
+            *s.stand_ins(),
             notify.send_notification,
             notify.approval_policy,
             own.incident_policy,
