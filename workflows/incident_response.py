@@ -20,14 +20,13 @@ of the group joins it as evidence. The seeds' procedure, each step a phase in ``
    by ``write_review``. 8. CLOSED.
 
 History is bounded: alerts are deduplicated by fingerprint (the signals themselves are the only
-per-notification events), recovery checks are spaced so at most :data:`MAX_RECOVERY_CHECKS` run,
-and the resolution phase ends at its timeout.
+per-notification events), recovery checks are spaced so at most 2000 run, and the resolution
+phase ends at its timeout (:mod:`workflows.incident_resolution`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import timedelta
 
 from pydantic import ValidationError
@@ -39,8 +38,6 @@ with workflow.unsafe.imports_passed_through():
     from fleetops.incident_markdown import build_review
     from fleetops.incident_report import IncidentPolicy, ReviewReport, WriteReviewRequest
     from fleetops.incidents import (
-        ContainmentAction,
-        ContainmentRequest,
         EvidenceItem,
         EvidenceRequest,
         IncidentPhase,
@@ -48,20 +45,18 @@ with workflow.unsafe.imports_passed_through():
         IncidentStatusName,
         LikelyCause,
         OperatorRequest,
-        RecoveryCheck,
         Severity,
         TriageAnswer,
         stricter,
     )
     from workflows import incident_calls as calls
+    from workflows import incident_resolution as resolution
     from workflows import incident_steps as steps
     from workflows.approval import ApprovalGate
     from workflows.incident_book import MAX_EVIDENCE, IncidentBook
     from workflows.incident_handlers import IncidentHandlers
     from workflows.payload_guard import requires_input
 
-MAX_RECOVERY_CHECKS = 2000
-"""Most ``check_recovery`` calls of one incident: the poll interval grows to fit the timeout."""
 PAGED = (Severity.SEV1, Severity.SEV2)
 """Severities that page on-call."""
 
@@ -236,71 +231,9 @@ class IncidentResponse(IncidentHandlers):
         b.record("root_cause", "; ".join(c.cause for c in b.causes)[:500])
 
     async def _resolution(self) -> None:
-        b, p = self._book, self._policy
         self._enter(IncidentPhase.RESOLUTION)
-        deadline = workflow.now() + timedelta(seconds=p.resolution_timeout_seconds)
-        poll = max(p.recovery_poll_seconds, p.resolution_timeout_seconds / MAX_RECOVERY_CHECKS)
-        healthy_since = None
-        check = RecoveryCheck(
-            agent_id=b.start.agent_id,
-            error_rate_max=p.error_rate_max,
-            p95_latency_max_seconds=p.p95_latency_max_seconds,
-        )
-        while True:
-            if self._resolve_request is not None:
-                self._resolved(f"operator {self._resolve_request.requested_by.strip()}")
-                break
-            if b.all_resolved():
-                self._resolved("alertmanager")
-                break
-            now = workflow.now()
-            if now >= deadline:
-                b.record("resolution", f"not resolved in {p.resolution_timeout_seconds:.0f} s")
-                break
-            rs = await calls.recovered(check)
-            now = workflow.now()
-            if rs.healthy:
-                if healthy_since is None:
-                    healthy_since = now
-                    b.record("recovery", f"metrics within thresholds: {rs.values}")
-                if (now - healthy_since).total_seconds() >= p.resolve_window_seconds:
-                    self._resolved("metrics")
-                    break
-            elif healthy_since is not None:
-                healthy_since = None
-                b.record("recovery", f"metrics out of thresholds again: {rs.detail}")
-            wait = min(poll, max((deadline - now).total_seconds(), 0.001))
-            with contextlib.suppress(TimeoutError):
-                await workflow.wait_condition(
-                    lambda: self._resolve_request is not None or b.all_resolved(),
-                    timeout=timedelta(seconds=wait),
-                )
-        await self._lift_rate_limit()
-
-    def _resolved(self, by: str) -> None:
-        b = self._book
-        b.resolved_by, b.resolved_at = by, workflow.now()
-        mttr = b.seconds_since_open(b.resolved_at) or 0.0
-        b.record("resolved", f"resolved by {by} after {mttr:.0f} s")
-
-    async def _lift_rate_limit(self) -> None:
-        b = self._book
-        if not any(
-            a.action == ContainmentAction.RATE_LIMIT and a.outcome == "ran" for a in b.actions
-        ):
-            return
-        result = await calls.contain(
-            ContainmentRequest(
-                incident_id=b.incident_id,
-                agent_id=b.start.agent_id,
-                action=ContainmentAction.RATE_LIMIT,
-                requested_by=steps.AUTOMATION,
-                reason="incident resolved",
-                lift=True,
-                action_id=f"{workflow.info().run_id[:8]}.lift",
-            )
-        )
-        b.record("action", f"rate limit lifted: {result.ok} {result.detail}"[:500])
+        await resolution.wait_resolved(self._book, self._policy, lambda: self._resolve_request)
+        await resolution.lift_rate_limit(self._book)
 
     async def _review(self) -> ReviewReport:
         b = self._book
