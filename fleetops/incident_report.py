@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleetops.approvals import Names
 from fleetops.incidents import (
     ContainmentAction,
     IncidentPhase,
@@ -41,8 +42,8 @@ class IncidentPolicy(_Model):
     ack_timeout_seconds: float = Field(900.0, ge=1, le=86400)
     max_escalations: int = Field(3, ge=0, le=10)
     approval_timeout_seconds: float = Field(3600.0, ge=1, le=30 * 86400)
-    approvers: list[str] = Field(default_factory=list, max_length=100)
-    approver_roles: list[str] = Field(default_factory=list, max_length=100)
+    approvers: Names = Field(default_factory=list)
+    approver_roles: Names = Field(default_factory=list)
     resolve_window_seconds: float = Field(300.0, ge=1, le=86400)
     recovery_poll_seconds: float = Field(30.0, ge=1, le=3600)
     resolution_timeout_seconds: float = Field(3 * 86400.0, ge=60, le=30 * 86400)

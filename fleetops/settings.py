@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fleetops.approvals import MAX_NAME_CHARS
+from fleetops.approvals import MAX_NAME_CHARS, Names
 from fleetops.constants import TASK_QUEUE
 from fleetops.limits import DEFAULT_MAX_REPLICAS_PER_AGENT, MAX_REPLICAS
 from fleetops.signing import SigningError, public_key_base64
@@ -335,10 +335,10 @@ class IncidentSettings(BaseModel):
         le=30 * 86400,
         description="Seconds a containment approval waits (then rejected).",
     )
-    approvers: list[str] = Field(
+    approvers: Names = Field(
         default_factory=list, description="Users who may approve containment (empty: anyone)."
     )
-    approver_roles: list[str] = Field(
+    approver_roles: Names = Field(
         default_factory=list, description="Roles (approval.roles) who may approve containment."
     )
     resolve_window_seconds: float = Field(
