@@ -103,7 +103,20 @@ class DeploymentReturnsAtOnce:
         return None
 
 
-CHANGED = {"AgentLifecycle": LifecycleReturnsAtOnce, "BlueGreenDeployment": DeploymentReturnsAtOnce}
+@workflow.defn(name="IncidentResponse")
+class IncidentReturnsAtOnce:
+    """Stand-in for a non-replay-safe change: same workflow type, different commands."""
+
+    @workflow.run
+    async def run(self, input: Any) -> None:
+        return None
+
+
+CHANGED = {
+    "AgentLifecycle": LifecycleReturnsAtOnce,
+    "BlueGreenDeployment": DeploymentReturnsAtOnce,
+    "IncidentResponse": IncidentReturnsAtOnce,
+}
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=IDS)
