@@ -213,7 +213,12 @@ async def test_severity_override_by_signal_and_update_with_validation(
         await h.signal("alerts", batch)
         await h.signal("set_severity", {"severity": "SEV3", "requested_by": "bob", "reason": "ok"})
         st = await until(h, lambda st: st.severity == "SEV3" and len(st.alerts) == 2)
-        await until(h, lambda st: len(st.pages) == 1)  # paged while it was SEV1
+        st = await until(h, lambda st: len(st.pages) == 1)  # paged while it was SEV1
+        assert st.pages[0].severity == "SEV1"
+        await env.sleep(3600)  # no escalation: the severity fell below SEV2
+        st = await status(h)
+        assert len(st.pages) == 1
+        assert "escalation stopped: severity is now SEV3" in [e.detail for e in st.audit]
         desc = await h.describe()
         assert desc.typed_search_attributes.get(SEVERITY_KEY) == "SEV3"
         await h.terminate("test finished")

@@ -255,7 +255,8 @@ class IncidentResponse(IncidentHandlers):
     # --- paging ---------------------------------------------------------------------------
 
     async def _pager(self) -> None:
-        """Page once severity is SEV1/SEV2; escalate each ack timeout without an ack."""
+        """Page once severity is SEV1/SEV2; escalate each ack timeout without an ack, until
+        acknowledged, closing, or the severity falls below SEV2 (an override)."""
         b, p = self._book, self._policy
         await workflow.wait_condition(
             lambda: self._closing or b.acked_by is not None or b.severity in PAGED
@@ -266,9 +267,12 @@ class IncidentResponse(IncidentHandlers):
         for level in range(1, p.max_escalations + 1):
             try:
                 await workflow.wait_condition(
-                    lambda: self._closing or b.acked_by is not None,
+                    lambda: self._closing or b.acked_by is not None or b.severity not in PAGED,
                     timeout=timedelta(seconds=p.ack_timeout_seconds),
                 )
-                return
             except TimeoutError:
                 await steps.page(b, level)
+                continue
+            if b.severity not in PAGED and b.acked_by is None and not self._closing:
+                b.record("page", f"escalation stopped: severity is now {b.severity.value}")
+            return
