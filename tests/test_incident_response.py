@@ -233,7 +233,8 @@ async def test_duplicate_and_storm_alerts_join_one_bounded_incident(
     s = Standins()
     async with world(env, tmp_path, s) as w:
         agent = f"st-{uuid.uuid4().hex[:8]}"
-        first = alert("AgentHighErrorRate", severity="warning", fingerprint="same")
+        huge = {f"k{i:03}": "x" * 10_000 for i in range(100)}
+        first = alert("AgentHighErrorRate", severity="warning", fingerprint="same", **huge)
         start, batch = start_and_batch(agent, first)
         wids = {await signal_incident(env.client, start, batch, task_queue=w.task_queue)}
         wids.add(await signal_incident(env.client, start, batch, task_queue=w.task_queue))
@@ -250,6 +251,8 @@ async def test_duplicate_and_storm_alerts_join_one_bounded_incident(
         assert st.alerts_not_kept >= 51 + 10 * 5
         same = next(a for a in st.alerts if a.fingerprint == "same")
         assert same.count == 12
+        assert len(same.annotations) == 16 and {len(v) for v in same.annotations.values()} == {512}
+        assert len(st.model_dump_json()) < 1_000_000  # the query's answer stays bounded
         history = [e async for e in h.fetch_history_events()]
         assert (
             sum(1 for e in history if e.event_type == E.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED) == 1

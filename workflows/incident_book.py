@@ -4,7 +4,8 @@ Deterministic workflow code. Alerts are deduplicated by fingerprint (a storm of 
 record with a count), at most :data:`~fleetops.incident_report.MAX_ALERTS` distinct ones are kept
 and the rest only counted; the audit keeps the latest :data:`~fleetops.incident_report.MAX_AUDIT`
 entries and counts those dropped. Label and annotation values are cut to
-:data:`~fleetops.incidents.MAX_LABEL_CHARS` characters, at most :data:`MAX_KEYS` of each.
+:data:`MAX_LABEL_VALUE` and :data:`MAX_ANNOTATION_VALUE` characters, at most :data:`MAX_KEYS` of
+each.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ with workflow.unsafe.imports_passed_through():
         PageRecord,
     )
     from fleetops.incidents import (
-        MAX_LABEL_CHARS,
         AlertBatch,
         AlertEvidence,
         EvidenceItem,
@@ -42,8 +42,12 @@ with workflow.unsafe.imports_passed_through():
         Severity,
     )
 
-MAX_KEYS = 30
+MAX_KEYS = 16
 """Labels (and annotations) kept per alert."""
+MAX_LABEL_VALUE = 256
+"""Characters kept of a label value."""
+MAX_ANNOTATION_VALUE = 512
+"""Characters kept of an annotation value (``status`` stays well under a query's 4 MB)."""
 MAX_EVIDENCE = 40
 """Evidence items kept (alerts shown to the LLM plus gathered items)."""
 MAX_COUNT = 10**9
@@ -54,9 +58,9 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _bounded(d: dict[str, str]) -> dict[str, str]:
+def _bounded(d: dict[str, str], limit: int) -> dict[str, str]:
     items = sorted(d.items())[:MAX_KEYS]
-    return {_cut(k, 128): _cut(v, MAX_LABEL_CHARS) for k, v in items}
+    return {_cut(k, 128): _cut(v, limit) for k, v in items}
 
 
 def fingerprint(alert: AlertEvidence) -> str:
@@ -145,8 +149,8 @@ class IncidentBook:
                 fingerprint=fp,
                 name=_cut(a.name, 200),
                 status=a.status,
-                labels=_bounded(a.labels),
-                annotations=_bounded(a.annotations),
+                labels=_bounded(a.labels, MAX_LABEL_VALUE),
+                annotations=_bounded(a.annotations, MAX_ANNOTATION_VALUE),
                 starts_at=a.starts_at,
                 ends_at=a.ends_at,
                 first_seen=now,
