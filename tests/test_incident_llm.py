@@ -52,6 +52,8 @@ async def test_the_llm_raises_severity_and_proposes_and_its_cost_is_summed(
         req = s.triage_calls[0]
         assert req.rule_severity == "SEV3" and req.rule_category == "latency"
         assert {e.ref for e in req.evidence} >= {"A1", "E1", "E2"}
+        st = await until(h, lambda st: len(st.pages) == 1)  # SEV2 by the LLM pages on-call
+        assert st.pages[0].severity == "SEV2"
         await h.terminate("test finished")
     s = Standins(triage_script=[answer(Severity.SEV4, [("restart_replicas", agent)])])
     async with world(env, tmp_path, s, llm=LLM) as w:
