@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleetops.approvals import Names
 from fleetops.incidents import (
     ContainmentAction,
+    EvidenceItem,
     IncidentPhase,
     IncidentStatusName,
     LikelyCause,
@@ -51,6 +52,7 @@ class IncidentPolicy(_Model):
     p95_latency_max_seconds: float = Field(1.0, gt=0, le=3600)
     evidence_window_seconds: float = Field(900.0, ge=60, le=86400)
     rate_limit_rps: float = Field(10.0, gt=0, le=100000)
+    continue_after_events: int = Field(10_000, ge=100, le=40_000)
     llm_configured: bool = Field(False, description="llm.base_url is set.")
     llm_model: str = ""
     llm_timeout_seconds: float = Field(150.0, gt=0, le=3600)
@@ -206,3 +208,19 @@ class WriteReviewRequest(_Model):
     key: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")
     run_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9-]+$")
     markdown: str = Field(min_length=1, max_length=1_000_000)
+
+
+class IncidentCarry(_Model):
+    """What the next run takes over when an incident continues as new (RESOLUTION only).
+
+    The status holds the record (alerts, actions, pages, audit with the approval entries, LLM
+    spend); the deadline and the healthy streak keep the resolution's clock across runs.
+    """
+
+    status: IncidentStatus
+    evidence: list[EvidenceItem] = Field(default_factory=list, max_length=40)
+    policy: IncidentPolicy
+    overridden: bool = False
+    resolution_deadline: datetime
+    healthy_since: datetime | None = None
+    runs: int = Field(1, ge=1, description="Runs so far, this one included.")

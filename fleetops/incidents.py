@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -194,6 +194,11 @@ class IncidentStart(_Strict):
     source: Literal["alertmanager", "lifecycle", "operator"] = "alertmanager"
     opened_by: str = Field("alertmanager", min_length=1, max_length=100)
     severity: Severity | None = Field(None, description="Initial severity, if the source knows.")
+    carry: dict[str, Any] | None = Field(
+        None,
+        description="Set only by the incident itself when it continues as new in RESOLUTION: "
+        "its state (fleetops.incident_report.IncidentCarry as JSON). Leave unset.",
+    )
 
 
 # --- containment catalogue -------------------------------------------------------------------

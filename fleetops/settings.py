@@ -368,6 +368,13 @@ class IncidentSettings(BaseModel):
     rate_limit_rps: float = Field(
         10.0, gt=0, le=100000, description="Requests/second of a rate_limit containment."
     )
+    continue_after_events: int = Field(
+        10_000,
+        ge=100,
+        le=40_000,
+        description="History events after which a resolving incident continues as new "
+        "(keeps a signal flood under Temporal's 50k-event limit).",
+    )
 
 
 class Settings(BaseSettings):

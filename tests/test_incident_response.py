@@ -279,3 +279,34 @@ async def test_resolved_by_alertmanager_when_every_alert_resolved(
         await h.signal("alerts", AlertBatch(alerts=[two], received_at=datetime.now(UTC)))
         report = await finish(env, h)
     assert report.resolved_by == "alertmanager"
+
+
+async def test_a_signal_flood_continues_as_new_and_keeps_the_record(
+    env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    s = Standins()
+    async with world(env, tmp_path, s, auto_contain_low_risk=True, continue_after_events=100) as w:
+        h = await open_incident(env, w, alert("AgentHighLatencyP95", severity="warning"))
+        await decide(h, "bob", True)
+        st = await until(h, lambda st: st.phase == "RESOLUTION")
+        first_run = (await h.describe()).run_id
+        agent = st.agent_id
+        start, _ = start_and_batch(agent, alert("X"))
+        for i in range(80):
+            flood = AlertBatch(alerts=[alert("Flood", fingerprint=f"f{i % 7}")],
+                               received_at=datetime.now(UTC))  # fmt: skip
+            await signal_incident(env.client, start, flood, task_queue=w.task_queue)
+        st = await until(h, lambda st: st.notifications == 81)
+        assert (await h.describe()).run_id != first_run  # continued as new, same workflow id
+        assert st.phase == "RESOLUTION" and len(st.alerts) == 8
+        assert [a.action.value for a in st.actions] == ["scale_up", "rate_limit"]
+        assert any(e.kind == "continued" for e in st.audit)
+        assert any(e.kind == "decided" and e.actor == "bob" for e in st.audit)  # gate's, carried
+        await resolve(h)
+        report = await finish(env, h)
+    assert report.resolved_by == "operator carol"
+    assert [(a.action.value, a.approver) for a in report.actions] == [
+        ("scale_up", None), ("rate_limit", "bob"),
+    ]  # fmt: skip
+    assert report.run_id != first_run
+    assert [c.lift for c in s.containment_calls] == [False, False, True]

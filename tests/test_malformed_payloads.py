@@ -317,6 +317,8 @@ BAD_STARTS = [
     ("BlueGreenDeployment", "a bare request", [_deploy()], "request"),
     ("IncidentResponse", "no input", [], "start"),
     ("IncidentResponse", "binary/plain", [b"hello"], "<root>"),
+    ("IncidentResponse", "carry by hand",
+     [{"agent_id": "a1", "key": "k", "title": "t", "carry": {"status": {}}}], "carry"),
     ("IncidentResponse", "bad agent id", [{"agent_id": "A!", "key": "k", "title": "t"}],
      "agent_id"),
 ]  # fmt: skip

@@ -103,6 +103,24 @@ class IncidentBook:
         self.resolved_by: str | None = None
         self.resolved_at: datetime | None = None
 
+    def restore(self, st: IncidentStatus, evidence: list[EvidenceItem], overridden: bool) -> None:
+        """Take over the record of the previous run (continue-as-new), audit bounded again."""
+        self.opened_at, self.phase, self.status = st.opened_at, st.phase, st.status
+        self.severity, self.severity_source = st.severity, st.severity_source
+        self.overridden = overridden
+        self.category, self.summary = st.category, st.summary
+        self.alerts = {a.fingerprint: a for a in st.alerts}
+        self.notifications, self.alerts_received = st.notifications, st.alerts_received
+        self.alerts_not_kept = st.alerts_not_kept
+        self.evidence, self.actions = list(evidence), list(st.actions)
+        self.dropped, self.causes = list(st.dropped_proposals), list(st.likely_causes)
+        self.pages = list(st.pages)
+        self.llm = st.llm
+        self.audit = list(st.audit[-MAX_AUDIT:])
+        self.audit_dropped = min(st.audit_dropped + max(len(st.audit) - MAX_AUDIT, 0), MAX_COUNT)
+        self.acked_by, self.acked_at = st.acknowledged_by, st.acknowledged_at
+        self.resolved_by, self.resolved_at = st.resolved_by, st.resolved_at
+
     def record(self, kind: str, detail: str, actor: str | None = None) -> None:
         """Append an audit entry at workflow time (the oldest beyond MAX_AUDIT is dropped)."""
         entry = AuditRecord(

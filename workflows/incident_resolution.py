@@ -3,7 +3,8 @@
 Resolved when an operator resolves (``resolve``), when Alertmanager has resolved every alert of
 the incident, or when ``check_recovery`` finds the metrics within thresholds continuously for
 ``resolve_window_seconds``; closed unresolved after ``resolution_timeout_seconds``. Checks are
-spaced so that at most :data:`MAX_RECOVERY_CHECKS` run, which bounds the history.
+spaced so that at most :data:`MAX_RECOVERY_CHECKS` run; a flood of signals is absorbed by
+continuing as new once the history reaches ``continue_after_events`` events.
 """
 
 from __future__ import annotations
@@ -36,19 +37,37 @@ def _resolved(b: IncidentBook, by: str) -> None:
     b.record("resolved", f"resolved by {by} after {mttr:.0f} s")
 
 
+def history_too_long(p: IncidentPolicy) -> bool:
+    """Whether this run should continue as new (``continue_after_events``, or the server says)."""
+    info = workflow.info()
+    return (
+        info.get_current_history_length() >= p.continue_after_events
+        or info.is_continue_as_new_suggested()
+    )
+
+
 async def wait_resolved(
-    b: IncidentBook, p: IncidentPolicy, operator: Callable[[], OperatorRequest | None]
-) -> None:
-    """Wait until resolved (``b.resolved_by`` set) or the resolution timeout passes.
+    b: IncidentBook,
+    p: IncidentPolicy,
+    operator: Callable[[], OperatorRequest | None],
+    *,
+    deadline: datetime,
+    healthy_since: datetime | None = None,
+) -> tuple[bool, datetime | None]:
+    """Wait until resolved (``b.resolved_by`` set), the deadline, or a history too long.
 
     Args:
         b: the incident; ``resolved_by``/``resolved_at`` are set and audited here.
         p: thresholds, window, poll interval and timeout (seconds).
         operator: the operator's ``resolve`` request, if one arrived.
+        deadline: when the incident closes unresolved.
+        healthy_since: start of the current healthy streak (carried over a continue-as-new).
+
+    Returns:
+        ``(continue_as_new, healthy_since)``: True when the history is too long and the next
+        run must take over (nothing resolved yet), with the healthy streak to carry.
     """
-    deadline = workflow.now() + timedelta(seconds=p.resolution_timeout_seconds)
     poll = max(p.recovery_poll_seconds, p.resolution_timeout_seconds / MAX_RECOVERY_CHECKS)
-    healthy_since: datetime | None = None
     check = RecoveryCheck(
         agent_id=b.start.agent_id,
         error_rate_max=p.error_rate_max,
@@ -58,13 +77,15 @@ async def wait_resolved(
         req = operator()
         if req is not None:
             _resolved(b, f"operator {req.requested_by.strip()}")
-            return
+            return False, healthy_since
         if b.all_resolved():
             _resolved(b, "alertmanager")
-            return
+            return False, healthy_since
         if workflow.now() >= deadline:
             b.record("resolution", f"not resolved in {p.resolution_timeout_seconds:.0f} s")
-            return
+            return False, healthy_since
+        if history_too_long(p):
+            return True, healthy_since
         rs = await calls.recovered(check)
         now = workflow.now()
         if rs.healthy:
@@ -73,14 +94,14 @@ async def wait_resolved(
                 b.record("recovery", f"metrics within thresholds: {rs.values}")
             if (now - healthy_since).total_seconds() >= p.resolve_window_seconds:
                 _resolved(b, "metrics")
-                return
+                return False, healthy_since
         elif healthy_since is not None:
             healthy_since = None
             b.record("recovery", f"metrics out of thresholds again: {rs.detail}")
         wait = min(poll, max((deadline - now).total_seconds(), 0.001))
         with contextlib.suppress(TimeoutError):
             await workflow.wait_condition(
-                lambda: operator() is not None or b.all_resolved(),
+                lambda: operator() is not None or b.all_resolved() or history_too_long(p),
                 timeout=timedelta(seconds=wait),
             )
 

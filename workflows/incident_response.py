@@ -27,7 +27,8 @@ phase ends at its timeout (:mod:`workflows.incident_resolution`).
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 from temporalio import workflow
@@ -35,8 +36,14 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from fleetops import incident_rules as rules
     from fleetops.constants import AGENT_ID_KEY, SEVERITY_KEY, STATE_KEY
+    from fleetops.converter import invalid_input
     from fleetops.incident_markdown import build_review
-    from fleetops.incident_report import IncidentPolicy, ReviewReport, WriteReviewRequest
+    from fleetops.incident_report import (
+        IncidentCarry,
+        IncidentPolicy,
+        ReviewReport,
+        WriteReviewRequest,
+    )
     from fleetops.incidents import (
         EvidenceItem,
         EvidenceRequest,
@@ -76,6 +83,28 @@ class IncidentResponse(IncidentHandlers):
         self._policy = IncidentPolicy()
         self._closing = False
         self._answer: TriageAnswer | None = None
+        self._runs = 1
+        self._deadline: datetime | None = None
+        self._healthy_since: datetime | None = None
+        self._continued = start.carry is not None
+        if start.carry is not None:
+            self._take_over(start.carry)
+
+    def _take_over(self, raw: dict[str, Any]) -> None:
+        """Restore the previous run's record (continue-as-new); refuse a carry given by hand."""
+        if workflow.info().continued_run_id is None:
+            raise invalid_input(
+                "carry is set only by the incident's own continue-as-new", field="carry"
+            )
+        try:
+            carry = IncidentCarry.model_validate(raw)
+        except ValidationError as err:
+            raise invalid_input(
+                f"carry does not validate: {err.errors()[0]['msg']}", field="carry"
+            ) from None
+        self._book.restore(carry.status, carry.evidence, carry.overridden)
+        self._policy, self._runs = carry.policy, carry.runs + 1
+        self._deadline, self._healthy_since = carry.resolution_deadline, carry.healthy_since
 
     @workflow.run
     async def run(self, start: IncidentStart) -> ReviewReport:
@@ -89,6 +118,33 @@ class IncidentResponse(IncidentHandlers):
         """
         b = self._book
         workflow.upsert_search_attributes([AGENT_ID_KEY.value_set(start.agent_id)])
+        if not self._continued:
+            pager = await self._open_and_contain()
+        else:
+            pager = asyncio.create_task(self._pager())
+            self._enter(IncidentPhase.RESOLUTION, f"run {self._runs} takes over (continue-as-new)")
+        assert self._deadline is not None
+        again, self._healthy_since = await resolution.wait_resolved(
+            b,
+            self._policy,
+            lambda: self._resolve_request,
+            deadline=self._deadline,
+            healthy_since=self._healthy_since,
+        )
+        if again:
+            await self._continue_as_new(start)
+        await resolution.lift_rate_limit(b)
+        report = await self._review()
+        self._closing = True
+        await pager
+        b.status = IncidentStatusName.CLOSED
+        self._enter(IncidentPhase.CLOSED, f"resolved by {b.resolved_by or 'nobody'}")
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return report
+
+    async def _open_and_contain(self) -> asyncio.Task[None]:
+        """DETECTED .. ROOT_CAUSE, then enter RESOLUTION; returns the pager task."""
+        b, start = self._book, self._book.start
         self._enter(IncidentPhase.DETECTED, f"opened by {start.opened_by} ({start.source})")
         self._policy, note = await calls.read_policy()
         if note:
@@ -109,14 +165,27 @@ class IncidentResponse(IncidentHandlers):
         b.status = IncidentStatusName.STABLE
         b.record("status", "Stable")
         await self._root_cause()
-        await self._resolution()
-        report = await self._review()
-        self._closing = True
-        await pager
-        b.status = IncidentStatusName.CLOSED
-        self._enter(IncidentPhase.CLOSED, f"resolved by {b.resolved_by or 'nobody'}")
+        self._enter(IncidentPhase.RESOLUTION)
+        self._deadline = workflow.now() + timedelta(seconds=self._policy.resolution_timeout_seconds)
+        return pager
+
+    async def _continue_as_new(self, start: IncidentStart) -> NoReturn:
+        """Hand the record to a new run (the history reached ``continue_after_events``)."""
+        b = self._book
         await workflow.wait_condition(workflow.all_handlers_finished)
-        return report
+        events = workflow.info().get_current_history_length()
+        b.record("continued", f"run {self._runs} continues as new after {events} events")
+        assert self._deadline is not None
+        carry = IncidentCarry(
+            status=b.status_now(self._approval_gate.audit),
+            evidence=b.evidence,
+            policy=self._policy,
+            overridden=b.overridden,
+            resolution_deadline=self._deadline,
+            healthy_since=self._healthy_since,
+            runs=self._runs,
+        )
+        workflow.continue_as_new(start.model_copy(update={"carry": carry.model_dump(mode="json")}))
 
     # --- phases ---------------------------------------------------------------------------
 
@@ -230,11 +299,6 @@ class IncidentResponse(IncidentHandlers):
             )
         b.record("root_cause", "; ".join(c.cause for c in b.causes)[:500])
 
-    async def _resolution(self) -> None:
-        self._enter(IncidentPhase.RESOLUTION)
-        await resolution.wait_resolved(self._book, self._policy, lambda: self._resolve_request)
-        await resolution.lift_rate_limit(self._book)
-
     async def _review(self) -> ReviewReport:
         b = self._book
         self._enter(IncidentPhase.REVIEW)
@@ -258,13 +322,16 @@ class IncidentResponse(IncidentHandlers):
         """Page once severity is SEV1/SEV2; escalate each ack timeout without an ack, until
         acknowledged, closing, or the severity falls below SEV2 (an override)."""
         b, p = self._book, self._policy
-        await workflow.wait_condition(
-            lambda: self._closing or b.acked_by is not None or b.severity in PAGED
-        )
-        if self._closing or b.acked_by is not None:
-            return
-        await steps.page(b, 0)
-        for level in range(1, p.max_escalations + 1):
+        if not b.pages:
+            await workflow.wait_condition(
+                lambda: self._closing or b.acked_by is not None or b.severity in PAGED
+            )
+            if self._closing or b.acked_by is not None:
+                return
+            await steps.page(b, 0)
+        elif b.acked_by is not None or b.severity not in PAGED:
+            return  # a continued run: already acknowledged or stopped
+        for level in range(len(b.pages), p.max_escalations + 1):
             try:
                 await workflow.wait_condition(
                     lambda: self._closing or b.acked_by is not None or b.severity not in PAGED,
