@@ -41,6 +41,7 @@ from fleetops.incidents import (
     ACTION_RISK,
     AlertEvidence,
     ContainmentAction,
+    LikelyCause,
     ProposedAction,
     Severity,
     stricter,
@@ -179,6 +180,33 @@ def classify(alerts: Iterable[AlertEvidence], *, source: str = "alertmanager") -
         sev = Severity.SEV1
         reasons.append("every alert says the agent is down (critical) -> SEV1")
     return Classification(sev, category, reasons)
+
+
+def rule_causes(
+    category: str, *, alert_refs: list[str], deployment_refs: list[str]
+) -> list[LikelyCause]:
+    """Likely causes by the rules, when the LLM gave none: low confidence, with evidence refs.
+
+    A deployment in the evidence (0.4): the usual cause of a new failure; otherwise the
+    category alone (0.2), which says the cause was not found automatically.
+    """
+    causes = []
+    if deployment_refs:
+        causes.append(
+            LikelyCause(
+                cause="a recent deployment of the agent",
+                confidence=0.4,
+                evidence_refs=deployment_refs[:5],
+            )
+        )
+    causes.append(
+        LikelyCause(
+            cause=f"rules: {category} incident, cause not determined automatically",
+            confidence=0.2,
+            evidence_refs=alert_refs[:10],
+        )
+    )
+    return causes
 
 
 def rule_proposals(category: str, agent_id: str) -> list[ProposedAction]:

@@ -46,11 +46,9 @@ with workflow.unsafe.imports_passed_through():
     )
     from fleetops.incidents import (
         EvidenceItem,
-        EvidenceRequest,
         IncidentPhase,
         IncidentStart,
         IncidentStatusName,
-        LikelyCause,
         OperatorRequest,
         Severity,
         TriageAnswer,
@@ -221,26 +219,7 @@ class IncidentResponse(IncidentHandlers):
     async def _assess(self) -> None:
         b, p = self._book, self._policy
         self._enter(IncidentPhase.ASSESSMENT)
-        now = workflow.now()
-        starts = [a.starts_at for a in b.alerts.values()] or [now]
-        since = max(
-            min(starts) - timedelta(seconds=p.evidence_window_seconds),
-            now - timedelta(seconds=86_000),
-        )
-        names = sorted({a.name for a in b.alerts.values()})[:20]
-        try:
-            req = EvidenceRequest(
-                incident_id=b.incident_id,
-                agent_id=b.start.agent_id,
-                since=min(since, now - timedelta(seconds=1)),
-                until=now,
-                alert_names=names,
-            )
-            items, note = await calls.gather(req)
-        except ValidationError as err:
-            items, note = [], f"evidence request not built: {err.errors()[0]['msg']}"
-        b.evidence = items[:MAX_EVIDENCE]
-        b.record("evidence", note or f"{len(b.evidence)} item(s): {[e.ref for e in b.evidence]}")
+        await steps.gather_evidence(b, p)
         answer = await steps.ask_llm(b, p, "assessment", self._evidence())
         self._answer = answer
         if answer is None:
@@ -280,22 +259,10 @@ class IncidentResponse(IncidentHandlers):
                 b.causes = list(answer.likely_causes) or b.causes
                 b.summary = answer.summary or b.summary
         if not b.causes:
-            refs = [e.ref for e in b.alert_items(5)]
-            deploys = [e.ref for e in b.evidence if e.kind == "deployment"]
-            if deploys:
-                b.causes.append(
-                    LikelyCause(
-                        cause="a recent deployment of the agent",
-                        confidence=0.4,
-                        evidence_refs=deploys[:5],
-                    )
-                )
-            b.causes.append(
-                LikelyCause(
-                    cause=f"rules: {b.category} incident, cause not determined automatically",
-                    confidence=0.2,
-                    evidence_refs=refs,
-                )
+            b.causes = rules.rule_causes(
+                b.category,
+                alert_refs=[e.ref for e in b.alert_items(5)],
+                deployment_refs=[e.ref for e in b.evidence if e.kind == "deployment"],
             )
         b.record("root_cause", "; ".join(c.cause for c in b.causes)[:500])
 

@@ -9,6 +9,8 @@ risk and severity exactly like the rules' own (:mod:`fleetops.incident_rules`).
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import ValidationError
 from temporalio import workflow
 
@@ -21,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
         ContainmentAction,
         ContainmentRequest,
         EvidenceItem,
+        EvidenceRequest,
         LlmOutcome,
         ProposedAction,
         TriageAnswer,
@@ -29,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import incident_calls as calls
     from workflows.approval import ApprovalGate
     from workflows.approval_calls import send_notification
-    from workflows.incident_book import MAX_COUNT, IncidentBook
+    from workflows.incident_book import MAX_COUNT, MAX_EVIDENCE, IncidentBook
 
 AUTOMATION = "incident-automation"
 """``requested_by`` of actions that ran without approval."""
@@ -249,4 +252,30 @@ async def page(book: IncidentBook, level: int) -> None:
         "page",
         ("paged on-call" if level == 0 else f"escalation {level}")
         + (f" (failed: {failure})" if failure else ""),
+    )
+
+
+async def gather_evidence(book: IncidentBook, policy: IncidentPolicy) -> None:
+    """Evidence from ``evidence_window_seconds`` before the first alert until now (at most a day),
+    kept in ``book.evidence``; a failure is a note in the audit."""
+    now = workflow.now()
+    starts = [a.starts_at for a in book.alerts.values()] or [now]
+    since = max(
+        min(starts) - timedelta(seconds=policy.evidence_window_seconds),
+        now - timedelta(seconds=86_000),
+    )
+    try:
+        req = EvidenceRequest(
+            incident_id=book.incident_id,
+            agent_id=book.start.agent_id,
+            since=min(since, now - timedelta(seconds=1)),
+            until=now,
+            alert_names=sorted({a.name for a in book.alerts.values()})[:20],
+        )
+        items, note = await calls.gather(req)
+    except ValidationError as err:
+        items, note = [], f"evidence request not built: {err.errors()[0]['msg']}"
+    book.evidence = items[:MAX_EVIDENCE]
+    book.record(
+        "evidence", note or f"{len(book.evidence)} item(s): {[e.ref for e in book.evidence]}"
     )
