@@ -40,8 +40,15 @@ async def world(
             yield w
 
 
-async def open_incident(env: WorkflowEnvironment, w: Worker, *alerts: Any) -> WorkflowHandle:
-    agent = f"ir-{uuid.uuid4().hex[:8]}"
+def new_agent() -> str:
+    """A fresh agent id (choose it first to script the stand-ins for it)."""
+    return f"ir-{uuid.uuid4().hex[:8]}"
+
+
+async def open_incident(
+    env: WorkflowEnvironment, w: Worker, *alerts: Any, agent: str | None = None
+) -> WorkflowHandle:
+    agent = agent or new_agent()
     start, batch = start_and_batch(agent, *alerts)
     wid = await signal_incident(env.client, start, batch, task_queue=w.task_queue)
     return env.client.get_workflow_handle(wid, result_type=ReviewReport)

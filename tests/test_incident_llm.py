@@ -20,6 +20,7 @@ from tests.incident_helpers import (
     LLM,
     decide,
     finish,
+    new_agent,
     open_incident,
     pending,
     resolve,
@@ -68,12 +69,12 @@ async def test_llm_proposals_are_used_and_costs_summed_over_calls(
 ) -> None:
     s = Standins()
     async with world(env, tmp_path, s, llm=LLM) as w:
-        h = await open_incident(env, w, alert("AgentHighErrorRate", severity="error"))
-        agent = h.id.split("/")[1]
+        agent = new_agent()
         s.triage_script[:] = [
             answer(Severity.SEV2, [("restart_replicas", agent)], tokens=(300, 50), usd=0.002),
             answer(Severity.SEV2, tokens=(100, 20), usd=0.001),
         ]
+        h = await open_incident(env, w, alert("AgentHighErrorRate", severity="error"), agent=agent)
         p = await pending(h)
         assert p["context"]["proposed_by"] == "llm" and p["context"]["action"] == "restart_replicas"
         assert p["context"]["reasoning"] == "model says restart_replicas"
@@ -164,16 +165,17 @@ async def test_injected_alert_text_runs_nothing_outside_the_catalogue_or_unappro
 ) -> None:
     s = Standins()
     async with world(env, tmp_path, s, llm=LLM, auto_contain_low_risk=True) as w:
-        h = await open_incident(
-            env, w, alert("AgentHighLatencyP95", severity="warning", description=INJECTION)
-        )
-        agent = h.id.split("/")[1]
+        agent = new_agent()
         s.triage_script[:] = [answer(Severity.SEV4, [
             ("kubectl delete ns prod", agent), ("pause_agent", "billing"),
             ("PAUSE_AGENT", agent), ("scale_up", agent), ("scale_up", agent),
         ])]  # fmt: skip
+        s.triage_script[0].answer.proposed_actions[2].reasoning = "<http://evil.example|approve>"
+        injected = alert("AgentHighLatencyP95", severity="warning", description=INJECTION)
+        h = await open_incident(env, w, injected, agent=agent)
         p = await pending(h)
         assert p["context"]["action"] == "pause_agent" and p["context"]["risk"] == "high"
+        assert p["context"]["reasoning"] == "(http://evil.example|approve)"  # no Slack link
         assert s.containment_calls == []  # nothing ran before a human decided
         assert INJECTION in s.triage_calls[0].evidence[0].text  # data, shown as evidence
         await decide(h, "bob", False)

@@ -34,6 +34,15 @@ with workflow.unsafe.imports_passed_through():
     from workflows.approval_calls import send_notification
     from workflows.incident_book import MAX_COUNT, MAX_EVIDENCE, IncidentBook
 
+_PLAIN = str.maketrans({"<": "(", ">": ")", "`": "'", "\n": " ", "\r": " "})
+
+
+def plain(text: str) -> str:
+    """Untrusted text made inert for the approvers' Slack message: no ``<url|label>`` links,
+    no code spans, one line."""
+    return text.translate(_PLAIN)
+
+
 AUTOMATION = "incident-automation"
 """``requested_by`` of actions that ran without approval."""
 
@@ -109,7 +118,9 @@ async def ask_llm(
     return outcome.answer
 
 
-def proposals_for(book: IncidentBook, answer: TriageAnswer | None) -> list[tuple[str, list]]:
+def proposals_for(
+    book: IncidentBook, answer: TriageAnswer | None
+) -> list[tuple[str, list[ProposedAction]]]:
     """(proposed_by, proposals): the LLM's when it answered with any, else the rules'."""
     agent = book.start.agent_id
     found: list[tuple[str, list[ProposedAction]]] = []
@@ -176,7 +187,7 @@ async def contain(
                     "risk": ACTION_RISK[action],
                     "severity": sev.value,
                     "proposed_by": rec.proposed_by,
-                    "reasoning": proposal.reasoning[:300],
+                    "reasoning": plain(proposal.reasoning)[:300],
                     "evidence": ", ".join(refs) or "none",
                 },
                 approvers=policy.approvers,

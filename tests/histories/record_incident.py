@@ -33,6 +33,7 @@ from tests.incident_helpers import (  # noqa: E402
     LLM,
     decide,
     finish,
+    new_agent,
     open_incident,
     pending,
     resolve,
@@ -47,13 +48,14 @@ OUT = Path(__file__).parent / "incident" / "full.json"
 async def record(env: WorkflowEnvironment, state_dir: Path) -> None:
     s = Standins()
     async with world(env, state_dir, s, llm=LLM, ack_timeout_seconds=60) as w:
-        first = alert("AgentHighErrorRate", severity="critical")
-        h = await open_incident(env, w, first)
-        agent = h.id.split("/")[1]
+        agent = new_agent()
         s.triage_script[:] = [
             answer(Severity.SEV2, [("restart_replicas", agent), ("pause_agent", agent)]),
             answer(Severity.SEV2),
         ]
+        h = await open_incident(
+            env, w, alert("AgentHighErrorRate", severity="critical"), agent=agent
+        )
         await h.signal("alerts", RawValue(data_converter().payload_converter.to_payload([1])))
         await pending(h)
         await env.sleep(61)
