@@ -44,3 +44,6 @@ LLM_RATE_LIMITED = "LlmRateLimited"
 LLM_REJECTED = "LlmRejected"
 """The LLM endpoint answered another 4xx: bad key, unknown model, request too large
 (non-retryable; the incident goes on with the rules)."""
+INCIDENT_REFUSED = "IncidentRefused"
+"""An ``ack``, ``resolve`` or ``set_severity`` the incident's state does not allow (already
+acknowledged, already resolved, closing); refused by the update's validator."""

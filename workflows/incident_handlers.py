@@ -18,6 +18,7 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from fleetops import errors
     from fleetops import incident_rules as rules
     from fleetops.constants import SEVERITY_KEY
     from fleetops.incident_report import IncidentStatus
@@ -41,7 +42,7 @@ _OPERATOR = '{"requested_by": "<you>", "reason": "..."}'
 _OVERRIDE = '{"severity": "SEV2", "requested_by": "<you>", "reason": "..."}'
 _BATCH = '{"alerts": [...], "received_at": "<RFC 3339>"}'
 _DONE = (IncidentPhase.REVIEW, IncidentPhase.CLOSED)
-INCIDENT_REFUSED = "IncidentRefused"
+INCIDENT_REFUSED = errors.INCIDENT_REFUSED
 """``ApplicationError.type`` of an ack/resolve/set_severity the incident's state does not allow."""
 
 
