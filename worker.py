@@ -19,19 +19,26 @@ from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
 
 from activities.agent_control import AgentControlActivities
+from activities.containment import ContainmentActivities
 from activities.deployments import DeploymentActivities
+from activities.incident_evidence import EvidenceActivities
+from activities.incident_intake import IncidentIntakeActivities
+from activities.incident_review import IncidentActivities
+from activities.llm import LlmActivities
 from activities.metrics import MetricsActivities
 from activities.notify import NotifyActivities
 from activities.platform import Platform, PlatformActivities, build_platform
 from activities.platform.k8s_drain import NodeDrain
 from activities.probes import ProbeActivities
 from activities.quota import ReplicaQuota
+from activities.recovery import RecoveryActivities
 from activities.secret_stores import build_secret_store
 from activities.secrets import SecretActivities
 from fleetops.client import connect
 from fleetops.settings import Settings, get_settings
 from workflows.agent_lifecycle import AgentLifecycle
 from workflows.blue_green import BlueGreenDeployment
+from workflows.incident_response import IncidentResponse
 from workflows.maintenance import Maintenance
 from workflows.payload_guard import MessageGuard
 
@@ -43,7 +50,7 @@ is 0.8 x heartbeat_timeout, up to 60 s). A heartbeat's answer is how an activity
 was cancelled or that its workflow ended (terminate): with 0.5 s, an activity that starts
 replicas stops within about a second, whatever heartbeat timeout its workflow set."""
 
-WORKFLOWS: Sequence[type] = (AgentLifecycle, BlueGreenDeployment, Maintenance)
+WORKFLOWS: Sequence[type] = (AgentLifecycle, BlueGreenDeployment, IncidentResponse, Maintenance)
 """Every workflow the FleetOps worker runs."""
 INTERCEPTORS: Sequence[Interceptor] = (MessageGuard(),)
 """Worker interceptors: ``MessageGuard`` drops a signal whose payload count does not fit."""
@@ -85,6 +92,8 @@ async def fleetops_worker(
             else None,
             settings.platform.kubernetes.namespace,
         )
+        llm = LlmActivities(http, settings.llm)
+        incident = IncidentActivities(settings.incidents, settings.llm, settings.state_dir)
         quota = ReplicaQuota(
             platform_activities.provision_replicas,
             max_replicas_per_agent=settings.max_replicas_per_agent,
@@ -119,6 +128,19 @@ async def fleetops_worker(
                 drain.cordon_node,
                 drain.drain_node,
                 drain.uncordon_node,
+                IncidentIntakeActivities(client).open_incident,
+                EvidenceActivities(client, platform, http, settings.metrics).gather_evidence,
+                ContainmentActivities(
+                    client,
+                    platform,
+                    notify,
+                    max_replicas_per_agent=settings.max_replicas_per_agent,
+                ).run_containment,
+                RecoveryActivities(client, http, settings.metrics).check_recovery,
+                llm.llm_triage,
+                llm.llm_policy,
+                incident.incident_policy,
+                incident.write_review,
             ],
             interceptors=list(INTERCEPTORS),
             max_concurrent_activities=settings.max_concurrent_activities,

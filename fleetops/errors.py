@@ -67,3 +67,13 @@ OPERATION_REFUSED = "OperationRefused"
 """An agent operation (``restart``, ``configure``) the agent's state does not allow now."""
 OPERATION_FAILED = "OperationFailed"
 """An agent operation that was accepted but could not be completed (the agent was restored)."""
+LLM_UNAVAILABLE = "LlmUnavailable"
+"""The LLM endpoint timed out, was unreachable or answered 408/5xx (retryable)."""
+LLM_RATE_LIMITED = "LlmRateLimited"
+"""The LLM endpoint answered 429 (retryable after its Retry-After)."""
+LLM_REJECTED = "LlmRejected"
+"""The LLM endpoint answered another 4xx: bad key, unknown model, request too large
+(non-retryable; the incident goes on with the rules)."""
+INCIDENT_REFUSED = "IncidentRefused"
+"""An ``ack``, ``resolve`` or ``set_severity`` the incident's state does not allow (already
+acknowledged, already resolved, closing); refused by the update's validator."""

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fleetops.approvals import MAX_NAME_CHARS
+from fleetops.approvals import MAX_NAME_CHARS, Names
 from fleetops.constants import TASK_QUEUE
 from fleetops.limits import DEFAULT_MAX_REPLICAS_PER_AGENT, MAX_REPLICAS
 from fleetops.signing import SigningError, public_key_base64
@@ -280,6 +280,155 @@ class SecretsSettings(BaseModel):
     vault: VaultSettings = Field(default_factory=VaultSettings)
 
 
+class ModelPrice(BaseModel):
+    """What a model costs, in US dollars per million tokens (the providers' price pages)."""
+
+    input_usd_per_million: float = Field(0.0, ge=0, description="USD per 1M input tokens.")
+    output_usd_per_million: float = Field(0.0, ge=0, description="USD per 1M output tokens.")
+
+
+class LlmSettings(BaseModel):
+    """The LLM that triages incidents: any OpenAI-compatible Chat Completions endpoint.
+
+    ``base_url`` unset means no LLM: incidents are triaged by the rules alone.
+    """
+
+    base_url: str | None = Field(
+        None,
+        description="Base URL of the OpenAI-compatible API, e.g. http://127.0.0.1:8088/v1 "
+        "(requests go to <base_url>/chat/completions); unset: no LLM.",
+    )
+    model: str = Field("SmolLM2-135M-Instruct", min_length=1, description="Model name sent.")
+    api_key: SecretStr | None = Field(
+        None, description="Bearer token for the endpoint; unset: no Authorization header."
+    )
+    structured_output: Literal["json_schema", "json_object"] = Field(
+        "json_schema",
+        description="How the answer's JSON schema is sent: json_schema (OpenAI, vLLM, Ollama) "
+        "or json_object with a schema (llama-cpp-python's server).",
+    )
+    timeout_seconds: float = Field(60.0, gt=0, le=600, description="Seconds per HTTP call.")
+    max_output_tokens: int = Field(
+        512, ge=16, le=8192, description="Cap on output tokens per call (max_tokens)."
+    )
+    context_tokens: dict[str, int] = Field(
+        default_factory=dict,
+        description='Model -> context window in tokens, e.g. {"gpt-4o-mini": 128000}; '
+        "models not listed get default_context_tokens.",
+    )
+    default_context_tokens: int = Field(
+        2048, ge=256, description="Context window of a model not in context_tokens (tokens)."
+    )
+    context_margin_tokens: int = Field(
+        128,
+        ge=0,
+        description="Tokens kept free besides max output (chat template, estimate error).",
+    )
+    letters_per_token: float = Field(
+        3.0,
+        gt=0,
+        le=8,
+        description="Token estimate: letters of a word per token; digits, symbols and "
+        "non-ASCII bytes count one token each (a deliberate over-estimate).",
+    )
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description='Model -> price, e.g. {"gpt-4o-mini": {"input_usd_per_million": 0.15, '
+        '"output_usd_per_million": 0.6}}; a model not listed costs 0 USD.',
+    )
+    anonymise_names: bool = Field(
+        False, description="Replace agent and host names with placeholders before sending."
+    )
+    budget_tokens_per_incident: int = Field(
+        20000, ge=0, description="Input + output tokens one incident may spend (0: no LLM calls)."
+    )
+    budget_usd_per_incident: float = Field(
+        1.0, ge=0, description="USD one incident may spend on LLM calls."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_http(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip().rstrip("/")
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("llm.base_url must start with http:// or https://")
+        return v
+
+    def context_for(self, model: str) -> int:
+        """Context window of ``model`` in tokens (``context_tokens``, else the default)."""
+        return self.context_tokens.get(model, self.default_context_tokens)
+
+
+class IncidentSettings(BaseModel):
+    """How ``IncidentResponse`` pages, contains and resolves (``FLEETOPS_INCIDENTS__*``).
+
+    Read by the ``incident_policy`` activity when an incident starts (recorded in its history).
+    """
+
+    auto_contain_low_risk: bool = Field(
+        False,
+        description="Run low-risk containment (scale_up, page_oncall) without approval at "
+        "SEV3/SEV4; everything else, and every action at SEV1/SEV2, is approved first.",
+    )
+    ack_timeout_seconds: float = Field(
+        900.0,
+        ge=1,
+        le=86400,
+        description="Seconds a SEV1/SEV2 page waits for ack before it escalates (1 s .. 1 day).",
+    )
+    max_escalations: int = Field(
+        3, ge=0, le=10, description="Escalations of an unacknowledged page (0..10)."
+    )
+    approval_timeout_seconds: float = Field(
+        3600.0,
+        ge=1,
+        le=30 * 86400,
+        description="Seconds a containment approval waits (then rejected).",
+    )
+    approvers: Names = Field(
+        default_factory=list, description="Users who may approve containment (empty: anyone)."
+    )
+    approver_roles: Names = Field(
+        default_factory=list, description="Roles (approval.roles) who may approve containment."
+    )
+    resolve_window_seconds: float = Field(
+        300.0,
+        ge=1,
+        le=86400,
+        description="Seconds metrics must stay within thresholds before "
+        "the incident resolves by itself.",
+    )
+    recovery_poll_seconds: float = Field(
+        30.0, ge=1, le=3600, description="Seconds between two recovery checks."
+    )
+    resolution_timeout_seconds: float = Field(
+        3 * 86400.0,
+        ge=60,
+        le=30 * 86400,
+        description="Seconds the incident waits to resolve "
+        "before it closes unresolved (bounds its history).",
+    )
+    error_rate_max: float = Field(0.05, ge=0, le=1, description="Recovered: error rate <= this.")
+    p95_latency_max_seconds: float = Field(
+        1.0, gt=0, le=3600, description="Recovered: p95 latency <= this many seconds."
+    )
+    evidence_window_seconds: float = Field(
+        900.0, ge=60, le=86400, description="Seconds of metrics before the first alert gathered."
+    )
+    rate_limit_rps: float = Field(
+        10.0, gt=0, le=100000, description="Requests/second of a rate_limit containment."
+    )
+    continue_after_events: int = Field(
+        10_000,
+        ge=100,
+        le=40_000,
+        description="History events after which a resolving incident continues as new "
+        "(keeps a signal flood under Temporal's 50k-event limit).",
+    )
+
+
 class Settings(BaseSettings):
     """The whole FleetOps configuration (environment prefix ``FLEETOPS_``)."""
 
@@ -302,6 +451,8 @@ class Settings(BaseSettings):
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
     approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
+    incidents: IncidentSettings = Field(default_factory=IncidentSettings)
     max_concurrent_activities: int = Field(
         200, ge=1, description="Activities one worker runs at once."
     )

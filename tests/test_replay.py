@@ -115,10 +115,20 @@ class MaintenanceReturnsAtOnce:
         return None
 
 
+@workflow.defn(name="IncidentResponse")
+class IncidentReturnsAtOnce:
+    """Stand-in for a non-replay-safe change: same workflow type, different commands."""
+
+    @workflow.run
+    async def run(self, input: Any) -> None:
+        return None
+
+
 CHANGED = {
     "AgentLifecycle": LifecycleReturnsAtOnce,
     "BlueGreenDeployment": DeploymentReturnsAtOnce,
     "Maintenance": MaintenanceReturnsAtOnce,
+    "IncidentResponse": IncidentReturnsAtOnce,
 }
 
 

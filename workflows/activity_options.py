@@ -18,12 +18,18 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.agent_control import AgentControlActivities
+    from activities.containment import ContainmentActivities
     from activities.deployments import DeploymentActivities
+    from activities.incident_evidence import EvidenceActivities
+    from activities.incident_intake import IncidentIntakeActivities
+    from activities.incident_review import IncidentActivities
+    from activities.llm import LlmActivities
     from activities.metrics import MetricsActivities
     from activities.notify import NotifyActivities
     from activities.platform.activities import PlatformActivities
     from activities.platform.k8s_drain import NodeDrain
     from activities.probes import ProbeActivities
+    from activities.recovery import RecoveryActivities
     from activities.secrets import SecretActivities
 
 A = TypeVar("A")
@@ -43,6 +49,13 @@ the approval goes on waiting."""
 MEASURE_RETRY = RetryPolicy(maximum_attempts=2)
 """One analysis measurement: one attempt and one retry; a measurement that still fails counts as
 an Error measurement (Argo's ``consecutiveErrorLimit``)."""
+OPEN_INCIDENT_RETRY = RetryPolicy(maximum_attempts=3, maximum_interval=timedelta(seconds=5))
+"""Opening an incident from the lifecycle: 3 attempts (1, 2 s apart); one that still fails is a
+note in the agent's transitions, and the agent goes on (it must never wait on its incident)."""
+LLM_RETRY = RetryPolicy(maximum_attempts=3, maximum_interval=timedelta(seconds=60))
+"""An LLM triage is tried 3 times (429/5xx/unreachable; a 429's Retry-After sets the delay);
+one that still fails leaves the incident to the rules. Invalid or truncated answers are not
+retried here: the activity makes its own one repair call and returns a failure."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,22 @@ TABLE: dict[Callable[..., Any], Options] = {
     NodeDrain.uncordon_node: Options(timedelta(seconds=30), retry=COMPENSATION_RETRY),
     # start_to_close is set per call: the drain's timeout_seconds plus a minute.
     NodeDrain.drain_node: Options(15 * _MINUTE, _MINUTE),
+    IncidentIntakeActivities.open_incident: Options(
+        timedelta(seconds=10), retry=OPEN_INCIDENT_RETRY
+    ),
+    # Read-only: a status query, a few Prometheus queries or scrapes, log tails.
+    EvidenceActivities.gather_evidence: Options(2 * _MINUTE, timedelta(seconds=30)),
+    # A pause or scale waits for the agent to stop or start replicas (minutes at most).
+    ContainmentActivities.run_containment: Options(10 * _MINUTE, _MINUTE),
+    # Without Prometheus it waits window_seconds (<= 1 h) between two scrapes, heartbeating.
+    RecoveryActivities.check_recovery: Options(65 * _MINUTE, timedelta(seconds=30)),
+    # Two HTTP calls (answer + one repair) of llm.timeout_seconds (60 s by default) and a margin;
+    # pass start_to_close=LlmPolicy.activity_timeout_seconds when the timeout setting differs.
+    # The activity heartbeats every 2 s while it waits for the model.
+    LlmActivities.llm_triage: Options(timedelta(seconds=150), timedelta(seconds=30), LLM_RETRY),
+    LlmActivities.llm_policy: Options(timedelta(seconds=10)),
+    IncidentActivities.incident_policy: Options(timedelta(seconds=10)),
+    IncidentActivities.write_review: Options(timedelta(seconds=30)),
 }
 """Activity -> options."""
 
@@ -150,4 +179,29 @@ async def call(
     """
     return await workflow.execute_activity_method(
         method, arg, **_kwargs(method, summary, compensation, start_to_close)
+    )
+
+
+async def call_args(
+    method: Callable[..., Awaitable[R]],
+    args: list[Any],
+    *,
+    summary: str,
+) -> R:
+    """Like :func:`call`, for an activity that takes several arguments.
+
+    Args:
+        method: the activity method, e.g. ``IncidentIntakeActivities.open_incident``.
+        args: its arguments, in order.
+        summary: what the call does, in words (cut at 200 characters).
+
+    Returns:
+        The activity's result.
+
+    Raises:
+        ActivityError: the activity failed for good (retries exhausted or non-retryable).
+        KeyError: ``method`` has no row in :data:`TABLE`.
+    """
+    return await workflow.execute_activity_method(
+        method, args=args, **_kwargs(method, summary, False, None)
     )
