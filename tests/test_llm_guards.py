@@ -193,6 +193,28 @@ def test_schema_bounds_every_string_and_closes_objects() -> None:
     assert action["target"]["enum"] == ["checkout"]
 
 
+def longest_instance(schema: dict[str, object]) -> object:
+    """The longest JSON value ``schema`` allows (strings full of digits: one token each)."""
+    if "enum" in schema:
+        return max(schema["enum"], key=lambda v: len(json.dumps(v)))  # type: ignore[arg-type]
+    kind = schema["type"]
+    if kind == "string":
+        return "9" * int(schema["maxLength"])  # type: ignore[call-overload]
+    if kind == "array":
+        return [longest_instance(schema["items"])] * int(schema["maxItems"])  # type: ignore[arg-type, call-overload]
+    props: dict[str, dict[str, object]] = schema["properties"]  # type: ignore[assignment]
+    return {k: longest_instance(v) for k, v in props.items()}
+
+
+@pytest.mark.parametrize("max_tokens", [512, 600, 768, 1024, 2048, 8192])
+def test_schema_cannot_be_longer_than_max_tokens(max_tokens: int) -> None:
+    agent = "a" * 63  # the longest agent id
+    schema = answer_schema(list(ContainmentAction), agent, max_tokens)
+    worst = json.dumps(longest_instance(schema))  # ", " and ": ": the grammar's optional spaces
+    assert len(worst) <= max_tokens
+    TriageAnswer.model_validate_json(worst)  # and the schema is within the model's bounds
+
+
 # --- token bound ----------------------------------------------------------------------------
 
 
