@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetops.incidents import TriageRequest
+from fleetops.llm_answers import answer_schema
 from fleetops.llm_guards import Anonymiser, Redactor
 from fleetops.llm_prompt import (
     MESSAGE_OVERHEAD_TOKENS,
-    answer_schema,
     estimate_tokens,
     evidence_block,
     facts_message,

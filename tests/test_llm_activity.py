@@ -18,7 +18,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.llm import LlmActivities
 from fleetops.errors import LLM_RATE_LIMITED, LLM_REJECTED, LLM_UNAVAILABLE
 from fleetops.incidents import ContainmentAction, EvidenceItem, LlmOutcome, Severity, TriageRequest
-from fleetops.llm_prompt import answer_schema, screen_proposals
+from fleetops.llm_answers import answer_schema, screen_proposals
 from fleetops.settings import LlmSettings, ModelPrice
 from tests.fakes.llm import FAKE_MODEL, FakeLlm, FakeReply, answer_json
 
@@ -299,7 +299,7 @@ async def test_no_repair_when_budget_is_spent(http: httpx.AsyncClient, fake: Fak
 
 
 async def test_heartbeats_while_waiting(http: httpx.AsyncClient, fake: FakeLlm) -> None:
-    import activities.llm as llm_module
+    import activities.llm_wire as llm_module
 
     h = Harness(http, fake)
     beats: list[object] = []

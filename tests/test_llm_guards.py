@@ -16,18 +16,17 @@ from fleetops.incidents import (
     TriageAnswer,
     TriageRequest,
 )
+from fleetops.llm_answers import answer_schema, screen_proposals
 from fleetops.llm_compose import PromptRefused, compose, usd
 from fleetops.llm_guards import REDACTED, Anonymiser, Redactor, redact
 from fleetops.llm_prompt import (
     _water_level,
-    answer_schema,
     estimate_tokens,
     evidence_block,
     fit_evidence,
     item_header,
     neutralise,
     new_fence,
-    screen_proposals,
     system_prompt,
 )
 from fleetops.settings import LlmSettings, ModelPrice

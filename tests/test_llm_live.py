@@ -18,7 +18,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.llm import LlmActivities
 from fleetops.incidents import EvidenceItem, Severity, TriageRequest
-from fleetops.llm_prompt import screen_proposals
+from fleetops.llm_answers import screen_proposals
 from fleetops.settings import LlmSettings
 
 pytestmark = pytest.mark.live_llm

@@ -18,7 +18,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.llm import LlmActivities
 from fleetops.incidents import EvidenceItem, LlmOutcome, Severity, TriageRequest
-from fleetops.llm_prompt import screen_proposals
+from fleetops.llm_answers import screen_proposals
 from starters.local_llm import LocalLlm
 
 pytestmark = pytest.mark.llm
