@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
 import httpx
+import prometheus_client
 from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
 
@@ -181,6 +182,7 @@ async def run_worker(
         RuntimeError: Temporal cannot be reached.
     """
     client = client or await connect(settings, with_metrics=True)
+    serve_app_metrics(settings.telemetry.app_metrics_bind_address)
     stop = stop or _stop_on_signals()
     async with fleetops_worker(client, settings) as worker:
         log.info(
@@ -192,6 +194,25 @@ async def run_worker(
         await stop.wait()
         log.info("stopping worker")
     log.info("worker stopped")
+
+
+def serve_app_metrics(bind_address: str | None) -> None:
+    """Serve the process's prometheus_client registry (``fleetops_llm_*``) on ``host:port``.
+
+    Args:
+        bind_address: ``host:port``; None or empty serves nothing.
+
+    Raises:
+        ValueError: the address is not ``host:port``.
+        OSError: the port cannot be bound.
+    """
+    if not bind_address:
+        return
+    host, _, port = bind_address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"telemetry.app_metrics_bind_address {bind_address!r} is not host:port")
+    prometheus_client.start_http_server(int(port), addr=host)
+    log.info("FleetOps metrics at http://%s/metrics", bind_address)
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -22,76 +22,33 @@ Sources:
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from opentelemetry import trace
 from prometheus_client import REGISTRY, CollectorRegistry
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities._text import shorten
 from activities.llm_answer import restore_names
 from activities.llm_telemetry import OPERATION, PROVIDER, llm_metrics, usage_attributes
+from activities.llm_wire import BadResponse, ChatCompletion, Reply, heartbeating
 from activities.notify import redact_url, retry_after_seconds
 from fleetops.errors import LLM_RATE_LIMITED, LLM_REJECTED, LLM_UNAVAILABLE
 from fleetops.incidents import LlmOutcome, LlmPolicy, LlmUsage, TriageAnswer, TriageRequest
+from fleetops.llm_answers import parse_answer, repair_message
 from fleetops.llm_compose import Composed, PromptRefused, compose, usd
 from fleetops.llm_guards import redact
-from fleetops.llm_prompt import estimate_tokens, new_fence, parse_answer, repair_message
+from fleetops.llm_prompt import estimate_tokens, new_fence
 from fleetops.settings import LlmSettings
 
-T = TypeVar("T")
-
-HEARTBEAT_SECONDS = 2.0
-"""Seconds between heartbeats while a call is waiting for the model."""
 MAX_LLM_RETRY_AFTER_SECONDS = 300.0
 """Longest ``Retry-After`` honoured, in seconds (a longer one is capped)."""
 _BODY_CHARS = 300
-
-
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class _Message(_Lenient):
-    content: str | None = None
-
-
-class _Choice(_Lenient):
-    message: _Message
-    finish_reason: str | None = None
-
-
-class _Usage(_Lenient):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-class _ChatCompletion(_Lenient):
-    model: str = ""
-    choices: list[_Choice]
-    usage: _Usage | None = None
-
-
-@dataclass
-class _Reply:
-    content: str
-    finish_reason: str
-    usage: LlmUsage
-    note: str | None = None  # e.g. usage estimated
-
-
-class _BadResponse(Exception):
-    def __init__(self, usage: LlmUsage, message: str) -> None:
-        super().__init__(message)
-        self.usage = usage
 
 
 class LlmActivities:
@@ -162,7 +119,7 @@ class LlmActivities:
         notes = list(composed.notes)
         try:
             reply = await self._chat(composed.messages, composed)
-        except _BadResponse as bad:
+        except BadResponse as bad:
             return LlmOutcome(failure="invalid_response", usage=[bad.usage], prompt_notes=notes)
         usage.append(reply.usage)
         notes += [reply.note] if reply.note else []
@@ -175,7 +132,7 @@ class LlmActivities:
         self,
         request: TriageRequest,
         composed: Composed,
-        reply: _Reply,
+        reply: Reply,
         error: str,
         usage: list[LlmUsage],
         notes: list[str],
@@ -198,8 +155,8 @@ class LlmActivities:
         notes.append(f"repair retry after invalid output: {shorten(error, 200)}")
         try:
             second = await self._chat(messages, composed)
-        except (_BadResponse, ApplicationError) as err:
-            if isinstance(err, _BadResponse):
+        except (BadResponse, ApplicationError) as err:
+            if isinstance(err, BadResponse):
                 usage.append(err.usage)
             notes.append(f"repair call failed: {shorten(str(err), 200)}")
             return LlmOutcome(failure="invalid_output", usage=usage, prompt_notes=notes)
@@ -209,7 +166,7 @@ class LlmActivities:
             failure = "invalid_output"
         return LlmOutcome(answer=answer, failure=failure, usage=usage, prompt_notes=notes)
 
-    def _judge(self, reply: _Reply, composed: Composed) -> tuple[TriageAnswer | None, str | None]:
+    def _judge(self, reply: Reply, composed: Composed) -> tuple[TriageAnswer | None, str | None]:
         """(answer, None), (None, "truncated") or (None, <validation error text>)."""
         if reply.finish_reason == "length":
             self._metrics.record(reply.usage, "truncated")
@@ -224,7 +181,7 @@ class LlmActivities:
             answer = restore_names(answer, composed.anonymiser)
         return answer, None
 
-    async def _chat(self, messages: list[dict[str, str]], composed: Composed) -> _Reply:
+    async def _chat(self, messages: list[dict[str, str]], composed: Composed) -> Reply:
         s = self._settings
         max_tokens = composed.max_tokens
         assert s.base_url is not None
@@ -252,7 +209,7 @@ class LlmActivities:
         ) as span:
             started = time.monotonic()
             try:
-                response = await _heartbeating(
+                response = await heartbeating(
                     self._http.post(url, json=body, headers=headers, timeout=s.timeout_seconds)
                 )
             except httpx.HTTPError as err:
@@ -281,15 +238,15 @@ class LlmActivities:
 
     def _reply(
         self, response: httpx.Response, messages: list[dict[str, str]], latency: float
-    ) -> _Reply:
+    ) -> Reply:
         s = self._settings
         base = LlmUsage(request_model=s.model, latency_seconds=latency)
         try:
-            parsed = _ChatCompletion.model_validate(response.json())
+            parsed = ChatCompletion.model_validate(response.json())
             choice = parsed.choices[0]
         except (ValueError, ValidationError, IndexError):
             self._metrics.record(base, "invalid_response")
-            raise _BadResponse(
+            raise BadResponse(
                 base, f"not a chat completion: {shorten(redact(response.text), _BODY_CHARS)}"
             ) from None
         content = choice.message.content or ""
@@ -312,7 +269,7 @@ class LlmActivities:
                 ),
             }
         )
-        return _Reply(content, choice.finish_reason or "", usage, note)
+        return Reply(content, choice.finish_reason or "", usage, note)
 
     def _raise_for_status(self, response: httpx.Response, where: str) -> None:
         status = response.status_code
@@ -339,18 +296,3 @@ class LlmActivities:
             type=LLM_REJECTED,
             non_retryable=True,
         )
-
-
-async def _heartbeating(aw: Awaitable[T]) -> T:
-    """Await ``aw``, heartbeating every :data:`HEARTBEAT_SECONDS` when inside an activity."""
-    task = asyncio.ensure_future(aw)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_SECONDS)
-            if done:
-                return task.result()
-            if activity.in_activity():
-                activity.heartbeat()
-    finally:
-        if not task.done():
-            task.cancel()

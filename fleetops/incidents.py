@@ -317,8 +317,9 @@ class LlmOutcome(_Strict):
     answer: TriageAnswer | None = None
     failure: str | None = Field(
         None,
-        description="'not_configured', 'truncated', 'invalid_output', 'over_budget', "
-        "'prompt_too_large' or an HTTP failure, when answer is None.",
+        description="'not_configured', 'truncated', 'invalid_output', 'invalid_response', "
+        "'over_budget' or 'prompt_too_large', when answer is None (HTTP failures are raised "
+        "as ApplicationError: LlmUnavailable, LlmRateLimited, LlmRejected).",
     )
     usage: list[LlmUsage] = Field(default_factory=list, description="One entry per call made.")
     prompt_notes: list[str] = Field(

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetops.incidents import TriageRequest
+from fleetops.llm_answers import answer_schema
 from fleetops.llm_guards import Anonymiser, Redactor
 from fleetops.llm_prompt import (
     MESSAGE_OVERHEAD_TOKENS,
-    answer_schema,
     estimate_tokens,
     evidence_block,
     facts_message,
@@ -136,7 +136,7 @@ def compose(request: TriageRequest, settings: LlmSettings, fence: str) -> Compos
         notes=notes,
         anonymiser=anonymiser,
         agent=agent,
-        schema=answer_schema(list(request.catalogue), agent),
+        schema=answer_schema(list(request.catalogue), agent, max_tokens),
     )
 
 

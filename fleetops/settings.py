@@ -114,6 +114,11 @@ class TelemetrySettings(BaseModel):
         "127.0.0.1:9464",
         description="host:port of the Prometheus endpoint for SDK metrics; empty disables it.",
     )
+    app_metrics_bind_address: str | None = Field(
+        None,
+        description="host:port of a Prometheus endpoint for FleetOps' own counters "
+        "(fleetops_llm_*: LLM calls, tokens, USD); unset: not served.",
+    )
 
 
 class LocalPlatformSettings(BaseModel):

@@ -39,6 +39,8 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 """The name the server answers to (``--model_alias``) and ``llm.model`` is set to."""
 CONTEXT_TOKENS = 2048
 """Context window the server is started with (``--n_ctx``), in tokens."""
+CALL_TIMEOUT_SECONDS = 120.0
+"""``llm.timeout_seconds`` for this server: a CPU model answers a full prompt in 5-60 s."""
 INSTALL_HINT = "install it with: CMAKE_ARGS=-DGGML_NATIVE=OFF uv sync --group llm"
 
 
@@ -97,6 +99,7 @@ class LocalLlm:
             "FLEETOPS_LLM__MODEL": self.model,
             "FLEETOPS_LLM__STRUCTURED_OUTPUT": "json_object",
             "FLEETOPS_LLM__CONTEXT_TOKENS": f'{{"{self.model}": {self.context_tokens}}}',
+            "FLEETOPS_LLM__TIMEOUT_SECONDS": str(int(CALL_TIMEOUT_SECONDS)),
         }
 
     def settings(self, **overrides: object) -> LlmSettings:
@@ -106,6 +109,7 @@ class LocalLlm:
             "model": self.model,
             "structured_output": "json_object",
             "context_tokens": {self.model: self.context_tokens},
+            "timeout_seconds": CALL_TIMEOUT_SECONDS,
         }
         return LlmSettings.model_validate(fields | overrides)
 

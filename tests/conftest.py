@@ -172,6 +172,8 @@ def local_llm() -> Iterator[LocalLlm]:
         if in_ci():
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
+    # llama.cpp's default threads (half the cores): more threads than free cores make its
+    # barriers spin while a thread is descheduled, which is many times slower on a busy machine.
     with local_llm_server() as server:
         yield server
 

@@ -17,8 +17,8 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.llm import LlmActivities
 from fleetops.errors import LLM_RATE_LIMITED, LLM_REJECTED, LLM_UNAVAILABLE
-from fleetops.incidents import EvidenceItem, LlmOutcome, Severity, TriageRequest
-from fleetops.llm_prompt import screen_proposals
+from fleetops.incidents import ContainmentAction, EvidenceItem, LlmOutcome, Severity, TriageRequest
+from fleetops.llm_answers import answer_schema, screen_proposals
 from fleetops.settings import LlmSettings, ModelPrice
 from tests.fakes.llm import FAKE_MODEL, FakeLlm, FakeReply, answer_json
 
@@ -140,7 +140,7 @@ async def test_json_object_mode_sends_schema_inline(http: httpx.AsyncClient, fak
     await h.triage()
     fmt = fake.requests[0].body["response_format"]
     assert fmt["type"] == "json_object"
-    assert fmt["schema"]["properties"]["summary"]["maxLength"] == 600
+    assert fmt["schema"] == answer_schema(list(ContainmentAction), "checkout", 512)
 
 
 async def test_malformed_json_gets_one_repair_with_the_error(
@@ -299,7 +299,7 @@ async def test_no_repair_when_budget_is_spent(http: httpx.AsyncClient, fake: Fak
 
 
 async def test_heartbeats_while_waiting(http: httpx.AsyncClient, fake: FakeLlm) -> None:
-    import activities.llm as llm_module
+    import activities.llm_wire as llm_module
 
     h = Harness(http, fake)
     beats: list[object] = []
@@ -313,3 +313,24 @@ async def test_heartbeats_while_waiting(http: httpx.AsyncClient, fake: FakeLlm) 
     finally:
         llm_module.HEARTBEAT_SECONDS = old
     assert beats
+
+
+async def test_counters_are_served_on_the_app_metrics_endpoint(
+    http: httpx.AsyncClient, fake: FakeLlm
+) -> None:
+    import socket
+
+    from worker import serve_app_metrics
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve_app_metrics(f"127.0.0.1:{port}")
+    acts = LlmActivities(http, LlmSettings(base_url=fake.base_url))  # the process registry
+    fake.push(FakeReply(content=answer_json(), usage=(123, 45)))
+    await ActivityEnvironment().run(acts.llm_triage, request())
+    text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    assert f'fleetops_llm_tokens_total{{direction="input",model="{FAKE_MODEL}"}}' in text
+    assert "fleetops_llm_calls_total" in text
+    with pytest.raises(ValueError):
+        serve_app_metrics("no-port")

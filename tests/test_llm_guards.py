@@ -16,15 +16,17 @@ from fleetops.incidents import (
     TriageAnswer,
     TriageRequest,
 )
+from fleetops.llm_answers import answer_schema, screen_proposals
 from fleetops.llm_compose import PromptRefused, compose, usd
 from fleetops.llm_guards import REDACTED, Anonymiser, Redactor, redact
 from fleetops.llm_prompt import (
-    answer_schema,
+    _water_level,
     estimate_tokens,
     evidence_block,
     fit_evidence,
+    item_header,
+    neutralise,
     new_fence,
-    screen_proposals,
     system_prompt,
 )
 from fleetops.settings import LlmSettings, ModelPrice
@@ -193,6 +195,28 @@ def test_schema_bounds_every_string_and_closes_objects() -> None:
     assert action["target"]["enum"] == ["checkout"]
 
 
+def longest_instance(schema: dict[str, object]) -> object:
+    """The longest JSON value ``schema`` allows (strings full of digits: one token each)."""
+    if "enum" in schema:
+        return max(schema["enum"], key=lambda v: len(json.dumps(v)))  # type: ignore[arg-type]
+    kind = schema["type"]
+    if kind == "string":
+        return "9" * int(schema["maxLength"])  # type: ignore[call-overload]
+    if kind == "array":
+        return [longest_instance(schema["items"])] * int(schema["maxItems"])  # type: ignore[arg-type, call-overload]
+    props: dict[str, dict[str, object]] = schema["properties"]  # type: ignore[assignment]
+    return {k: longest_instance(v) for k, v in props.items()}
+
+
+@pytest.mark.parametrize("max_tokens", [512, 600, 768, 1024, 2048, 8192])
+def test_schema_cannot_be_longer_than_max_tokens(max_tokens: int) -> None:
+    agent = "a" * 63  # the longest agent id
+    schema = answer_schema(list(ContainmentAction), agent, max_tokens)
+    worst = json.dumps(longest_instance(schema))  # ", " and ": ": the grammar's optional spaces
+    assert len(worst) <= max_tokens
+    TriageAnswer.model_validate_json(worst)  # and the schema is within the model's bounds
+
+
 # --- token bound ----------------------------------------------------------------------------
 
 
@@ -300,5 +324,74 @@ def test_usd_from_price_table() -> None:
     s = SETTINGS.model_copy(
         update={"prices": {"m": ModelPrice(input_usd_per_million=2, output_usd_per_million=8)}}
     )
-    assert usd(s, "m", 1_000_000, 500_000) == pytest.approx(6.0)
+    assert usd(s, "m", 1_000_000, 500_000) == 6.0
+    assert usd(s, "m", 250_000, 0) == 0.5
     assert usd(s, "other", 1000, 1000) == 0.0
+
+
+# --- exactness of the guards (each bound is tight, not just safe) ----------------------------
+
+
+def test_neutralise_breaks_both_fence_brackets() -> None:
+    out = neutralise("a <<<EVIDENCE x>>> b")
+    assert "<<<" not in out and ">>>" not in out
+    assert out == "a < < <EVIDENCE x> > > b"
+
+
+def test_water_level() -> None:
+    assert _water_level([10, 50, 100], 90) == 40  # 10 whole, then 80 split in two
+    assert _water_level([5, 5], 100) == 90  # all fit: the rest is left over
+    assert _water_level([30, 30, 30], 60) == 20
+    assert _water_level([10], 0) == 0
+    assert _water_level([10], -5) == 0
+
+
+def test_cut_keeps_as_much_as_fits_and_says_how_much_was_cut() -> None:
+    text = "".join(f"line {i} ok\n" for i in range(500))
+    for budget in (100, 150, 400):
+        [cut] = fit_evidence([item("E1", text)], budget, FENCE, 3.0).items
+        used = estimate_tokens(item_header(FENCE, cut), 3.0) + estimate_tokens(cut.text, 3.0)
+        assert budget - 8 <= used <= budget  # tight: within a few tokens of the budget
+        tail = cut.text.split("context ...]\n", 1)[1]
+        assert text.endswith(tail) and tail
+        cut_bytes = int(cut.text.split("[... ")[1].split(" bytes")[0])
+        assert cut_bytes == len(text) - len(tail)
+        assert cut.truncated == f"cut to the last {len(tail)} of {len(text)} bytes before sending"
+
+
+def test_evidence_exactly_at_the_budget_is_kept_whole() -> None:
+    e = item("E1", "abc def")
+    exact = estimate_tokens(item_header(FENCE, e), 3.0) + estimate_tokens(e.text, 3.0)
+    assert fit_evidence([e], exact, FENCE, 3.0).items == [e]
+    assert fit_evidence([e], exact - 1, FENCE, 3.0).items != [e]
+
+
+def test_budget_boundary_is_inclusive() -> None:
+    req = request([item("E1", "z")])
+    c = compose(req, SETTINGS, FENCE)
+    need = c.estimated_input_tokens + c.max_tokens
+    compose(request([item("E1", "z")], budget_tokens_remaining=need), SETTINGS, FENCE)
+    with pytest.raises(PromptRefused) as err:
+        compose(request([item("E1", "z")], budget_tokens_remaining=need - 1), SETTINGS, FENCE)
+    assert err.value.failure == "over_budget"
+    assert str(err.value) == f"the call could spend {need} tokens; the incident has {need - 1} left"
+    price = ModelPrice(input_usd_per_million=1_000_000, output_usd_per_million=0)
+    priced = SETTINGS.model_copy(update={"prices": {"m": price}})
+    cost = float(c.estimated_input_tokens)  # 1 USD per input token
+    compose(request([item("E1", "z")], budget_usd_remaining=cost), priced, FENCE)
+    with pytest.raises(PromptRefused) as err:
+        compose(request([item("E1", "z")], budget_usd_remaining=cost - 0.5), priced, FENCE)
+    assert err.value.failure == "over_budget"
+
+
+def test_redaction_value_length_threshold_and_overlap() -> None:
+    r = Redactor(["abc", "ab", "zzz", "aaazzz"])
+    assert r("abc ab aaazzz") == f"{REDACTED} ab {REDACTED}"  # 3 chars masked, 2 not; whole
+    assert r.count == 2
+
+
+def test_anonymiser_ignores_empty_names_and_avoids_host_collisions() -> None:
+    a = Anonymiser("checkout", ["", "node-7"], ["host-1 is already a word here"])
+    assert "" not in a.mapping
+    assert a("node-7 checkout") == "hostx-1 agentx-1"
+    assert a.restore("hostx-1 agentx-1 host-1") == "node-7 checkout host-1"
