@@ -39,6 +39,28 @@ def update_id(req: ContainmentRequest) -> str:
     return f"{req.incident_id}/{req.action}/{req.action_id}"
 
 
+async def _prior(handle: WorkflowHandle[Any, Any], uid: str, rtype: type) -> tuple[bool, Any]:
+    """(True, outcome) if the agent already ran an update with id ``uid``, else (False, None).
+
+    Raises:
+        WorkflowUpdateFailedError: that update failed.
+        RPCError: any error but "not found".
+    """
+    try:
+        return True, await handle.get_update_handle(uid, result_type=rtype).result()
+    except RPCError as e:
+        if e.status != RPCStatusCode.NOT_FOUND:
+            raise
+    return False, None
+
+
+def _rollback_started(started: DeploymentStarted) -> str:
+    return (
+        f"rollback deployment {started.deployment_id} started: {started.stable_version} -> "
+        f"{started.version}"
+    )
+
+
 class _Refused(Exception):
     """The agent (or platform) refused the action: an ``ok=False`` result, not a failure."""
 
@@ -103,7 +125,9 @@ class ContainmentActivities:
             raise ApplicationError(f"Temporal call failed: {e.message}", type="Unavailable") from e
         return ContainmentResult(action=req.action, ok=True, detail=detail[:2000], workflow_id=wid)
 
-    async def _run(self, req: ContainmentRequest, handle: WorkflowHandle) -> tuple[str, str | None]:
+    async def _run(
+        self, req: ContainmentRequest, handle: WorkflowHandle[Any, Any]
+    ) -> tuple[str, str | None]:
         """Dispatch; returns (detail, workflow acted on)."""
         who = f"{req.requested_by} (incident {req.incident_id})"
         if req.action == A.PAGE_ONCALL:
@@ -123,7 +147,12 @@ class ContainmentActivities:
         return await self._scale_up(req, handle, who), handle.id
 
     async def _update(
-        self, req: ContainmentRequest, handle: WorkflowHandle, name: str, arg: Any, rtype: type
+        self,
+        req: ContainmentRequest,
+        handle: WorkflowHandle[Any, Any],
+        name: str,
+        arg: Any,
+        rtype: type,
     ) -> Any:
         """The outcome of update ``name`` with the request's stable id: the earlier one if an
         attempt already ran it, else a new one.
@@ -133,34 +162,29 @@ class ContainmentActivities:
         """
         uid = update_id(req)
         try:
-            try:
-                return await handle.get_update_handle(uid, result_type=rtype).result()
-            except RPCError as e:
-                if e.status != RPCStatusCode.NOT_FOUND:
-                    raise
+            found, prior = await _prior(handle, uid, rtype)
+            if found:
+                return prior
             return await handle.execute_update(name, arg, id=uid, result_type=rtype)
         except WorkflowUpdateFailedError as e:
             cause = e.cause
             msg = cause.message if isinstance(cause, ApplicationError) else str(cause or e)
             raise _Refused(f"{handle.id} refused {name}: {msg}") from None
 
-    async def _status(self, handle: WorkflowHandle) -> AgentStatus:
+    async def _status(self, handle: WorkflowHandle[Any, Any]) -> AgentStatus:
         result: AgentStatus = await handle.query("status", result_type=AgentStatus)
         return result
 
-    async def _scale_up(self, req: ContainmentRequest, handle: WorkflowHandle, who: str) -> str:
+    async def _scale_up(
+        self, req: ContainmentRequest, handle: WorkflowHandle[Any, Any], who: str
+    ) -> str:
         st = await self._status(handle)
         cap = min(st.max_replicas, self._quota)
         target = min(req.replicas or st.desired_replicas + 1, cap)
         if target <= st.desired_replicas:
-            try:  # an earlier attempt may have scaled already: its outcome is the answer
-                prior = await handle.get_update_handle(
-                    update_id(req), result_type=TransitionResult
-                ).result()
+            found, prior = await _prior(handle, update_id(req), TransitionResult)
+            if found:  # an earlier attempt scaled already: its outcome is the answer
                 return f"scaled to {prior.replicas} replicas"
-            except RPCError as e:
-                if e.status != RPCStatusCode.NOT_FOUND:
-                    raise
             raise _Refused(
                 f"{req.agent_id} runs {st.desired_replicas} replicas; scale_up to {target} "
                 f"would not add any (max_replicas {st.max_replicas}, quota {self._quota})"
@@ -172,8 +196,11 @@ class ContainmentActivities:
         return f"scaled to {res.replicas} replicas"
 
     async def _rollback(
-        self, req: ContainmentRequest, handle: WorkflowHandle, who: str
+        self, req: ContainmentRequest, handle: WorkflowHandle[Any, Any], who: str
     ) -> tuple[str, str | None]:
+        found, prior = await _prior(handle, update_id(req), DeploymentStarted)
+        if found:  # an earlier attempt started the rollback: never abort it now
+            return _rollback_started(prior), prior.deployment_id
         st = await self._status(handle)
         if st.deployment is not None:
             dep = st.deployment
@@ -203,11 +230,7 @@ class ContainmentActivities:
         started: DeploymentStarted = await self._update(
             req, handle, "deploy", deploy, DeploymentStarted
         )
-        return (
-            f"rollback deployment {started.deployment_id} started: {started.stable_version} -> "
-            f"{started.version}",
-            started.deployment_id,
-        )
+        return _rollback_started(started), started.deployment_id
 
     async def _rate_limit(self, req: ContainmentRequest) -> str:
         if not isinstance(self._platform, IncidentOps):
