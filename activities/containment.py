@@ -22,7 +22,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.notify import NotifyActivities
-from activities.platform.activities import _heartbeating
+from activities.platform.activities import heartbeating
 from activities.platform.base import IncidentOps, Platform, PlatformError
 from fleetops.approvals import Notification
 from fleetops.constants import agent_workflow_id
@@ -112,7 +112,7 @@ class ContainmentActivities:
         """
         handle = self._client.get_workflow_handle(agent_workflow_id(req.agent_id))
         try:
-            async with _heartbeating():
+            async with heartbeating():
                 detail, wid = await self._run(req, handle)
         except _Refused as e:
             activity.logger.info("%s refused: %s", req.action, e)
