@@ -25,6 +25,7 @@ from activities.incident_intake import IncidentIntakeActivities
 from activities.metrics import MetricsActivities
 from activities.notify import NotifyActivities
 from activities.platform import Platform, PlatformActivities, build_platform
+from activities.platform.k8s_drain import NodeDrain
 from activities.probes import ProbeActivities
 from activities.quota import ReplicaQuota
 from activities.recovery import RecoveryActivities
@@ -77,6 +78,12 @@ async def fleetops_worker(
         platform_activities = PlatformActivities(platform)
         notify = NotifyActivities(http, settings.approval)
         metrics = MetricsActivities(http, settings.metrics)
+        drain = NodeDrain(
+            getattr(platform, "api_client", None)
+            if settings.platform.kind == "kubernetes"
+            else None,
+            settings.platform.kubernetes.namespace,
+        )
         quota = ReplicaQuota(
             platform_activities.provision_replicas,
             max_replicas_per_agent=settings.max_replicas_per_agent,
@@ -110,6 +117,11 @@ async def fleetops_worker(
                     max_replicas_per_agent=settings.max_replicas_per_agent,
                 ).run_containment,
                 RecoveryActivities(client, http, settings.metrics).check_recovery,
+                platform_activities.rolling_restart,
+                drain.agent_nodes,
+                drain.cordon_node,
+                drain.drain_node,
+                drain.uncordon_node,
             ],
             interceptors=list(INTERCEPTORS),
             max_concurrent_activities=settings.max_concurrent_activities,

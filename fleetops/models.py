@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fleetops.agent_config import (
+    CONFIG_ENV,
+    MAX_CONFIG_KEYS,
+    ConfigValue,
+    check_config_bounds,
+    config_error,
+)
 from fleetops.constants import AGENT_ID_PATTERN
 from fleetops.limits import (
     MAX_CPU_MILLICORES,
@@ -149,6 +156,19 @@ class AgentSpec(StrictModel):
     resources: Resources = Field(default_factory=Resources)
     env: dict[str, str] = Field(default_factory=dict, description="Environment of each replica.")
     health: HealthCheck = Field(default_factory=HealthCheck)
+    config: dict[str, ConfigValue] = Field(
+        default_factory=dict,
+        max_length=MAX_CONFIG_KEYS,
+        description=(
+            "Versioned agent configuration (keys: letters, digits, '_', '.', '-'; values: JSON"
+            " scalars). Delivered to each replica as env FLEETOPS_AGENT_CONFIG (one JSON object)."
+            " At most 64 keys, 16 KiB as JSON. Changed by the `configure` update."
+        ),
+    )
+    config_schema: dict[str, Any] | None = Field(
+        None,
+        description="JSON Schema (Draft 2020-12) `config` must satisfy; at most 16 KiB as JSON.",
+    )
     health_rounds_per_run: Count = Field(
         300,
         ge=1,
@@ -165,6 +185,13 @@ class AgentSpec(StrictModel):
             raise ValueError("command must be a non-empty list of non-empty strings")
         if self.command is None and self.image is None:
             self.command = list(SAMPLE_AGENT_COMMAND)
+        check_config_bounds(self.config, self.config_schema)
+        if CONFIG_ENV in self.env:
+            raise ValueError(
+                f"env must not set {CONFIG_ENV}: use `config` (the `configure` update)"
+            )
+        if (error := config_error(self.config, self.config_schema)) is not None:
+            raise ValueError(error)
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must be <= max_replicas")
         if not self.min_replicas <= self.replicas <= self.max_replicas:
@@ -301,6 +328,17 @@ class ReplicaHealth(FrozenModel):
     last_error: str | None = None
 
 
+class ConfigVersion(FrozenModel):
+    """One kept configuration version (the agent keeps the last few in its state)."""
+
+    version: int = Field(ge=1)
+    config: dict[str, ConfigValue]
+    at: datetime
+    requested_by: str = ""
+    reason: str = ""
+    restored_from: int | None = Field(None, description="Set when this came from a restore.")
+
+
 # --- deployments an agent owns --------------------------------------------------------------
 
 DeploymentClosure = Literal["completed", "failed", "canceled", "terminated", "timed_out", "unknown"]
@@ -356,6 +394,8 @@ class AgentCounters(StrictModel):
     rejected_requests: int = 0
     continued_as_new: int = 0
     deployments: int = 0
+    rolling_restarts: int = 0
+    config_changes: int = 0
 
 
 class AgentStatus(FrozenModel):
@@ -378,6 +418,12 @@ class AgentStatus(FrozenModel):
     last_deployment: DeploymentEnded | None = Field(
         None, description="How the last deployment ended and what the agent reconciled to."
     )
+    config_version: int | None = Field(None, description="Configuration version applied.")
+    config: dict[str, ConfigValue] = Field(default_factory=dict, description="Applied config.")
+    config_versions: list[ConfigVersion] = Field(
+        default_factory=list, description="Kept configuration versions, oldest first (<= 10)."
+    )
+    operation: str | None = Field(None, description="Restart or configure in progress, if any.")
 
 
 class AgentReport(FrozenModel):
@@ -413,6 +459,8 @@ class LifecycleCarry(FrozenModel):
     last_deployment: DeploymentEnded | None = None
     cleanup_color: Color | None = Field(None, description="Colour to scale down at cleanup_at.")
     cleanup_at: datetime | None = None
+    config_version: int | None = Field(None, description="None: carried by older code.")
+    config_versions: list[ConfigVersion] = Field(default_factory=list)
 
 
 class AgentLifecycleInput(AgentSpec):
@@ -473,3 +521,77 @@ class ProbeRequest(FrozenModel):
     endpoints: list[str]
     path: str = "/health"
     timeout_seconds: float = Field(2.0, gt=0)
+
+
+# --- agent operations: restart and configure -----------------------------------------------
+
+
+class RestartAgentRequest(StrictModel):
+    """Payload of the ``AgentLifecycle`` update ``restart``: a rolling restart of the active colour.
+
+    Every replica is re-provisioned (so it re-reads its environment and secret references) one
+    at a time, surge first: a replacement starts and turns healthy before the old one is drained
+    and stopped.
+    """
+
+    requested_by: str = Field("", max_length=200, description="Who asked.")
+    reason: str = Field("", max_length=500, description="Why; kept in the transition record.")
+
+
+class RestartAgentResult(FrozenModel):
+    """Answer of ``restart`` once every replica of ``color`` has been replaced."""
+
+    restarted: int = Field(ge=0, description="Replicas replaced.")
+    color: Color = Field(description="The (active) colour that was restarted.")
+
+
+class ConfigureAgentRequest(StrictModel):
+    """Payload of the ``AgentLifecycle`` update ``configure``.
+
+    Exactly one of ``config`` (a new configuration, validated against ``AgentSpec.config_schema``)
+    or ``restore_version`` (put a kept earlier version back) is given.
+    """
+
+    config: dict[str, ConfigValue] | None = Field(
+        None, max_length=MAX_CONFIG_KEYS, description="New configuration (JSON scalars)."
+    )
+    restore_version: Count | None = Field(
+        None, ge=1, description="A kept configuration version to restore."
+    )
+    requested_by: str = Field("", max_length=200, description="Who asked.")
+    reason: str = Field("", max_length=500, description="Why; kept in the audit record.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ConfigureAgentRequest:
+        if (self.config is None) == (self.restore_version is None):
+            raise ValueError("give exactly one of config or restore_version")
+        if self.config is not None:
+            check_config_bounds(self.config, None)
+        return self
+
+
+class ConfigureAgentResult(FrozenModel):
+    """Answer of ``configure`` once every replica runs the new configuration."""
+
+    config_version: int = Field(ge=1, description="The version now applied.")
+    previous_version: int | None = Field(None, description="The version it replaced, if any.")
+
+
+class RollingRestartRequest(FrozenModel):
+    """Replace every replica of ``color`` one by one, surge first (activity ``rolling_restart``).
+
+    ``rollout_id`` names this restart: a retried activity skips the replicas it already
+    replaced and adopts a replacement it had started. ``requested_at`` is the Kubernetes
+    ``kubectl.kubernetes.io/restartedAt`` annotation.
+    """
+
+    spec: AgentSpec
+    color: Color = "blue"
+    rollout_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
+    requested_at: datetime
+    ready_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        le=MAX_DURATION_SECONDS,
+        description="Seconds for each replacement to turn healthy.",
+    )

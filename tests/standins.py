@@ -24,6 +24,7 @@ from fleetops.models import (
     ProvisionRequest,
     Replica,
     RestartRequest,
+    RollingRestartRequest,
     ScaleDownRequest,
     ServiceInfo,
     SwitchTrafficRequest,
@@ -38,12 +39,15 @@ class ColorPlatform:
         self.services: dict[str, ServiceInfo] = {}
         self.calls: list[tuple[str, Any]] = []
         self.fail: set[str] = set()  # activity names that fail (non-retryable)
+        self.fail_times: dict[str, int] = {}  # activity name -> how many next calls fail
         self.hang: set[str] = set()  # activity names that block until released
         self.release = asyncio.Event()
         self.smoke_status = 200
         self.metric_values: dict[str, list[float | None]] = {}  # metric name -> scripted values
         # endpoint -> outcomes of its next probes, consumed one per probe (then healthy again)
         self.probe_script: dict[str, list[bool]] = {}
+        self.rollouts = 0
+        self.configs: dict[tuple[str, str], dict[str, Any]] = {}  # config each colour runs
 
     async def _step(self, name: str, detail: Any) -> None:
         self.calls.append((name, detail))
@@ -52,6 +56,9 @@ class ColorPlatform:
                 activity.heartbeat()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.release.wait(), timeout=0.2)
+        if self.fail_times.get(name, 0) > 0:
+            self.fail_times[name] -= 1
+            raise ApplicationError(f"{name} failed on purpose", type="Injected", non_retryable=True)
         if name in self.fail:
             raise ApplicationError(f"{name} failed on purpose", type="Injected", non_retryable=True)
 
@@ -86,6 +93,19 @@ class ColorPlatform:
     async def restart(self, req: RestartRequest) -> list[Replica]:
         await self._step("restart_replicas", (req.color, req.indices))
         return self.replicas[(req.spec.agent_id, req.color)]
+
+    @activity.defn(name="rolling_restart")
+    async def rolling_restart(self, req: RollingRestartRequest) -> list[Replica]:
+        """Replace every replica of the colour: new endpoints ``...-r<n>`` per restart."""
+        await self._step("rolling_restart", (req.color, req.spec.version, req.spec.config))
+        key = (req.spec.agent_id, req.color)
+        self.rollouts += 1
+        self.replicas[key] = [
+            r.model_copy(update={"endpoint": f"{self.endpoint(*key, r.index)}-r{self.rollouts}"})
+            for r in self.replicas.get(key, [])
+        ]
+        self.configs[key] = dict(req.spec.config)
+        return self.replicas[key]
 
     @activity.defn(name="deprovision_agent")
     async def deprovision(self, req: DeprovisionRequest) -> int:
@@ -175,4 +195,5 @@ class ColorPlatform:
             self.wait_healthy,
             self.smoke,
             self.measure,
+            self.rolling_restart,
         ]

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes.client import ApiClient, Configuration
+from temporalio.testing import ActivityEnvironment
 
+from activities.platform.k8s_drain import NodeDrain
 from activities.platform.kubernetes import KubernetesPlatform
+from fleetops.drain import DrainRequest
 from fleetops.models import AgentSpec
 from fleetops.settings import KubernetesSettings
 from tests.fakes.k8s_api import FakeKubernetes, RecordedRequest
@@ -32,6 +36,8 @@ MODELS = {
     ("v1", "ServiceAccount"): "V1ServiceAccount",
     ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "V1RoleBinding",
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): "V1ClusterRole",
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "V1ClusterRoleBinding",
     ("apps/v1", "Deployment"): "V1Deployment",
 }
 Triple = tuple[str, str, str]  # (apiGroup, resource, verb)
@@ -59,7 +65,8 @@ def test_manifests_match_the_client_models(name: str) -> None:
         model = MODELS[(doc["apiVersion"], doc["kind"])]
         parsed = api.deserialize(json.dumps(doc), model, "application/json")
         assert api.sanitize_for_serialization(parsed) == doc, f"{doc['kind']}: unknown fields"
-        assert doc["metadata"]["namespace"] == KubernetesSettings().namespace
+        if not doc["kind"].startswith("Cluster"):
+            assert doc["metadata"]["namespace"] == KubernetesSettings().namespace
 
 
 def test_binding_and_worker_use_the_service_account() -> None:
@@ -74,6 +81,10 @@ def test_binding_and_worker_use_the_service_account() -> None:
         {"kind": "ServiceAccount", "name": "fleetops-worker", "namespace": "fleetops"}
     ]
     assert account["metadata"]["name"] == "fleetops-worker"
+    cluster = found["ClusterRoleBinding"]
+    assert cluster["roleRef"]["name"] == found["ClusterRole"]["metadata"]["name"]
+    assert cluster["roleRef"]["kind"] == "ClusterRole"
+    assert cluster["subjects"] == binding["subjects"]
     pod = found["Deployment"]["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "fleetops-worker"
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
@@ -105,6 +116,12 @@ async def used_triples() -> AsyncIterator[set[Triple]]:
         await platform.switch_traffic("echo", "green", "blue")
         await platform.switch_traffic("echo", "blue", "green")
         await platform.restart(spec, [1], "blue")
+        await platform.rolling_restart(
+            spec, "blue", rollout_id="r1", requested_at=datetime.now(UTC), ready_timeout=30
+        )
+        await ActivityEnvironment().run(
+            NodeDrain(platform.api_client, "fleetops").agent_nodes, "echo"
+        )
         await platform.scale_down("echo", "green")
         await platform.describe_service("echo")
         await platform.list_replicas("echo")
@@ -112,6 +129,52 @@ async def used_triples() -> AsyncIterator[set[Triple]]:
         # 404s are expected (a Service read before it exists) and are authorized like any call.
         assert all(r.status < 400 or r.status == 404 for r in fake.requests), "an error"
         yield {(r.group, r.resource, v) for r in fake.requests for v in verbs(r)}
+
+
+@pytest.fixture
+async def drain_triples() -> AsyncIterator[set[Triple]]:
+    """Everything cordon, drain and uncordon do, as RBAC triples."""
+    spec = AgentSpec(agent_id="echo", image="fleetops/sample-agent:v1")
+    settings = KubernetesSettings(rollout_poll_seconds=0.02)
+    with FakeKubernetes(controller_delay=0.01, ready_delay=0.05) as fake:
+        fake.add_node("node-a")
+        platform = KubernetesPlatform(ApiClient(Configuration(host=fake.url)), settings)
+        await platform.ensure(spec, 1, "blue")
+        fake.add_pod("kube-system", "ds-pod", "node-a", owner_kind="DaemonSet")
+        fake.add_pdb("fleetops", {"fleetops.io/agent": "echo"}, refuse=1)
+        before = len(fake.requests)
+        drain, env = NodeDrain(platform.api_client, "fleetops"), ActivityEnvironment()
+        await env.run(drain.cordon_node, "node-a")
+        await env.run(drain.drain_node, DrainRequest(node="node-a", retry_interval_seconds=0.01))
+        await env.run(drain.uncordon_node, "node-a")
+        made = fake.requests[before:]
+        assert all(r.status < 400 or r.status == 429 for r in made), "an error"
+        yield {(r.group, r.resource, v) for r in made for v in verbs(r)}
+
+
+def rules_of(kind: str) -> set[Triple]:
+    rules = objects()[kind]["rules"]
+    assert all("resourceNames" not in rule for rule in rules)
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_cluster_role_grants_exactly_what_node_maintenance_uses(
+    drain_triples: set[Triple],
+) -> None:
+    granted = rules_of("ClusterRole")
+    assert not any("*" in t for t in granted), "no wildcards"
+    assert drain_triples == granted
+    assert granted == {
+        ("", "nodes", "patch"),
+        ("", "pods", "list"),
+        ("", "pods/eviction", "create"),
+    }
 
 
 def test_role_grants_exactly_what_the_platform_uses(used_triples: set[Triple]) -> None:

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.metrics import MetricsActivities
     from activities.notify import NotifyActivities
     from activities.platform.activities import PlatformActivities
+    from activities.platform.k8s_drain import NodeDrain
     from activities.probes import ProbeActivities
     from activities.recovery import RecoveryActivities
 
@@ -93,6 +94,13 @@ TABLE: dict[Callable[..., Any], Options] = {
     ContainmentActivities.run_containment: Options(10 * _MINUTE, _MINUTE),
     # Without Prometheus it waits window_seconds (<= 1 h) between two scrapes, heartbeating.
     RecoveryActivities.check_recovery: Options(65 * _MINUTE, timedelta(seconds=30)),
+    # start_to_close is set per call from the replica count and startup timeout.
+    PlatformActivities.rolling_restart: Options(30 * _MINUTE, timedelta(seconds=20)),
+    NodeDrain.agent_nodes: Options(timedelta(seconds=30)),
+    NodeDrain.cordon_node: Options(timedelta(seconds=30)),
+    NodeDrain.uncordon_node: Options(timedelta(seconds=30), retry=COMPENSATION_RETRY),
+    # start_to_close is set per call: the drain's timeout_seconds plus a minute.
+    NodeDrain.drain_node: Options(15 * _MINUTE, _MINUTE),
 }
 """Activity -> options."""
 

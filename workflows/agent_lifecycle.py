@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import lifecycle_calls as calls
     from workflows.lifecycle_deployments import DeploymentOwner
+    from workflows.lifecycle_operations import AgentOperations
     from workflows.lifecycle_rules import (
         PROBED_STATES,
         action_error,
@@ -88,7 +89,7 @@ class _Command:
 
 
 @workflow.defn(name="AgentLifecycle")
-class AgentLifecycle(DeploymentOwner):
+class AgentLifecycle(DeploymentOwner, AgentOperations):
     """Keeps one agent's replicas running and healthy until it is shut down."""
 
     @workflow.init
@@ -130,6 +131,7 @@ class AgentLifecycle(DeploymentOwner):
         self._child: workflow.ChildWorkflowHandle[Any, DeploymentReport] | None = None
         self._check_at: datetime | None = None  # next check on a child of an earlier run
         self._follow_requested = False
+        self._init_config(carry.config_versions, carry.config_version)
         self._incident_reason: str | None = None  # ERROR entered, its incident not opened yet
 
     @workflow.run
@@ -162,6 +164,9 @@ class AgentLifecycle(DeploymentOwner):
             await self._open_pending_incident()
             while self._commands:
                 await self._apply(self._commands.popleft())
+            if self._operations:
+                await self._run_operations()
+                continue
             if await self._deployment_step():
                 continue
             if self._state == S.TERMINATED:
@@ -178,7 +183,11 @@ class AgentLifecycle(DeploymentOwner):
                 await self._open_pending_incident()
                 if self._should_continue_as_new(rounds):
                     await workflow.wait_condition(
-                        lambda: not self._commands and workflow.all_handlers_finished()
+                        lambda: (
+                            not self._commands
+                            and not self._operations
+                            and workflow.all_handlers_finished()
+                        )
                     )
                     self._counters.continued_as_new += 1
                     workflow.continue_as_new(
@@ -280,6 +289,10 @@ class AgentLifecycle(DeploymentOwner):
             deployment_id=self._deploying,
             deployment=self._deployment,
             last_deployment=self._last_deployment,
+            config_version=self._config_version,
+            config=self._spec.config,
+            config_versions=list(self._config_versions),
+            operation=self._operation,
         )
 
     # --- deployments: the agent starts each as its child and follows it to the end -------
@@ -530,7 +543,10 @@ class AgentLifecycle(DeploymentOwner):
     def _woken(self) -> bool:
         """Whether the main loop has work besides its timers."""
         return (
-            bool(self._commands) or self._incident_reason is not None or self._deployment_wake()[0]
+            bool(self._commands)
+            or bool(self._operations)
+            or self._incident_reason is not None
+            or self._deployment_wake()[0]
         )
 
     async def _open_pending_incident(self) -> None:
@@ -654,6 +670,8 @@ class AgentLifecycle(DeploymentOwner):
             last_deployment=self._last_deployment,
             cleanup_color=self._cleanup_color,
             cleanup_at=self._cleanup_at,
+            config_version=self._config_version,
+            config_versions=self._config_versions,
         )
 
     def _report(self) -> AgentReport:

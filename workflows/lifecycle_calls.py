@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         ProvisionRequest,
         Replica,
         RestartRequest,
+        RollingRestartRequest,
         ScaleDownRequest,
         ServiceInfo,
         SwitchTrafficRequest,
@@ -100,6 +101,46 @@ async def restart(spec: AgentSpec, indices: list[int], color: Color) -> list[Rep
         PlatformActivities.restart_replicas,
         RestartRequest(spec=spec, indices=indices, color=color),
         summary=f"self-heal: restart {color} replicas {indices} of {spec.agent_id}",
+    )
+
+
+ROLL_SLACK_SECONDS = 60.0
+"""Seconds per replica, beyond its startup timeout, a rolling restart may take (drain up to
+``platform.local.drain_seconds``, stop grace, gateway readiness)."""
+MIN_ROLL_SECONDS = 660.0
+"""Lowest bound of one rolling restart attempt: the Kubernetes rollout wait (600 s) plus a
+minute."""
+
+
+async def rolling_restart(
+    spec: AgentSpec, color: Color, replicas: int, rollout_id: str
+) -> list[Replica]:
+    """Replace every replica of colour ``color`` one by one, surge first (``rolling_restart``).
+
+    The attempt is bounded by ``replicas * (startup_timeout_seconds + 60 s) + 60 s`` (at
+    least 11 minutes); heartbeats every second (timeout 1 minute), so a worker that dies
+    mid-restart is noticed within a minute and the retry resumes (same ``rollout_id``).
+
+    Returns:
+        The colour's replicas, by index.
+
+    Raises:
+        ActivityError: a replacement did not turn healthy (non-retryable), or the platform
+            failed for good.
+    """
+    per_replica = spec.health.startup_timeout_seconds + ROLL_SLACK_SECONDS
+    bound = min(max(replicas * per_replica + 60.0, MIN_ROLL_SECONDS), 30 * 86400.0)
+    return await call(
+        PlatformActivities.rolling_restart,
+        RollingRestartRequest(
+            spec=spec,
+            color=color,
+            rollout_id=rollout_id,
+            requested_at=workflow.now(),
+            ready_timeout_seconds=spec.health.startup_timeout_seconds,
+        ),
+        summary=f"rolling restart of {replicas} {color} replicas of {spec.agent_id}",
+        start_to_close=timedelta(seconds=bound),
     )
 
 

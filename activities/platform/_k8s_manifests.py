@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from activities.platform.base import PlatformError, url
+from fleetops.agent_config import config_env
 from fleetops.constants import is_agent_id
 from fleetops.models import AgentSpec, Color, Replica
 from fleetops.settings import KubernetesSettings
@@ -50,9 +51,12 @@ def deployment_manifest(
 ) -> dict[str, Any]:
     """The Deployment ``<agent>-<color>``: container ``agent`` running ``spec.image``.
 
-    ``spec.command``, if also given, becomes the container args. Resources become requests and
-    limits in millicores (``m``) and MiB (``Mi``); the health check becomes identical HTTP
-    readiness and liveness probes (period and timeout rounded up to whole seconds).
+    ``spec.command``, if also given, becomes the container args. ``spec.config`` is the env
+    ``FLEETOPS_AGENT_CONFIG`` (JSON). The rollout strategy surges one pod and keeps every ready
+    pod until its replacement is ready (``maxSurge: 1, maxUnavailable: 0``). Resources become
+    requests and limits in millicores (``m``) and MiB (``Mi``); the health check becomes
+    identical HTTP readiness and liveness probes (period and timeout rounded up to whole
+    seconds).
 
     Raises:
         PlatformError: ``spec.image`` is missing, or the agent id cannot name the objects.
@@ -65,7 +69,7 @@ def deployment_manifest(
             "on the local platform (given both, command becomes the container args)"
         )
     pod_labels = labels(agent, color) | {VERSION_LABEL: spec.version}
-    env = spec.env | {"AGENT_ID": agent, "AGENT_VERSION": spec.version}
+    env = spec.env | config_env(spec.config) | {"AGENT_ID": agent, "AGENT_VERSION": spec.version}
     env |= {"HOST": "0.0.0.0", "PORT": str(port)}
     probe = {
         "httpGet": {"path": health.path, "port": port},
@@ -103,6 +107,12 @@ def deployment_manifest(
         },
         "spec": {
             "replicas": replicas,
+            # Surge, never fewer ready pods: a rollout restart (or a config change) replaces
+            # pods one by one without losing capacity.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
             "selector": {"matchLabels": {AGENT_LABEL: agent, COLOR_LABEL: color}},
             "template": {"metadata": {"labels": pod_labels}, "spec": {"containers": [container]}},
         },

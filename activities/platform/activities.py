@@ -17,6 +17,7 @@ from fleetops.models import (
     ProvisionRequest,
     Replica,
     RestartRequest,
+    RollingRestartRequest,
     ScaleDownRequest,
     ServiceInfo,
     SwitchTrafficRequest,
@@ -111,6 +112,34 @@ class PlatformActivities:
             ApplicationError: type ``PlatformError``, non-retryable: the spec cannot run here.
         """
         return await _call(self._platform.restart(req.spec, req.indices, req.color))
+
+    @activity.defn(name="rolling_restart")
+    async def rolling_restart(self, req: RollingRestartRequest) -> list[Replica]:
+        """Replace every replica of ``req.color`` one at a time, surge first: a replacement
+        running ``req.spec`` turns healthy before the old replica is drained and stopped.
+
+        Idempotent per ``req.rollout_id``: a retry (a worker died mid-restart) skips replicas
+        already replaced and adopts a replacement that was starting. Cancellation (the agent's
+        workflow cancelled or terminated, seen in a heartbeat's answer) stops the replacement
+        being started; the old replica keeps serving.
+
+        Returns:
+            The colour's replicas, ordered by index.
+
+        Raises:
+            ApplicationError: non-retryable, type ``PlatformError``: a replacement did not turn
+                healthy within ``req.ready_timeout_seconds`` (nothing else was changed), or the
+                spec cannot run here.
+        """
+        return await _call(
+            self._platform.rolling_restart(
+                req.spec,
+                req.color,
+                rollout_id=req.rollout_id,
+                requested_at=req.requested_at,
+                ready_timeout=req.ready_timeout_seconds,
+            )
+        )
 
     @activity.defn(name="deprovision_agent")
     async def deprovision_agent(self, req: DeprovisionRequest) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from fleetops.models import AgentSpec, Color, Replica, ServiceInfo
@@ -39,6 +40,27 @@ class Platform(Protocol):
         self, spec: AgentSpec, indices: list[int], color: Color = "blue"
     ) -> list[Replica]:
         """Stop (if running) and start again replicas ``indices`` of ``color``; returns them all."""
+        ...
+
+    async def rolling_restart(
+        self,
+        spec: AgentSpec,
+        color: Color,
+        *,
+        rollout_id: str,
+        requested_at: datetime,
+        ready_timeout: float,
+    ) -> list[Replica]:
+        """Replace every replica of ``color`` with a new one running ``spec``, one at a time,
+        each replacement healthy before its predecessor is drained and stopped (so capacity
+        never drops and no request fails). Idempotent per ``rollout_id``: a retry resumes.
+
+        Returns:
+            The colour's replicas, ordered by index.
+
+        Raises:
+            PlatformError: a replacement did not turn healthy within ``ready_timeout`` seconds.
+        """
         ...
 
     async def scale_down(self, agent_id: str, color: Color) -> int:

@@ -25,7 +25,7 @@ import asyncio
 import json
 import os
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import urllib3
@@ -52,6 +52,10 @@ from fleetops.settings import KubernetesSettings
 
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+"""Pod template annotation a rollout restart sets (as ``kubectl rollout restart`` does)."""
+RESTART_MANAGER = "fleetops-restart"
+"""Field manager of the restart annotation, apart from ``fleetops`` so applies keep it."""
 REQUEST_TIMEOUT = (5.0, 30.0)
 """Seconds to connect, and to read one API response."""
 
@@ -84,6 +88,7 @@ class KubernetesPlatform:
             "list pods": core.list_namespaced_pod,
             "delete pod": core.delete_namespaced_pod,
         }
+        self.api_client = api_client
         self._settings = settings
         self._ns = settings.namespace
         self._rollout_timeout = rollout_timeout_seconds
@@ -158,6 +163,60 @@ class KubernetesPlatform:
         if dep is None:
             raise PlatformError(f"agent {agent!r} has no {color} Deployment; run ensure first")
         return await self._wait_ready(agent, color, dep.spec.replicas or 0, gone=doomed)
+
+    async def rolling_restart(
+        self,
+        spec: AgentSpec,
+        color: Color,
+        *,
+        rollout_id: str,
+        requested_at: datetime,
+        ready_timeout: float,
+    ) -> list[Replica]:
+        """``kubectl rollout restart`` of the colour's Deployment, with ``spec`` applied first.
+
+        Applies the Deployment of ``spec`` (so a changed config reaches the pod template),
+        then sets the pod template annotation ``kubectl.kubernetes.io/restartedAt`` to
+        ``requested_at`` (a JSON merge patch under field manager ``fleetops-restart``, so later
+        applies by ``fleetops`` keep it), and waits for the rollout: the Deployment's strategy
+        (``maxSurge: 1, maxUnavailable: 0``) replaces pods one by one, each new pod ready before
+        an old one goes. A retry sets the same value: no second rollout.
+
+        Args:
+            spec: what the new pods run.
+            color: the colour's Deployment.
+            rollout_id: unused here (the annotation value identifies the restart).
+            requested_at: the annotation's value (RFC 3339).
+            ready_timeout: unused here (the rollout waits ``rollout_timeout_seconds``).
+
+        Returns:
+            The colour's replicas once the rollout is complete.
+
+        Raises:
+            PlatformError: the colour has no Deployment, a 4xx, or the rollout exceeded its
+                progress deadline.
+            ApplicationError: retryable: API unavailable, or ``RolloutTimeout``.
+        """
+        del rollout_id, ready_timeout
+        agent = check_agent_id(spec.agent_id)
+        name = f"{agent}-{color}"
+        dep = await self._read("deployment", name)
+        if dep is None:
+            raise PlatformError(f"agent {agent!r} has no {color} Deployment; run ensure first")
+        replicas = dep.spec.replicas or 0
+        await self._patch(
+            "deployment", name, deployment_manifest(spec, replicas, color, self._settings)
+        )
+        stamp = requested_at.isoformat()
+        patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}}
+        await self._api(
+            "patch deployment",
+            name,
+            patch,
+            field_manager=RESTART_MANAGER,
+            _content_type=MERGE_PATCH,
+        )
+        return await self._wait_ready(agent, color, replicas)
 
     async def scale_down(self, agent_id: str, color: Color) -> int:
         """Scale the colour's Deployment to 0, keeping it (and the Services) for a fast rollback.

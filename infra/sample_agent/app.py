@@ -9,6 +9,8 @@ Endpoints (all JSON except ``/metrics``):
 - ``GET /health``: 200 ``{"status": "ok", "agent_id", "version", "replica", "in_flight"}``;
   503 with ``"status": "unhealthy"`` while the unhealthy fault is on.
 - ``GET /ready``: 200 ``{"status": "ready"}``; 503 ``{"status": "not_ready"}`` while unhealthy.
+- ``GET /config``: ``{"config": {...}, "agent_id", "version", "replica"}``: the configuration
+  FleetOps delivered in ``FLEETOPS_AGENT_CONFIG`` (``{}`` when none).
 - ``GET /metrics``: Prometheus text exposition of this app's own registry.
 - ``POST /execute``: ``{"prompt": str, "max_tokens": int}`` ->
   ``{"output", "usage": {"input_tokens", "output_tokens"}, "version", "replica"}``.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -78,6 +81,10 @@ class AgentConfig(BaseSettings):
         default=0.01,
         ge=0,
         description="SIMULATED_WORK_SECONDS: seconds one /execute call 'thinks'.",
+    )
+    fleetops_agent_config: str = Field(
+        default="",
+        description="FLEETOPS_AGENT_CONFIG: the agent config (a JSON object), see GET /config.",
     )
     fault_error_rate: float = Field(
         default=0.0,
@@ -201,6 +208,15 @@ class _Agent:
         body = {"status": status, **self._identity(), "in_flight": self.in_flight}
         return JSONResponse(body, status_code=503 if self.faults.unhealthy else 200)
 
+    async def config_endpoint(self, request: Request) -> JSONResponse:
+        """``GET /config``: the configuration FleetOps delivered (``{}`` when none)."""
+        raw = self.config.fleetops_agent_config
+        try:
+            config = json.loads(raw) if raw else {}
+        except ValueError:
+            return JSONResponse({"error": "FLEETOPS_AGENT_CONFIG is not JSON"}, status_code=500)
+        return JSONResponse({"config": config, **self._identity()})
+
     async def ready(self, request: Request) -> JSONResponse:
         if self.faults.unhealthy:
             return JSONResponse({"status": "not_ready"}, status_code=503)
@@ -297,6 +313,7 @@ def create_app(
     routes = [
         Route("/health", agent.health, methods=["GET"]),
         Route("/ready", agent.ready, methods=["GET"]),
+        Route("/config", agent.config_endpoint, methods=["GET"]),
         Route("/metrics", agent.metrics_endpoint, methods=["GET"]),
         Route("/execute", agent.execute, methods=["POST"]),
         Route("/faults", agent.get_faults, methods=["GET"]),

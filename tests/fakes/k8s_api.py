@@ -3,7 +3,12 @@
 It speaks real HTTP + JSON on loopback, so the official ``kubernetes`` client runs unmodified
 against it: ``apps/v1`` deployments and ``v1`` services (GET, list with ``labelSelector``, PATCH as
 server-side apply or JSON merge / strategic merge patch, DELETE) and ``v1`` pods (GET, list,
-DELETE). Errors are ``Status`` objects as the API conventions describe. A tiny controller stands
+DELETE); for node maintenance, ``v1`` nodes (GET, list, JSON merge PATCH), pods of all namespaces
+(list with ``fieldSelector=spec.nodeName=<node>``) and the ``policy/v1`` eviction subresource
+(``POST .../pods/<name>/eviction``: 201, or 429 while a PodDisruptionBudget added with
+:meth:`FakeKubernetes.add_pdb` still refuses; an evicted pod stays terminating for
+``termination_delay`` seconds, and its Deployment replaces it on a schedulable node).
+Errors are ``Status`` objects as the API conventions describe. A tiny controller stands
 in for the Deployment and ReplicaSet controllers: ``controller_delay`` seconds after a write it
 converges the pods (podIP 127.0.0.1) and ``observedGeneration``; each pod turns ready
 ``ready_delay`` seconds after it was created. State advances lazily on each request (no timers).
@@ -35,7 +40,9 @@ _PATH = re.compile(
     r"^/(?:api/v1|apis/(?P<group>apps)/v1)/namespaces/(?P<ns>[^/]+)/"
     r"(?P<resource>deployments|services|pods)(?:/(?P<name>[^/]+))?$"
 )
-_KINDS = {"deployments": "Deployment", "services": "Service", "pods": "Pod"}
+_EVICTION = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)/eviction$")
+_CLUSTER = re.compile(r"^/api/v1/(?P<resource>nodes|pods)(?:/(?P<name>[^/]+))?$")
+_KINDS = {"deployments": "Deployment", "services": "Service", "pods": "Pod", "nodes": "Node"}
 APPLY = "application/apply-patch+yaml"
 MERGE_TYPES = ("application/merge-patch+json",)  # the platform never sends strategic merge
 
@@ -53,8 +60,9 @@ class RecordedRequest:
     body: Any
     status: int
     group: str  # API group, "" for the core group
-    resource: str
+    resource: str  # "pods/eviction" for the eviction subresource
     name: str | None  # None for a collection
+    namespace: str | None = None  # None for cluster-scoped or all-namespaces requests
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -90,6 +98,11 @@ class FakeKubernetes:
         self.controller_delay = controller_delay
         self.ready_delay = ready_delay
         self.objects: dict[str, dict[Key, dict[str, Any]]] = {r: {} for r in _KINDS}
+        # PodDisruptionBudgets: (namespace, label selector, evictions to refuse with 429 first)
+        self.pdbs: list[tuple[str, dict[str, str], list[int]]] = []
+        self.termination_delay = 0.0  # seconds an evicted pod stays terminating
+        self._gone_at: dict[Key, float] = {}  # terminating pods -> removal time
+        self._placement = itertools.count()
         self.requests: list[RecordedRequest] = []
         self.lock = threading.RLock()
         self._failures: list[tuple[int, str | None, str | None]] = []
@@ -126,6 +139,67 @@ class FakeKubernetes:
         with self.lock:
             self._tick()
             return sorted(name for _, name in self.objects[resource])
+
+    def add_node(self, name: str) -> None:
+        """Register a schedulable node; controller-made pods are placed on nodes round-robin."""
+        with self.lock:
+            meta = {"name": name, "uid": f"uid-{name}", "labels": {"kubernetes.io/hostname": name}}
+            self.objects["nodes"][("", name)] = {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": meta | {"resourceVersion": str(next(self._seq))},
+                "spec": {},
+            }
+
+    def add_pod(
+        self,
+        namespace: str,
+        name: str,
+        node: str,
+        *,
+        labels: dict[str, str] | None = None,
+        owner_kind: str | None = None,
+        mirror: bool = False,
+    ) -> None:
+        """Place a pod no Deployment owns (a DaemonSet's, a static mirror pod, a bare pod)."""
+        meta: dict[str, Any] = {"name": name, "namespace": namespace, "uid": f"uid-{name}"}
+        meta["labels"] = labels or {}
+        if owner_kind:
+            meta["ownerReferences"] = [
+                {"apiVersion": "apps/v1", "kind": owner_kind, "name": f"{name}-owner"}
+                | {"uid": f"uid-{name}-owner", "controller": True}
+            ]
+        if mirror:
+            meta["annotations"] = {"kubernetes.io/config.mirror": "abc123"}
+        with self.lock:
+            self.objects["pods"][(namespace, name)] = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": meta,
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+                "status": {"phase": "Running", "podIP": "127.0.0.1"},
+            }
+
+    def add_pdb(self, namespace: str, selector: dict[str, str], *, refuse: int) -> None:
+        """A PodDisruptionBudget over pods matching ``selector``: its next ``refuse`` evictions
+        are answered 429 (the disruption is not allowed yet), then evictions are allowed."""
+        with self.lock:
+            self.pdbs.append((namespace, selector, [refuse]))
+
+    def unschedulable(self, node: str) -> bool:
+        """Whether ``node`` is cordoned."""
+        with self.lock:
+            return bool(self.objects["nodes"][("", node)]["spec"].get("unschedulable"))
+
+    def pods_on(self, node: str) -> list[str]:
+        """``namespace/name`` of the pods on ``node`` (terminating ones included), sorted."""
+        with self.lock:
+            self._tick()
+            return sorted(
+                f"{ns}/{n}"
+                for (ns, n), p in self.objects["pods"].items()
+                if p["spec"].get("nodeName") == node
+            )
 
     # --- server ---------------------------------------------------------------------------------
 
@@ -169,23 +243,121 @@ class FakeKubernetes:
         # JSON is valid YAML, so one parser serves apply-patch+yaml and the JSON patch types.
         body = yaml.safe_load(raw) if raw else None
         query = dict(request.query_params)
-        match = _PATH.match(request.url.path)
+        path = request.url.path
+        match = _PATH.match(path)
+        eviction, cluster = _EVICTION.match(path), _CLUSTER.match(path)
         with self.lock:
-            response = self._dispatch(request.method, match, query, content_type, body)
+            if eviction is not None:
+                response = self._evict(request.method, eviction["ns"], eviction["name"])
+                group, resource, name, ns = "", "pods/eviction", eviction["name"], eviction["ns"]
+            elif cluster is not None:
+                response = self._cluster(request.method, cluster, query, content_type, body)
+                group, resource, name, ns = "", cluster["resource"], cluster["name"], None
+            else:
+                response = self._dispatch(request.method, match, query, content_type, body)
+                group = (match and match["group"]) or ""
+                resource = match["resource"] if match else ""
+                name = match["name"] if match else None
+                ns = match["ns"] if match else None
             self.requests.append(
                 RecordedRequest(
                     method=request.method,
-                    path=request.url.path,
+                    path=path,
                     query=query,
                     content_type=content_type,
                     body=body,
                     status=response.status_code,
-                    group=(match and match["group"]) or "",
-                    resource=match["resource"] if match else "",
-                    name=match["name"] if match else None,
+                    group=group,
+                    resource=resource,
+                    name=name,
+                    namespace=ns,
                 )
             )
         return response
+
+    # --- nodes, pods across namespaces, evictions -------------------------------------------------
+
+    def _injected(self, method: str, resource: str) -> JSONResponse | None:
+        for i, (code, m, r) in enumerate(self._failures):
+            if m in (None, method) and r in (None, resource):
+                del self._failures[i]
+                return status(code, "Injected", f"injected failure {code} for {method} {resource}")
+        return None
+
+    def _cluster(
+        self, method: str, match: re.Match[str], query: dict[str, str], ctype: str, body: Any
+    ) -> JSONResponse:
+        resource, name = match["resource"], match["name"]
+        if (failure := self._injected(method, resource)) is not None:
+            return failure
+        self._tick()
+        if resource == "pods":
+            if name is not None or method != "GET":
+                return status(405, "MethodNotAllowed", "only listing pods of all namespaces")
+            field_sel = dict(
+                p.split("=", 1) for p in query.get("fieldSelector", "").split(",") if p
+            )
+            unknown = set(field_sel) - {"spec.nodeName"}
+            if unknown:
+                return status(400, "BadRequest", f"field label not supported: {sorted(unknown)}")
+            node = field_sel.get("spec.nodeName")
+            items = [
+                p
+                for _, p in sorted(self.objects["pods"].items())
+                if node is None or p["spec"].get("nodeName") == node
+            ]
+            meta = {"resourceVersion": str(next(self._seq))}
+            return JSONResponse(
+                {"kind": "PodList", "apiVersion": "v1", "metadata": meta} | {"items": items}
+            )
+        nodes = self.objects["nodes"]
+        if name is None:
+            if method != "GET":
+                return status(405, "MethodNotAllowed", f"{method} on nodes is not faked")
+            items = [n for _, n in sorted(nodes.items())]
+            return JSONResponse(
+                {"kind": "NodeList", "apiVersion": "v1", "metadata": {}, "items": items}
+            )
+        node = nodes.get(("", name))
+        if node is None:
+            return status(404, "NotFound", f'nodes "{name}" not found')
+        if method == "GET":
+            return JSONResponse(node)
+        if method == "PATCH" and ctype in MERGE_TYPES:
+            node = merge_patch(node, body)
+            node["metadata"]["resourceVersion"] = str(next(self._seq))
+            nodes[("", name)] = node
+            return JSONResponse(node)
+        return status(415, "UnsupportedMediaType", f"{method} with {ctype!r} is not faked")
+
+    def _evict(self, method: str, ns: str, name: str) -> JSONResponse:
+        """``POST .../pods/<name>/eviction``: 201 and the pod goes (terminating for
+        ``termination_delay``); 429 while a matching PDB still refuses; 404 if no such pod."""
+        if method != "POST":
+            return status(405, "MethodNotAllowed", "evictions are created with POST")
+        if (failure := self._injected(method, "pods/eviction")) is not None:
+            return failure
+        self._tick()
+        pod = self.objects["pods"].get((ns, name))
+        if pod is None:
+            return status(404, "NotFound", f'pods "{name}" not found')
+        labels = pod["metadata"].get("labels", {})
+        for pdb_ns, selector, left in self.pdbs:
+            if pdb_ns == ns and selector.items() <= labels.items() and left[0] > 0:
+                left[0] -= 1
+                return status(
+                    429,
+                    "TooManyRequests",
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                )
+        if not pod["metadata"].get("deletionTimestamp"):
+            pod["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+            self._gone_at[(ns, name)] = time.monotonic() + self.termination_delay
+            if owner := self._owner.get((ns, name)):
+                self._due[(ns, owner)] = time.monotonic() + self.controller_delay
+            self._tick()
+        body = {"apiVersion": "policy/v1", "kind": "Eviction"}
+        return JSONResponse(body | {"metadata": {"name": name, "namespace": ns}}, status_code=201)
 
     # --- API ------------------------------------------------------------------------------------
 
@@ -262,6 +434,12 @@ class FakeKubernetes:
 
     def _tick(self) -> None:
         now = time.monotonic()
+        for key in [k for k, at in self._gone_at.items() if at <= now]:
+            del self._gone_at[key]
+            self.objects["pods"].pop(key, None)
+            self._ready_at.pop(key, None)
+            if owner := self._owner.pop(key, None):
+                self._due[(key[0], owner)] = now + self.controller_delay
         for key in [k for k, due in self._due.items() if due <= now]:
             del self._due[key]
             self._reconcile(key)
@@ -281,6 +459,19 @@ class FakeKubernetes:
                 counts = {"replicas": len(owned), "updatedReplicas": len(owned)}
                 dep["status"] |= counts | {"readyReplicas": ready, "availableReplicas": ready}
 
+    def _place(self) -> dict[str, str]:
+        """``{"nodeName": ...}``: the next schedulable node, round-robin; ``{}`` without nodes."""
+        schedulable = sorted(
+            n
+            for (_, n), node in self.objects["nodes"].items()
+            if not node["spec"].get("unschedulable")
+        )
+        return (
+            {"nodeName": schedulable[next(self._placement) % len(schedulable)]}
+            if schedulable
+            else {}
+        )
+
     def _pod_hash(self, key: Key) -> str | None:
         pod = self.objects["pods"].get(key)
         return pod["metadata"]["labels"].get("pod-template-hash") if pod else None
@@ -292,7 +483,9 @@ class FakeKubernetes:
         spec = dep["spec"] if dep else {}
         template, want = spec.get("template", {}), spec.get("replicas", 1) if dep else 0
         digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
-        owned = sorted(k for k, o in self._owner.items() if (k[0], o) == key)
+        owned = sorted(
+            k for k, o in self._owner.items() if (k[0], o) == key and k not in self._gone_at
+        )  # a terminating pod is replaced at once (the ReplicaSet does not count it)
         current = [k for k in owned if self._pod_hash(k) == digest][:want]
         for k in owned:
             if k not in current:  # old template or surplus: delete (no surge, no grace period)
@@ -302,7 +495,8 @@ class FakeKubernetes:
             pod_name = f"{name}-{digest}-{next(self._seq):05d}"
             labels = {**template.get("metadata", {}).get("labels", {}), "pod-template-hash": digest}
             meta = {"name": pod_name, "namespace": ns, "labels": labels, "uid": f"uid-{pod_name}"}
-            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template["spec"]}
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta}
+            pod["spec"] = dict(template["spec"]) | self._place()
             pod["status"] = {"phase": "Pending", "podIP": "127.0.0.1"}
             self.objects["pods"][(ns, pod_name)] = pod
             self._owner[(ns, pod_name)] = name

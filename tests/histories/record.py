@@ -1,6 +1,6 @@
 """Record the histories that tests/test_replay.py replays, with the workflow code of this checkout.
 
-Run ``uv run python tests/histories/record.py [scenario ...]`` (all four by default, about half a
+Run ``uv run python tests/histories/record.py [scenario ...]`` (all five by default, about half a
 minute). It starts a Temporal dev server (tests/conftest.py ``start_dev_server``) and a worker
 with every workflow and interceptor the FleetOps worker registers (``worker.WORKFLOWS``,
 ``worker.INTERCEPTORS``); the activities are the in-memory stand-ins of tests/standins.py plus
@@ -20,6 +20,9 @@ checked before it is written:
     AgentLifecycle that deploys v2 (child BlueGreenDeployment, manual promotion approved through
     the ``decide`` update) and then v3, whose post-promotion analysis fails (scripted metric
     values) and which rolls back; the agent cleans up the losing colour and shuts down.
+``lifecycle/operations.run1.json``, ``.run2.json``
+    AgentLifecycle: update ``restart`` (rolling restart), ``configure`` (v2), ``configure``
+    with ``restore_version`` 1 (v3), continue-as-new carrying the kept versions; shutdown.
 ``deployments/cancel_awaiting.agent.json``, ``.v2.json``
     AgentLifecycle whose child deployment is cancelled in AWAITING_PROMOTION; the agent
     reconciles, scales the new colour down and shuts down.
@@ -68,6 +71,8 @@ from fleetops.models import (  # noqa: E402
     AgentSpec,
     AgentState,
     AgentStatus,
+    ConfigureAgentRequest,
+    RestartAgentRequest,
     TransitionRequest,
 )
 from fleetops.settings import ApprovalSettings  # noqa: E402
@@ -330,7 +335,38 @@ async def error_incident(client: Client, w: Worker, platform: ColorPlatform) -> 
     await write(client, h.id, None, "lifecycle/error_incident.json")
 
 
+async def operations(client: Client, w: Worker, platform: ColorPlatform) -> None:
+    """Rolling restart, configure, a refused config, restore, and continue-as-new carrying the
+    kept configuration versions."""
+    h = await start_agent(client, w, "ops", rounds_per_run=6)
+    restarted = await h.execute_update(
+        AgentLifecycle.restart, RestartAgentRequest(requested_by="rec", reason="recording")
+    )
+    assert restarted.restarted == 2
+    first_run = (await h.describe()).run_id
+    done = await h.execute_update(
+        AgentLifecycle.configure, ConfigureAgentRequest(config={"mode": "b"}, requested_by="rec")
+    )
+    assert (done.config_version, done.previous_version) == (2, 1)
+    restored = await h.execute_update(
+        AgentLifecycle.configure, ConfigureAgentRequest(restore_version=1)
+    )
+    assert restored.config_version == 3
+
+    async def continued() -> AgentStatus:
+        st: AgentStatus = await client.get_workflow_handle(h.id).query(AgentLifecycle.status)
+        assert st.counters.continued_as_new >= 1, st.counters
+        return st
+
+    st = await eventually(continued)
+    assert [v.version for v in st.config_versions] == [1, 2, 3], st.config_versions
+    await shutdown(client, h)
+    await write(client, h.id, first_run, "lifecycle/operations.run1.json")
+    await write(client, h.id, None, "lifecycle/operations.run2.json")
+
+
 SCENARIOS = {
+    "operations": operations,
     "degraded_heal": degraded_heal,
     "degraded_timeout": degraded_timeout,
     "promote_rollback": promote_rollback,

@@ -158,6 +158,36 @@ class GatewayClient:
             return False
         return True
 
+    async def wait_ready(self, agent_id: str, pid: int, timeout: float) -> bool:
+        """Wait until the gateway routes replica ``pid`` of ``agent_id`` as ready (its readiness
+        probe passed), re-reading the agent's files first.
+
+        Args:
+            agent_id: the agent.
+            pid: the replica's process id.
+            timeout: seconds to wait, at most
+                :data:`~activities.platform.local.admin.MAX_WAIT_SECONDS`.
+
+        Returns:
+            True once ready, or when no gateway runs; False after ``timeout``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(timeout, MAX_WAIT_SECONDS)
+        request = SyncRequest(generation=None, timeout_seconds=0)
+        while True:
+            left = max(deadline - loop.time(), 0.0)
+            answer = await self._call(f"/agents/{agent_id}/sync", request, _NO_SYNC, left)
+            if answer is _NO_SYNC:
+                return True
+            route = answer.route if answer is not None else None
+            if route is not None and any(
+                u.pid == pid and u.ready for ups in route.upstreams.values() for u in ups
+            ):
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(RETRY_SECONDS)
+
     async def _call(
         self, path: str, request: SyncRequest | DrainRequest, absent: R, timeout: float
     ) -> R | None:

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 from activities.platform.base import LogTail, PlatformError
@@ -29,6 +30,7 @@ from activities.platform.local.admin import ServiceView
 from activities.platform.local.gateway_client import GatewayClient
 from activities.platform.local.rate_limit import RATE_LIMIT_FILE, RateLimitRecord
 from activities.platform.local.replicas import ReplicaRunner, argv_of, command_hash, to_replicas
+from activities.platform.local.rolling import RollingRestart
 from activities.platform.local.state import (
     StateStore,
     file_lock,
@@ -158,6 +160,40 @@ class LocalPlatform:
             records = await off_loop(self._store.load, spec.agent_id)
             for index in dict.fromkeys(indices):
                 await self._runner.replace(spec, argv, (color, index), records)
+            return to_replicas(records, color)
+
+    async def rolling_restart(
+        self,
+        spec: AgentSpec,
+        color: Color,
+        *,
+        rollout_id: str,
+        requested_at: datetime,
+        ready_timeout: float,
+    ) -> list[Replica]:
+        """Replace every replica of ``color`` one at a time, surge first, with no failed request
+        through the gateway (see :mod:`activities.platform.local.rolling`). Replacements start
+        from ``spec``, so they read its env, config and secret references anew.
+
+        Args:
+            spec: what the replacements run.
+            color: the colour slot (the active one).
+            rollout_id: names this restart; a retry with the same id resumes it.
+            requested_at: when it was asked for (unused locally; Kubernetes' restartedAt).
+            ready_timeout: seconds each replacement may take to turn healthy.
+
+        Returns:
+            The colour's replicas, ordered by index.
+
+        Raises:
+            PlatformError: no ``command``, executable not found, no free port, or a replacement
+                that did not turn healthy in time (it was stopped; the old replica serves on).
+        """
+        del requested_at
+        async with self._changing(spec.agent_id):
+            roll = RollingRestart(self._runner, self._store, self._gateway_client, self._publish)
+            await roll.run(spec, color, rollout_id, ready_timeout)
+            records = await off_loop(self._store.load, spec.agent_id)
             return to_replicas(records, color)
 
     async def scale_down(self, agent_id: str, color: Color) -> int:

@@ -21,6 +21,7 @@ from activities.platform.base import PlatformError, PlatformInputError, url
 from activities.platform.local import process
 from activities.platform.local.gateway_client import GatewayClient
 from activities.platform.local.state import Key, ReplicaRecord, StateStore, file_lock, off_loop
+from fleetops.agent_config import config_env
 from fleetops.models import AgentSpec, Color, Replica
 from fleetops.settings import LocalPlatformSettings
 
@@ -28,8 +29,13 @@ logger = logging.getLogger("activities.platform.local")
 
 
 def command_hash(spec: AgentSpec) -> str:
-    """Hash of what a replica runs (command and env): a change restarts the replica."""
-    payload = json.dumps({"command": spec.command, "env": spec.env}, sort_keys=True)
+    """Hash of what a replica runs (command, env and config): a change restarts the replica.
+
+    The config counts only when set, so replicas of agents without one keep their hash."""
+    what: dict[str, object] = {"command": spec.command, "env": spec.env}
+    if spec.config:
+        what["config"] = spec.config
+    payload = json.dumps(what, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -184,6 +190,35 @@ class ReplicaRunner:
             preferred = old.port if old else None
             await off_loop(self._start_and_record, spec, argv, key, records, preferred)
 
+    async def start_surge(
+        self,
+        spec: AgentSpec,
+        argv: list[str],
+        key: Key,
+        surge_key: Key,
+        records: dict[Key, ReplicaRecord],
+        rollout: str,
+    ) -> ReplicaRecord:
+        """Start a replacement of slot ``key`` on a new port, recorded under ``surge_key``
+        (marked with ``rollout``) and saved before anyone else can look at the ports.
+
+        Returns:
+            The replacement's record.
+
+        Raises:
+            PlatformError: no free port.
+        """
+
+        def start() -> ReplicaRecord:
+            port = self._allocate_port(spec.agent_id, records, surge_key, None)
+            started = self._start(spec, argv, key, port)
+            records[surge_key] = dataclasses.replace(started, index=surge_key[1], rollout=rollout)
+            self._store.save(spec.agent_id, records)
+            return records[surge_key]
+
+        async with file_lock(self._store.ports_lock()):
+            return await off_loop(start)
+
     def _start_and_record(
         self,
         spec: AgentSpec,
@@ -204,6 +239,7 @@ class ReplicaRunner:
         env = {
             **os.environ,
             **spec.env,
+            **config_env(spec.config),
             "HOST": host,
             "PORT": str(port),
             "AGENT_ID": spec.agent_id,

@@ -67,6 +67,8 @@ class ReplicaRecord:
         health_path: HTTP path the gateway probes for readiness (the spec's ``health.path``).
         draining: set just before the replica is stopped: the gateway sends it no new
             requests and lets those in flight finish.
+        rollout: id of the rolling restart that started this replica (None: not started by
+            one), so a retried restart skips replicas it already replaced.
     """
 
     index: int
@@ -79,6 +81,7 @@ class ReplicaRecord:
     color: Color = "blue"
     health_path: str = "/health"
     draining: bool = False
+    rollout: str | None = None
 
     @property
     def key(self) -> Key:
