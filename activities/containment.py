@@ -29,7 +29,13 @@ from fleetops.constants import agent_workflow_id
 from fleetops.deploy import AbortRequest, DeploymentRequest, DeploymentStarted, Promotion
 from fleetops.incidents import ContainmentAction, ContainmentRequest, ContainmentResult
 from fleetops.limits import DEFAULT_MAX_REPLICAS_PER_AGENT
-from fleetops.models import AgentStatus, TransitionRequest, TransitionResult
+from fleetops.models import (
+    AgentStatus,
+    RestartAgentRequest,
+    RestartAgentResult,
+    TransitionRequest,
+    TransitionResult,
+)
 
 A = ContainmentAction
 
@@ -137,9 +143,9 @@ class ContainmentActivities:
         if req.action == A.ROLLBACK_DEPLOYMENT:
             return await self._rollback(req, handle, who)
         if req.action == A.RESTART_REPLICAS:
-            payload = {"requested_by": who[:200], "reason": req.reason[:500]}
-            out = await self._update(req, handle, "restart", payload, dict)
-            return f"restarted {out.get('restarted')} {out.get('color')} replicas", handle.id
+            restart = RestartAgentRequest(requested_by=who[:200], reason=req.reason[:500])
+            done = await self._update(req, handle, "restart", restart, RestartAgentResult)
+            return f"restarted {done.restarted} {done.color} replicas", handle.id
         if req.action == A.PAUSE_AGENT:
             t = TransitionRequest(action="pause", reason=req.reason[:500], requested_by=who[:200])
             res = await self._update(req, handle, "transition", t, TransitionResult)

@@ -36,6 +36,13 @@ def register(app: typer.Typer) -> None:
     app.add_typer(incident_app, name="incident")
 
 
+def _who(as_: str) -> str:
+    who = (as_ or current_user()).strip()
+    if not who:
+        fail("who are you? give --as <name> (no OS user name here)", 2)
+    return who
+
+
 def _wid(name: str) -> str:
     try:
         return incidents.incident_id(name)
@@ -126,7 +133,8 @@ def ack(
 ) -> None:
     """Acknowledge an incident (stops escalation of its page)."""
     wid = _wid(incident)
-    result = run(lambda c: incidents.update(c, wid, "ack", as_ or current_user(), comment))
+    who = _who(as_)
+    result = run(lambda c: incidents.update(c, wid, "ack", who, comment))
     out.print(f"acknowledged {escape(wid)}" + (f": {escape(str(result))}" if result else ""))
 
 
@@ -138,7 +146,8 @@ def resolve(
 ) -> None:
     """Resolve an incident by hand (it then writes its review and closes)."""
     wid = _wid(incident)
-    result = run(lambda c: incidents.update(c, wid, "resolve", as_ or current_user(), reason))
+    who = _who(as_)
+    result = run(lambda c: incidents.update(c, wid, "resolve", who, reason))
     out.print(f"resolved {escape(wid)}" + (f": {escape(str(result))}" if result else ""))
     out.print(f"its review, once written: fleetops incident review {escape(wid)}")
 

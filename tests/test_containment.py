@@ -2,8 +2,7 @@
 
 The platform is the in-memory stand-in of tests/standins.py (which cannot rate-limit, so that
 action answers "not supported"); the gateway's limit itself is tested in
-tests/test_gateway_rate_limit.py. ``restart`` is an update built on another branch: a stand-in
-agent (registered as ``AgentLifecycle`` on its own task queue) records the payloads it gets.
+tests/test_gateway_rate_limit.py. ``restart`` is the agent's rolling-restart update.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from pydantic import ValidationError
 from temporalio import workflow
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():  # the sandbox re-imports this module
     from activities.containment import ContainmentActivities
@@ -167,46 +166,24 @@ async def test_rollback_of_a_completed_deployment_deploys_the_previous_version(
     await h.terminate("test finished")
 
 
-@workflow.defn(name="AgentLifecycle")
-class RestartableAgent:
-    """Stand-in agent with the ``restart`` update of the agent-ops branch (payload recorded)."""
-
-    def __init__(self) -> None:
-        self.payloads: list[dict[str, Any]] = []
-
-    @workflow.run
-    async def run(self, _: Any) -> None:
-        await workflow.wait_condition(lambda: False)
-
-    @workflow.update
-    async def restart(self, req: dict[str, Any]) -> dict[str, Any]:
-        self.payloads.append(req)
-        return {"restarted": 2, "color": "blue"}
-
-    @workflow.query
-    def received(self) -> list[dict[str, Any]]:
-        return self.payloads
-
-
-async def test_restart_is_sent_once_with_the_agent_ops_payload(
-    dev_env: WorkflowEnvironment,
+async def test_restart_runs_once_through_the_agents_restart_update(
+    dev_env: WorkflowEnvironment, world
 ) -> None:
-    agent = f"rs-{uuid.uuid4().hex[:6]}"
-    runner = UnsandboxedWorkflowRunner()  # a stand-in: no need for the sandbox
-    async with new_worker(
-        dev_env.client, workflows=[RestartableAgent], workflow_runner=runner
-    ) as w:
-        h = await dev_env.client.start_workflow(
-            "AgentLifecycle", {}, id=f"agent/{agent}", task_queue=w.task_queue
-        )
-        acts = ContainmentActivities(dev_env.client, ColorPlatform())
-        for _ in range(2):  # the second is a retried attempt
-            done = await contain(acts, request(agent, A.RESTART_REPLICAS))
-            assert done.ok and done.detail == "restarted 2 blue replicas", done
-        received = await h.query("received")
-        assert received == [{"requested_by": f"alice (incident incident/{agent}/k1)",
-                             "reason": "test"}]  # fmt: skip
-        await h.terminate("test finished")
+    w, platform = world
+    h = await start_agent(dev_env.client, w, replicas=2)
+    agent = h.id.removeprefix("agent/")
+    acts = ContainmentActivities(dev_env.client, platform)
+    for _ in range(2):  # the second is a retried attempt: same outcome, no second restart
+        done = await contain(acts, request(agent, A.RESTART_REPLICAS))
+        assert done.ok and done.detail == "restarted 2 blue replicas", done
+    assert [c for c, _ in platform.calls].count("rolling_restart") == 1
+    st = await state_is(h, S.READY)
+    assert any(f"alice (incident incident/{agent}/k1)" in t.reason for t in st.transitions)
+    paused = await contain(acts, request(agent, A.PAUSE_AGENT))
+    assert paused.ok
+    refused = await contain(acts, request(agent, A.RESTART_REPLICAS, action_id="2"))
+    assert not refused.ok and "refused restart" in refused.detail  # the agent's validator
+    await h.terminate("test finished")
 
 
 async def test_page_posts_once_to_the_escalation_webhook(
