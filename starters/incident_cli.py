@@ -14,10 +14,11 @@ from rich.console import Group, RenderableType
 from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
+from temporalio.client import Client
 
 from fleetops.incidents import IncidentPhase, Severity
 from starters import incidents
-from starters.cli_common import current_user, fail, out, run
+from starters.cli_common import current_user, err_console, fail, load_settings, out, run
 
 incident_app = typer.Typer(
     help="Incidents (IncidentResponse incident/<agent>/<key>): list, show, ack, resolve, review.",
@@ -172,7 +173,19 @@ def review(
         fail("give an incident id or --file", 2)
     else:
         wid = _wid(incident)
-        found = run(lambda c: incidents.review(c, wid))
+        settings = load_settings()
+
+        async def go(client: Client) -> str | None:
+            try:
+                return await incidents.review(client, wid)
+            except incidents.IncidentNotFoundError:
+                files = incidents.review_files(settings.state_dir, wid)
+                if not files:  # no history left (retention) and no file either
+                    raise
+                err_console.print(f"{wid} has no history left; from {files[0]}", markup=False)
+                return files[0].read_text()
+
+        found = run(go, settings)
         if found is None:
             fail(f"{wid} is still open: its review is written when it closes", 1)
         text = found

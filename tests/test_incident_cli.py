@@ -148,6 +148,11 @@ async def test_incident_commands(dev_env: WorkflowEnvironment, worker: Worker, t
     assert code == 1 and "no incident incident/nosuch/x" in out, out
     code, out = await fleetops(dev_env, tmp_path, "incident", "show", "not-an-id")
     assert code == 2 and "not an incident id" in out
+    kept = tmp_path / ".fleetops" / "incidents" / "gone" / "abc123-run1.md"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("# Review of an incident whose history is gone\n")
+    code, out = await fleetops(dev_env, tmp_path, "incident", "review", "incident/gone/abc123")
+    assert code == 0 and "whose history is gone" in out, out
     review = tmp_path / "review.md"
     review.write_text("# Kept review\n")
     code, out = await fleetops(dev_env, tmp_path, "incident", "review", "--file", str(review))
