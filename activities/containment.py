@@ -22,14 +22,20 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.notify import NotifyActivities
-from activities.platform.activities import _heartbeating
+from activities.platform.activities import heartbeating
 from activities.platform.base import IncidentOps, Platform, PlatformError
 from fleetops.approvals import Notification
 from fleetops.constants import agent_workflow_id
 from fleetops.deploy import AbortRequest, DeploymentRequest, DeploymentStarted, Promotion
 from fleetops.incidents import ContainmentAction, ContainmentRequest, ContainmentResult
 from fleetops.limits import DEFAULT_MAX_REPLICAS_PER_AGENT
-from fleetops.models import AgentStatus, TransitionRequest, TransitionResult
+from fleetops.models import (
+    AgentStatus,
+    RestartAgentRequest,
+    RestartAgentResult,
+    TransitionRequest,
+    TransitionResult,
+)
 
 A = ContainmentAction
 
@@ -37,6 +43,28 @@ A = ContainmentAction
 def update_id(req: ContainmentRequest) -> str:
     """The stable id of the update (or notification) ``req`` makes: retries reuse it."""
     return f"{req.incident_id}/{req.action}/{req.action_id}"
+
+
+async def _prior(handle: WorkflowHandle[Any, Any], uid: str, rtype: type) -> tuple[bool, Any]:
+    """(True, outcome) if the agent already ran an update with id ``uid``, else (False, None).
+
+    Raises:
+        WorkflowUpdateFailedError: that update failed.
+        RPCError: any error but "not found".
+    """
+    try:
+        return True, await handle.get_update_handle(uid, result_type=rtype).result()
+    except RPCError as e:
+        if e.status != RPCStatusCode.NOT_FOUND:
+            raise
+    return False, None
+
+
+def _rollback_started(started: DeploymentStarted) -> str:
+    return (
+        f"rollback deployment {started.deployment_id} started: {started.stable_version} -> "
+        f"{started.version}"
+    )
 
 
 class _Refused(Exception):
@@ -90,7 +118,7 @@ class ContainmentActivities:
         """
         handle = self._client.get_workflow_handle(agent_workflow_id(req.agent_id))
         try:
-            async with _heartbeating():
+            async with heartbeating():
                 detail, wid = await self._run(req, handle)
         except _Refused as e:
             activity.logger.info("%s refused: %s", req.action, e)
@@ -103,7 +131,9 @@ class ContainmentActivities:
             raise ApplicationError(f"Temporal call failed: {e.message}", type="Unavailable") from e
         return ContainmentResult(action=req.action, ok=True, detail=detail[:2000], workflow_id=wid)
 
-    async def _run(self, req: ContainmentRequest, handle: WorkflowHandle) -> tuple[str, str | None]:
+    async def _run(
+        self, req: ContainmentRequest, handle: WorkflowHandle[Any, Any]
+    ) -> tuple[str, str | None]:
         """Dispatch; returns (detail, workflow acted on)."""
         who = f"{req.requested_by} (incident {req.incident_id})"
         if req.action == A.PAGE_ONCALL:
@@ -113,9 +143,9 @@ class ContainmentActivities:
         if req.action == A.ROLLBACK_DEPLOYMENT:
             return await self._rollback(req, handle, who)
         if req.action == A.RESTART_REPLICAS:
-            payload = {"requested_by": who[:200], "reason": req.reason[:500]}
-            out = await self._update(req, handle, "restart", payload, dict)
-            return f"restarted {out.get('restarted')} {out.get('color')} replicas", handle.id
+            restart = RestartAgentRequest(requested_by=who[:200], reason=req.reason[:500])
+            done = await self._update(req, handle, "restart", restart, RestartAgentResult)
+            return f"restarted {done.restarted} {done.color} replicas", handle.id
         if req.action == A.PAUSE_AGENT:
             t = TransitionRequest(action="pause", reason=req.reason[:500], requested_by=who[:200])
             res = await self._update(req, handle, "transition", t, TransitionResult)
@@ -123,7 +153,12 @@ class ContainmentActivities:
         return await self._scale_up(req, handle, who), handle.id
 
     async def _update(
-        self, req: ContainmentRequest, handle: WorkflowHandle, name: str, arg: Any, rtype: type
+        self,
+        req: ContainmentRequest,
+        handle: WorkflowHandle[Any, Any],
+        name: str,
+        arg: Any,
+        rtype: type,
     ) -> Any:
         """The outcome of update ``name`` with the request's stable id: the earlier one if an
         attempt already ran it, else a new one.
@@ -133,34 +168,29 @@ class ContainmentActivities:
         """
         uid = update_id(req)
         try:
-            try:
-                return await handle.get_update_handle(uid, result_type=rtype).result()
-            except RPCError as e:
-                if e.status != RPCStatusCode.NOT_FOUND:
-                    raise
+            found, prior = await _prior(handle, uid, rtype)
+            if found:
+                return prior
             return await handle.execute_update(name, arg, id=uid, result_type=rtype)
         except WorkflowUpdateFailedError as e:
             cause = e.cause
             msg = cause.message if isinstance(cause, ApplicationError) else str(cause or e)
             raise _Refused(f"{handle.id} refused {name}: {msg}") from None
 
-    async def _status(self, handle: WorkflowHandle) -> AgentStatus:
+    async def _status(self, handle: WorkflowHandle[Any, Any]) -> AgentStatus:
         result: AgentStatus = await handle.query("status", result_type=AgentStatus)
         return result
 
-    async def _scale_up(self, req: ContainmentRequest, handle: WorkflowHandle, who: str) -> str:
+    async def _scale_up(
+        self, req: ContainmentRequest, handle: WorkflowHandle[Any, Any], who: str
+    ) -> str:
         st = await self._status(handle)
         cap = min(st.max_replicas, self._quota)
         target = min(req.replicas or st.desired_replicas + 1, cap)
         if target <= st.desired_replicas:
-            try:  # an earlier attempt may have scaled already: its outcome is the answer
-                prior = await handle.get_update_handle(
-                    update_id(req), result_type=TransitionResult
-                ).result()
+            found, prior = await _prior(handle, update_id(req), TransitionResult)
+            if found:  # an earlier attempt scaled already: its outcome is the answer
                 return f"scaled to {prior.replicas} replicas"
-            except RPCError as e:
-                if e.status != RPCStatusCode.NOT_FOUND:
-                    raise
             raise _Refused(
                 f"{req.agent_id} runs {st.desired_replicas} replicas; scale_up to {target} "
                 f"would not add any (max_replicas {st.max_replicas}, quota {self._quota})"
@@ -172,8 +202,11 @@ class ContainmentActivities:
         return f"scaled to {res.replicas} replicas"
 
     async def _rollback(
-        self, req: ContainmentRequest, handle: WorkflowHandle, who: str
+        self, req: ContainmentRequest, handle: WorkflowHandle[Any, Any], who: str
     ) -> tuple[str, str | None]:
+        found, prior = await _prior(handle, update_id(req), DeploymentStarted)
+        if found:  # an earlier attempt started the rollback: never abort it now
+            return _rollback_started(prior), prior.deployment_id
         st = await self._status(handle)
         if st.deployment is not None:
             dep = st.deployment
@@ -203,11 +236,7 @@ class ContainmentActivities:
         started: DeploymentStarted = await self._update(
             req, handle, "deploy", deploy, DeploymentStarted
         )
-        return (
-            f"rollback deployment {started.deployment_id} started: {started.stable_version} -> "
-            f"{started.version}",
-            started.deployment_id,
-        )
+        return _rollback_started(started), started.deployment_id
 
     async def _rate_limit(self, req: ContainmentRequest) -> str:
         if not isinstance(self._platform, IncidentOps):

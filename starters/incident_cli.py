@@ -14,10 +14,11 @@ from rich.console import Group, RenderableType
 from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
+from temporalio.client import Client
 
 from fleetops.incidents import IncidentPhase, Severity
 from starters import incidents
-from starters.cli_common import current_user, fail, out, run
+from starters.cli_common import current_user, err_console, fail, load_settings, out, run
 
 incident_app = typer.Typer(
     help="Incidents (IncidentResponse incident/<agent>/<key>): list, show, ack, resolve, review.",
@@ -34,6 +35,13 @@ AUDIT_SHOWN = 15
 def register(app: typer.Typer) -> None:
     """Add ``fleetops incident ...`` to the root app."""
     app.add_typer(incident_app, name="incident")
+
+
+def _who(as_: str) -> str:
+    who = (as_ or current_user()).strip()
+    if not who:
+        fail("who are you? give --as <name> (no OS user name here)", 2)
+    return who
 
 
 def _wid(name: str) -> str:
@@ -126,7 +134,8 @@ def ack(
 ) -> None:
     """Acknowledge an incident (stops escalation of its page)."""
     wid = _wid(incident)
-    result = run(lambda c: incidents.update(c, wid, "ack", as_ or current_user(), comment))
+    who = _who(as_)
+    result = run(lambda c: incidents.update(c, wid, "ack", who, comment))
     out.print(f"acknowledged {escape(wid)}" + (f": {escape(str(result))}" if result else ""))
 
 
@@ -138,7 +147,8 @@ def resolve(
 ) -> None:
     """Resolve an incident by hand (it then writes its review and closes)."""
     wid = _wid(incident)
-    result = run(lambda c: incidents.update(c, wid, "resolve", as_ or current_user(), reason))
+    who = _who(as_)
+    result = run(lambda c: incidents.update(c, wid, "resolve", who, reason))
     out.print(f"resolved {escape(wid)}" + (f": {escape(str(result))}" if result else ""))
     out.print(f"its review, once written: fleetops incident review {escape(wid)}")
 
@@ -163,7 +173,19 @@ def review(
         fail("give an incident id or --file", 2)
     else:
         wid = _wid(incident)
-        found = run(lambda c: incidents.review(c, wid))
+        settings = load_settings()
+
+        async def go(client: Client) -> str | None:
+            try:
+                return await incidents.review(client, wid)
+            except incidents.IncidentNotFoundError:
+                files = incidents.review_files(settings.state_dir, wid)
+                if not files:  # no history left (retention) and no file either
+                    raise
+                err_console.print(f"{wid} has no history left; from {files[0]}", markup=False)
+                return files[0].read_text()
+
+        found = run(go, settings)
         if found is None:
             fail(f"{wid} is still open: its review is written when it closes", 1)
         text = found

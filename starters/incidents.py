@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
@@ -185,3 +186,13 @@ def review_markdown(result: Any) -> str:
     if isinstance(result, dict) and isinstance(result.get("markdown"), str):
         return str(result["markdown"])
     return "```json\n" + json.dumps(result, indent=2, default=str) + "\n```"
+
+
+def review_files(state_dir: Path, wid: str) -> list[Path]:
+    """Review files of incident ``wid`` written under the state directory, newest first:
+    ``<state_dir>/incidents/<agent>/<key>-<run>.md`` (one per run of that id)."""
+    _, agent, key = wid.split("/")
+    folder = state_dir / "incidents" / agent
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob(f"{key}-*.md"), key=lambda p: p.stat().st_mtime, reverse=True)

@@ -131,6 +131,10 @@ async def used_triples(tmp_path: Path) -> AsyncIterator[set[Triple]]:
         await platform.scale_down("echo", "green")
         await platform.describe_service("echo")
         await platform.list_replicas("echo")
+        fake.pod_logs = {name: "one\ntwo\nthree\n" for name in fake.names("pods")}
+        tails = await platform.replica_logs("echo", lines=2, max_bytes=1000)
+        blue = [t for t in tails if t.replica.startswith("blue/")]  # green may still terminate
+        assert len(blue) == 2 and all(t.text == "two\nthree" and t.cut for t in blue), tails
         await platform.stop_all("echo")
         # 404s are expected (a Service read before it exists) and are authorized like any call.
         assert all(r.status < 400 or r.status == 404 for r in fake.requests), "an error"
@@ -211,4 +215,5 @@ def test_role_grants_exactly_what_the_platform_uses(used_triples: set[Triple]) -
         ("", "secrets", "create"),
         ("", "secrets", "patch"),
         ("", "secrets", "delete"),
+        ("", "pods/log", "get"),
     }

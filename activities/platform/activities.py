@@ -56,6 +56,10 @@ async def _heartbeating() -> AsyncIterator[None]:
             await task
 
 
+heartbeating = _heartbeating
+"""Public name of the heartbeat context manager, for other activities that wait on something."""
+
+
 async def _call(op: Awaitable[T]) -> T:
     """Await a platform call, heartbeating; PlatformError becomes a non-retryable failure
     (type ``InvalidInput`` for a :class:`PlatformInputError`, else ``PlatformError``)."""

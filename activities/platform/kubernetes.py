@@ -49,7 +49,7 @@ from activities.platform._k8s_manifests import (
     secret_name,
     service_manifest,
 )
-from activities.platform.base import PlatformError
+from activities.platform.base import LogTail, PlatformError
 from activities.secret_stores import SecretResolver, no_secrets_error
 from fleetops.errors import KUBERNETES_UNAVAILABLE, ROLLOUT_TIMEOUT
 from fleetops.models import AgentSpec, Color, Replica, ServiceInfo
@@ -99,6 +99,7 @@ class KubernetesPlatform:
             "patch secret": core.patch_namespaced_secret,
             "delete secret": core.delete_namespaced_secret,
             "delete pod": core.delete_namespaced_pod,
+            "read pod log": core.read_namespaced_pod_log,
         }
         self.api_client = api_client
         self._settings = settings
@@ -292,6 +293,47 @@ class KubernetesPlatform:
         generation = current.generation + 1
         await self._apply_services(agent_id, active_color, preview_color, generation)
         return target.model_copy(update={"generation": generation})
+
+    # --- incident response (IncidentOps) --------------------------------------------------------
+
+    async def replica_logs(self, agent_id: str, *, lines: int, max_bytes: int) -> list[LogTail]:
+        """The last ``lines`` lines (at most ``max_bytes`` bytes) of each pod of both colours
+        (``read_namespaced_pod_log`` with ``tail_lines`` and ``limit_bytes``). A pod whose log
+        cannot be read (its container not started yet) is a tail saying why.
+
+        Raises:
+            PlatformError: an invalid agent id, or the pods cannot be listed (a 4xx).
+        """
+        agent = check_agent_id(agent_id)
+        out = []
+        for color in COLORS:
+            for pod in await self._pods(agent, color):
+                name = pod.metadata.name
+                try:
+                    text = await self._api(
+                        "read pod log", name, tail_lines=lines, limit_bytes=max_bytes
+                    )
+                except (PlatformError, ApplicationError) as e:
+                    out.append(
+                        LogTail(f"{color}/{name}", f"pod/{name}", f"(unreadable: {e})", False)
+                    )
+                    continue
+                text = text or ""
+                cut = text.count("\n") >= lines or len(text.encode()) >= max_bytes
+                out.append(LogTail(f"{color}/{name}", f"pod/{name}", text.rstrip("\n"), cut))
+        return out
+
+    async def set_rate_limit(
+        self, agent_id: str, rps: float | None, *, burst: int | None = None, set_by: str = ""
+    ) -> float | None:
+        """Not supported: limit an agent's traffic at its Ingress or service mesh instead.
+
+        Raises:
+            PlatformError: always.
+        """
+        raise PlatformError(
+            "rate limiting is not supported on kubernetes; limit at the Ingress or mesh"
+        )
 
     async def describe_service(self, agent_id: str) -> ServiceInfo | None:
         """The agent's Services as :class:`ServiceInfo`, or None before the first ``ensure``."""

@@ -33,7 +33,7 @@ import uvicorn
 import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 _PATH = re.compile(
@@ -41,6 +41,7 @@ _PATH = re.compile(
     r"(?P<resource>deployments|services|pods|secrets)(?:/(?P<name>[^/]+))?$"
 )
 _EVICTION = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)/eviction$")
+_LOG = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)/log$")
 _CLUSTER = re.compile(r"^/api/v1/(?P<resource>nodes|pods)(?:/(?P<name>[^/]+))?$")
 _KINDS = {
     "deployments": "Deployment",
@@ -107,6 +108,7 @@ class FakeKubernetes:
         # PodDisruptionBudgets: (namespace, label selector, evictions to refuse with 429 first)
         self.pdbs: list[tuple[str, dict[str, str], list[int]]] = []
         self.termination_delay = 0.0  # seconds an evicted pod stays terminating
+        self.pod_logs: dict[str, str] = {}  # pod name -> its log (GET .../pods/<name>/log)
         self._gone_at: dict[Key, float] = {}  # terminating pods -> removal time
         self._placement = itertools.count()
         self.requests: list[RecordedRequest] = []
@@ -243,7 +245,7 @@ class FakeKubernetes:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    async def _handle(self, request: Request) -> JSONResponse:
+    async def _handle(self, request: Request) -> Response:
         raw = await request.body()
         content_type = request.headers.get("content-type", "").split(";")[0].strip()
         # JSON is valid YAML, so one parser serves apply-patch+yaml and the JSON patch types.
@@ -251,9 +253,12 @@ class FakeKubernetes:
         query = dict(request.query_params)
         path = request.url.path
         match = _PATH.match(path)
-        eviction, cluster = _EVICTION.match(path), _CLUSTER.match(path)
+        eviction, cluster, log = _EVICTION.match(path), _CLUSTER.match(path), _LOG.match(path)
         with self.lock:
-            if eviction is not None:
+            if log is not None:
+                response = self._log(request.method, log["ns"], log["name"], query)
+                group, resource, name, ns = "", "pods/log", log["name"], log["ns"]
+            elif eviction is not None:
                 response = self._evict(request.method, eviction["ns"], eviction["name"])
                 group, resource, name, ns = "", "pods/eviction", eviction["name"], eviction["ns"]
             elif cluster is not None:
@@ -335,6 +340,24 @@ class FakeKubernetes:
             nodes[("", name)] = node
             return JSONResponse(node)
         return status(415, "UnsupportedMediaType", f"{method} with {ctype!r} is not faked")
+
+    def _log(self, method: str, ns: str, name: str, query: dict[str, str]) -> Response:
+        """``GET .../pods/<name>/log``: ``pod_logs[name]`` as text/plain, its last ``tailLines``
+        lines, then its first ``limitBytes`` bytes (the API server's order); 404 if no pod."""
+        if method != "GET":
+            return status(405, "MethodNotAllowed", "logs are read with GET")
+        if (failure := self._injected(method, "pods/log")) is not None:
+            return failure
+        self._tick()
+        if (ns, name) not in self.objects["pods"]:
+            return status(404, "NotFound", f'pods "{name}" not found')
+        lines = self.pod_logs.get(name, "").splitlines(keepends=True)
+        if "tailLines" in query:
+            lines = lines[-int(query["tailLines"]) :] if int(query["tailLines"]) else []
+        data = "".join(lines).encode()
+        if "limitBytes" in query:
+            data = data[: int(query["limitBytes"])]
+        return Response(data, media_type="text/plain")
 
     def _evict(self, method: str, ns: str, name: str) -> JSONResponse:
         """``POST .../pods/<name>/eviction``: 201 and the pod goes (terminating for
