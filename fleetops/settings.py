@@ -228,6 +228,37 @@ class MetricsSettings(BaseModel):
     query_timeout_seconds: float = Field(10.0, gt=0, description="Seconds per Prometheus query.")
 
 
+class AlertsSettings(BaseModel):
+    """The Alertmanager webhook receiver (``fleetops alert-receiver``, and ``fleetops up``)."""
+
+    host: str = Field("127.0.0.1", description="Bind address of the receiver.")
+    port: int = Field(9095, ge=1, le=65535, description="Bind port of the receiver.")
+    token: SecretStr | None = Field(
+        None,
+        description="Bearer token Alertmanager must send (Authorization: Bearer <token>); "
+        "unset: no authentication (a warning at start).",
+    )
+    agent_label: str = Field(
+        "agent",
+        min_length=1,
+        max_length=100,
+        description="Alert label naming the agent; alerts without it are ignored (and reported).",
+    )
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest webhook body accepted, bytes (larger: 413, nothing started).",
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _token_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().strip():
+            raise ValueError("alerts.token must not be blank; unset it to disable the check")
+        return v
+
+
 class Settings(BaseSettings):
     """The whole FleetOps configuration (environment prefix ``FLEETOPS_``)."""
 
@@ -250,6 +281,7 @@ class Settings(BaseSettings):
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
     approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)
     max_concurrent_activities: int = Field(
         200, ge=1, description="Activities one worker runs at once."
     )
