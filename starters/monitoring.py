@@ -137,6 +137,7 @@ def commands(out: Path, ports: MonitoringPorts) -> dict[str, list[str]]:
             f"--config.file={out / 'prometheus.yml'}",
             f"--storage.tsdb.path={out / 'prometheus-data'}",
             f"--web.listen-address={ports.host}:{ports.prometheus}",
+            f"--web.external-url=http://{ports.host}:{ports.prometheus}",
             "--log.level=warn",
         ],
         "alertmanager": [
@@ -144,6 +145,7 @@ def commands(out: Path, ports: MonitoringPorts) -> dict[str, list[str]]:
             f"--config.file={out / 'alertmanager.yml'}",
             f"--storage.path={out / 'alertmanager-data'}",
             f"--web.listen-address={ports.host}:{ports.alertmanager}",
+            f"--web.external-url=http://{ports.host}:{ports.alertmanager}",
             "--cluster.listen-address=",
             "--log.level=warn",
         ],
