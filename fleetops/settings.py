@@ -250,6 +250,12 @@ class AlertsSettings(BaseModel):
         le=64 * 1024 * 1024,
         description="Largest webhook body accepted, bytes (larger: 413, nothing started).",
     )
+    prometheus_port: int = Field(
+        9090, ge=1, le=65535, description="Port of the Prometheus `up --with-prometheus` runs."
+    )
+    alertmanager_port: int = Field(
+        9093, ge=1, le=65535, description="Port of the Alertmanager `up --with-prometheus` runs."
+    )
 
     @field_validator("token")
     @classmethod

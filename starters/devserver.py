@@ -189,7 +189,9 @@ async def _start_monitoring(
 ) -> tuple[Settings, dict[str, subprocess.Popen[bytes]]]:
     from starters import monitoring
 
-    ports = monitoring.MonitoringPorts()
+    ports = monitoring.MonitoringPorts(
+        prometheus=settings.alerts.prometheus_port, alertmanager=settings.alerts.alertmanager_port
+    )
     out = monitoring.render(settings, ports)
     procs = await asyncio.to_thread(monitoring.start, out, ports)
     url = f"http://{ports.host}:{ports.prometheus}"
