@@ -158,6 +158,11 @@ class AlertReceiver:
                 str(err)[:300],
                 **{"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
+        except RPCError as err:  # a refusal that a retry would not change (bad namespace ...)
+            log.error("Temporal refused the incident signal: %s", err)
+            return _error(
+                502, "temporal refused the signal", f"{err.status.name}: {err.message}"[:300]
+            )
 
     async def handle(self, webhook: AlertmanagerWebhook) -> dict[str, Any]:
         """Turn a validated notification into incident signals.

@@ -19,6 +19,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
+from fleetops.converter import data_converter
 from fleetops.incidents import MAX_ALERTS_PER_BATCH, MAX_LABEL_CHARS, incident_key
 from fleetops.settings import Settings
 from starters.alertmanager import bind, create_app, serve_alert_receiver
@@ -337,3 +338,20 @@ async def test_served_over_http_with_healthz(dev_env: WorkflowEnvironment) -> No
         finally:
             stop.set()
             await server
+
+
+async def test_a_permanent_temporal_refusal_is_502_with_the_reason(
+    dev_env: WorkflowEnvironment,
+) -> None:
+    target = dev_env.client.service_client.config.target_host
+    client = await Client.connect(
+        target, namespace=f"missing-{uuid.uuid4().hex[:8]}", data_converter=data_converter()
+    )
+    transport = httpx.ASGITransport(app=create_app(settings(), client=client))
+    async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as http:
+        response = await http.post(
+            "/alerts", json=webhook([alert("demo")]), headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+    assert response.status_code == 502, response.text
+    assert response.json()["error"] == "temporal refused the signal"
+    assert "NOT_FOUND" in response.json()["detail"]
