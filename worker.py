@@ -18,12 +18,16 @@ import httpx
 from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
 
+from activities.containment import ContainmentActivities
 from activities.deployments import DeploymentActivities
+from activities.incident_evidence import EvidenceActivities
+from activities.incident_intake import IncidentIntakeActivities
 from activities.metrics import MetricsActivities
 from activities.notify import NotifyActivities
 from activities.platform import Platform, PlatformActivities, build_platform
 from activities.probes import ProbeActivities
 from activities.quota import ReplicaQuota
+from activities.recovery import RecoveryActivities
 from fleetops.client import connect
 from fleetops.settings import Settings, get_settings
 from workflows.agent_lifecycle import AgentLifecycle
@@ -97,6 +101,15 @@ async def fleetops_worker(
                 notify.approval_policy,
                 notify.approver_roles,
                 metrics.measure_metric,
+                IncidentIntakeActivities(client).open_incident,
+                EvidenceActivities(client, platform, http, settings.metrics).gather_evidence,
+                ContainmentActivities(
+                    client,
+                    platform,
+                    notify,
+                    max_replicas_per_agent=settings.max_replicas_per_agent,
+                ).run_containment,
+                RecoveryActivities(client, http, settings.metrics).check_recovery,
             ],
             interceptors=list(INTERCEPTORS),
             max_concurrent_activities=settings.max_concurrent_activities,

@@ -19,9 +19,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleetops.constants import AGENT_ID_PATTERN, agent_workflow_id
+from fleetops.limits import Count, Seconds
 
 INCIDENT_WORKFLOW = "IncidentResponse"
 """Workflow type name of an incident."""
@@ -304,3 +305,115 @@ class LlmOutcome(_Strict):
     prompt_notes: list[str] = Field(
         default_factory=list, description="What was cut or redacted before sending."
     )
+
+
+# --- incident-ops activities: evidence, containment, recovery ------------------------------
+
+MAX_EVIDENCE_CHARS = 20_000
+"""Upper bound of ``EvidenceRequest.max_chars_per_item`` (characters of one evidence item)."""
+MAX_EVIDENCE_WINDOW_SECONDS = 86_400
+"""Longest evidence window ``until - since``: one day, in seconds."""
+MAX_RATE_LIMIT_RPS = 100_000.0
+"""Highest gateway rate limit one agent may be given, requests per second."""
+
+
+class EvidenceRequest(_Strict):
+    """Input of ``gather_evidence``: what to collect about one agent around an alert.
+
+    Bounds: at most 20 alert names, ``max_chars_per_item`` 200..:data:`MAX_EVIDENCE_CHARS`,
+    ``until`` after ``since`` and at most :data:`MAX_EVIDENCE_WINDOW_SECONDS` later (checked by
+    the activity, which answers a non-retryable ``InvalidInput`` naming the field).
+    """
+
+    incident_id: str = Field(min_length=1, max_length=200)
+    agent_id: str = Field(pattern=AGENT_ID_PATTERN)
+    since: datetime = Field(description="Start of the metrics window (timezone-aware).")
+    until: datetime = Field(description="End of the metrics window (timezone-aware).")
+    alert_names: list[str] = Field(default_factory=list, max_length=20)
+    max_chars_per_item: Count = Field(4000, ge=200, le=MAX_EVIDENCE_CHARS)
+    log_lines: Count = Field(50, ge=1, le=1000, description="Last log lines per replica.")
+    step_seconds: Seconds = Field(
+        15.0, ge=1, le=3600, description="Prometheus range query resolution, seconds."
+    )
+    first_ref: Count = Field(
+        1, ge=1, le=100_000, description="Items are numbered E<first_ref>, E<first_ref + 1>, ..."
+    )
+
+
+class ContainmentRequest(_Strict):
+    """Input of ``run_containment``: one catalogue action against the incident's agent.
+
+    ``replicas`` is the ``scale_up`` target (default: current + 1, capped at the agent's
+    ``max_replicas``); ``rate_limit_rps`` is the ``rate_limit`` limit in requests per second
+    (required unless ``lift``); ``lift`` with ``rate_limit`` removes the limit (at resolution).
+
+    Idempotency: each action changes the agent through a Temporal update whose id is
+    ``<incident_id>/<action>/<action_id>``, so a retried activity gets the first outcome instead
+    of acting twice (no double scale-up). Give a new ``action_id`` to run one action again
+    deliberately in the same incident.
+    """
+
+    incident_id: str = Field(min_length=1, max_length=200)
+    agent_id: str = Field(pattern=AGENT_ID_PATTERN)
+    action: ContainmentAction
+    requested_by: str = Field(min_length=1, max_length=200)
+    reason: str = Field("", max_length=1000)
+    replicas: Count | None = Field(None, ge=1, le=1000, description="scale_up target replicas.")
+    rate_limit_rps: Seconds | None = Field(
+        None, gt=0, le=MAX_RATE_LIMIT_RPS, description="rate_limit: requests/second."
+    )
+    lift: bool = Field(False, description="rate_limit: remove the agent's limit instead.")
+    action_id: str = Field(
+        "1", min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._-]+$", description="See above."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ContainmentRequest:
+        prefix = f"incident/{self.agent_id}/"
+        if self.incident_id.startswith("incident/") and not self.incident_id.startswith(prefix):
+            raise ValueError(
+                f"agent_id: {self.agent_id} is not the agent of incident {self.incident_id}"
+            )
+        rate_limit = self.action == ContainmentAction.RATE_LIMIT
+        if rate_limit and not self.lift and self.rate_limit_rps is None:
+            raise ValueError("rate_limit_rps: required for rate_limit (or set lift)")
+        return self
+
+
+class ContainmentResult(_Strict):
+    """Result of ``run_containment``; ``ok=False`` means the action could not be applied."""
+
+    action: ContainmentAction
+    ok: bool
+    detail: str = Field("", max_length=2000)
+    workflow_id: str | None = Field(
+        None, description="Workflow acted on (agent/<id>, deploy/<id>/<version>), if any."
+    )
+
+
+class RecoveryCheck(_Strict):
+    """Input of ``check_recovery``: thresholds the agent must be back within.
+
+    ``window_seconds`` is the rate window of the error rate and of the latency quantile (the
+    PromQL ``rate(...[window])``; with a direct scrape, the window between two scrapes).
+    """
+
+    agent_id: str = Field(pattern=AGENT_ID_PATTERN)
+    error_rate_max: Seconds = Field(0.05, ge=0, le=1, description="Errors / requests, 0..1.")
+    p95_latency_max_seconds: Seconds = Field(1.0, gt=0, le=3600, description="Seconds.")
+    window_seconds: Seconds = Field(60.0, ge=1, le=3600, description="Rate window, seconds.")
+    min_requests: Count = Field(
+        0, ge=0, le=1_000_000, description="Requests the window needs to judge (else unhealthy)."
+    )
+
+
+class RecoveryStatus(_Strict):
+    """Result of ``check_recovery``: healthy when every value is within its threshold.
+
+    ``values`` holds ``error_rate`` (0..1), ``p95_latency_seconds`` and ``requests`` (count in the
+    window) when known.
+    """
+
+    healthy: bool
+    detail: str = Field("", max_length=2000)
+    values: dict[str, float] = Field(default_factory=dict)

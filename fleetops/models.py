@@ -339,6 +339,11 @@ class DeploymentEnded(FrozenModel):
     version: str = Field(description="The agent's version after reconciliation.")
     at: datetime
     message: str = ""
+    previous_spec: AgentSpec | None = Field(
+        None,
+        description="The spec the agent ran before this deployment, when the deployment's new "
+        "colour is serving (what an incident's rollback deploys again); None otherwise.",
+    )
 
 
 class AgentCounters(StrictModel):

@@ -17,6 +17,7 @@ from starters.agent_cli import agent_app
 from starters.approval_cli import register as register_approval_commands
 from starters.cli_common import load_settings
 from starters.deploy_cli import register as register_deploy_commands
+from starters.incident_cli import register as register_incident_commands
 
 app = typer.Typer(
     name="fleetops",
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.add_typer(agent_app, name="agent")
 register_deploy_commands(app)
 register_approval_commands(app)
+register_incident_commands(app)
 console = Console(stderr=True)
 
 

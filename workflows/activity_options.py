@@ -17,11 +17,15 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from activities.containment import ContainmentActivities
     from activities.deployments import DeploymentActivities
+    from activities.incident_evidence import EvidenceActivities
+    from activities.incident_intake import IncidentIntakeActivities
     from activities.metrics import MetricsActivities
     from activities.notify import NotifyActivities
     from activities.platform.activities import PlatformActivities
     from activities.probes import ProbeActivities
+    from activities.recovery import RecoveryActivities
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -40,6 +44,9 @@ the approval goes on waiting."""
 MEASURE_RETRY = RetryPolicy(maximum_attempts=2)
 """One analysis measurement: one attempt and one retry; a measurement that still fails counts as
 an Error measurement (Argo's ``consecutiveErrorLimit``)."""
+OPEN_INCIDENT_RETRY = RetryPolicy(maximum_attempts=3, maximum_interval=timedelta(seconds=5))
+"""Opening an incident from the lifecycle: 3 attempts (1, 2 s apart); one that still fails is a
+note in the agent's transitions, and the agent goes on (it must never wait on its incident)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,15 @@ TABLE: dict[Callable[..., Any], Options] = {
     MetricsActivities.measure_metric: Options(
         timedelta(seconds=30), timedelta(seconds=10), MEASURE_RETRY
     ),
+    IncidentIntakeActivities.open_incident: Options(
+        timedelta(seconds=10), retry=OPEN_INCIDENT_RETRY
+    ),
+    # Read-only: a status query, a few Prometheus queries or scrapes, log tails.
+    EvidenceActivities.gather_evidence: Options(2 * _MINUTE, timedelta(seconds=30)),
+    # A pause or scale waits for the agent to stop or start replicas (minutes at most).
+    ContainmentActivities.run_containment: Options(10 * _MINUTE, _MINUTE),
+    # Without Prometheus it waits window_seconds (<= 1 h) between two scrapes, heartbeating.
+    RecoveryActivities.check_recovery: Options(65 * _MINUTE, timedelta(seconds=30)),
 }
 """Activity -> options."""
 
@@ -123,4 +139,29 @@ async def call(
     """
     return await workflow.execute_activity_method(
         method, arg, **_kwargs(method, summary, compensation, start_to_close)
+    )
+
+
+async def call_args(
+    method: Callable[..., Awaitable[R]],
+    args: list[Any],
+    *,
+    summary: str,
+) -> R:
+    """Like :func:`call`, for an activity that takes several arguments.
+
+    Args:
+        method: the activity method, e.g. ``IncidentIntakeActivities.open_incident``.
+        args: its arguments, in order.
+        summary: what the call does, in words (cut at 200 characters).
+
+    Returns:
+        The activity's result.
+
+    Raises:
+        ActivityError: the activity failed for good (retries exhausted or non-retryable).
+        KeyError: ``method`` has no row in :data:`TABLE`.
+    """
+    return await workflow.execute_activity_method(
+        method, args=args, **_kwargs(method, summary, False, None)
     )

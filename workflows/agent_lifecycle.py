@@ -70,6 +70,9 @@ DEGRADED_CLOCK_PATCH = "degraded-clock-kept-through-partial-recovery"
 """Patch id: a partial recovery (no replica at the threshold, not all healthy) keeps the DEGRADED
 clock running. Runs begun on code before blue-green deployments (85c1238) reset it instead; runs
 begun on 85c1238 or later are recognised by their service (carried, or the fetch-service marker)."""
+OPEN_INCIDENT_PATCH = "open-incident-on-error"
+"""Patch id: entering ERROR opens (or joins) the agent's incident ``incident/<agent>/lifecycle``
+(activity ``open_incident``, bounded retries; a failure is a note, never a failure of the agent)."""
 
 
 @dataclass
@@ -127,6 +130,7 @@ class AgentLifecycle(DeploymentOwner):
         self._child: workflow.ChildWorkflowHandle[Any, DeploymentReport] | None = None
         self._check_at: datetime | None = None  # next check on a child of an earlier run
         self._follow_requested = False
+        self._incident_reason: str | None = None  # ERROR entered, its incident not opened yet
 
     @workflow.run
     async def run(self, input: AgentLifecycleInput) -> AgentReport:
@@ -155,6 +159,7 @@ class AgentLifecycle(DeploymentOwner):
         rounds = 0
         next_probe = workflow.now()
         while True:
+            await self._open_pending_incident()
             while self._commands:
                 await self._apply(self._commands.popleft())
             if await self._deployment_step():
@@ -170,6 +175,7 @@ class AgentLifecycle(DeploymentOwner):
                 await self._health_round()
                 rounds += 1
                 next_probe = workflow.now() + self._interval
+                await self._open_pending_incident()
                 if self._should_continue_as_new(rounds):
                     await workflow.wait_condition(
                         lambda: not self._commands and workflow.all_handlers_finished()
@@ -523,7 +529,21 @@ class AgentLifecycle(DeploymentOwner):
 
     def _woken(self) -> bool:
         """Whether the main loop has work besides its timers."""
-        return bool(self._commands) or self._deployment_wake()[0]
+        return (
+            bool(self._commands) or self._incident_reason is not None or self._deployment_wake()[0]
+        )
+
+    async def _open_pending_incident(self) -> None:
+        """Open the incident of an ERROR entered since the last call (at most once per entry)."""
+        reason = self._incident_reason
+        if reason is None:
+            return
+        self._incident_reason = None
+        wid = await calls.open_incident(self._spec.agent_id, self._spec.version, reason)
+        if wid is None:
+            self._note("incident could not be opened (see the worker log); the agent goes on")
+        else:
+            self._note(f"incident {wid} opened or joined: {reason}"[:500])
 
     # --- state bookkeeping -----------------------------------------------------------------
 
@@ -548,6 +568,8 @@ class AgentLifecycle(DeploymentOwner):
             "agent %s: %s -> %s (%s)", self._spec.agent_id, self._state, target, reason
         )
         self._state = target
+        if target == S.ERROR and workflow.patched(OPEN_INCIDENT_PATCH):
+            self._incident_reason = reason
         self._upsert_search_attributes()
         self._publish_details()
 

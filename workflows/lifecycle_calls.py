@@ -14,9 +14,18 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.deployments import DeploymentActivities
+    from activities.incident_intake import IncidentIntakeActivities
     from activities.platform.activities import PlatformActivities
     from activities.probes import ProbeActivities
     from fleetops.deploy import DeploymentEnd, DeploymentRef
+    from fleetops.incidents import (
+        LIFECYCLE_KEY,
+        MAX_LABEL_CHARS,
+        AlertBatch,
+        AlertEvidence,
+        IncidentStart,
+        Severity,
+    )
     from fleetops.models import (
         AgentSpec,
         Color,
@@ -30,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
         ServiceInfo,
         SwitchTrafficRequest,
     )
-    from workflows.activity_options import call
+    from workflows.activity_options import call, call_args
 
 
 def cause(err: ActivityError) -> str:
@@ -192,4 +201,46 @@ async def describe_deployment(ref: DeploymentRef) -> DeploymentEnd | None:
         )
     except ActivityError as err:
         workflow.logger.warning("could not check %s: %s", ref.workflow_id, cause(err))
+        return None
+
+
+ERROR_ALERT = "AgentLifecycleError"
+"""``alertname`` of the alert the lifecycle raises when its agent enters ERROR."""
+
+
+async def open_incident(agent_id: str, version: str, reason: str) -> str | None:
+    """Join or open the agent's lifecycle incident (``incident/<agent_id>/lifecycle``).
+
+    The incident starts at SEV2 (the agent serves nothing it can vouch for); its one alert,
+    ``AgentLifecycleError``, carries the transition's reason as its summary.
+
+    Returns:
+        The incident's workflow id, or None if it could not be opened within
+        ``OPEN_INCIDENT_RETRY`` (logged; the caller records a note and goes on).
+    """
+    now = workflow.now()
+    start = IncidentStart(
+        agent_id=agent_id,
+        key=LIFECYCLE_KEY,
+        title=f"{agent_id} {version} entered ERROR"[:200],
+        source="lifecycle",
+        opened_by="AgentLifecycle",
+        severity=Severity.SEV2,
+    )
+    alert = AlertEvidence(
+        name=ERROR_ALERT,
+        status="firing",
+        labels={"alertname": ERROR_ALERT, "agent": agent_id, "severity": "critical"},
+        annotations={"summary": reason[:MAX_LABEL_CHARS], "version": version[:MAX_LABEL_CHARS]},
+        starts_at=now,
+    )
+    batch = AlertBatch(source="lifecycle", group_key=LIFECYCLE_KEY, alerts=[alert], received_at=now)
+    try:
+        return await call_args(
+            IncidentIntakeActivities.open_incident,
+            [start, batch],
+            summary=f"open the lifecycle incident of {agent_id}: {reason}",
+        )
+    except ActivityError as err:
+        workflow.logger.warning("could not open an incident for %s: %s", agent_id, cause(err))
         return None

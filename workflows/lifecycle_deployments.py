@@ -254,6 +254,8 @@ class DeploymentOwner:
             version=self._spec.version,
             at=workflow.now(),
             message=end.message[:500],
+            # Memory and carry only (no command): replay-safe without a patch.
+            previous_spec=rec.stable_spec if serving == rec.new_color else None,
         )
         how = end.closed_as + (f" ({end.outcome})" if end.outcome else "")
         later = f"; {self._cleanup_color} scaled down at {self._cleanup_at}"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from fleetops.models import AgentSpec, Color, Replica, ServiceInfo
 
@@ -82,3 +83,50 @@ def host_port(host: str, port: int) -> str:
 def url(host: str, port: int) -> str:
     """``http://host:port``, with brackets around an IPv6 host."""
     return f"http://{host_port(host, port)}"
+
+
+@dataclass(frozen=True)
+class LogTail:
+    """The end of one replica's log.
+
+    Attributes:
+        replica: which replica, e.g. ``blue-0`` (local) or the pod name (Kubernetes).
+        source: where it was read (file path, ``pod/<name>``).
+        text: the last lines, decoded as UTF-8 (undecodable bytes replaced).
+        cut: earlier output was left out (more lines or bytes than asked for).
+    """
+
+    replica: str
+    source: str
+    text: str
+    cut: bool
+
+
+@runtime_checkable
+class IncidentOps(Protocol):
+    """What incident response needs of a platform beyond :class:`Platform`; a platform without
+    it (a test stand-in) answers "not supported" in the incident activities."""
+
+    async def replica_logs(self, agent_id: str, *, lines: int, max_bytes: int) -> list[LogTail]:
+        """The last ``lines`` lines (at most ``max_bytes`` bytes) of each of the agent's replicas.
+
+        Raises:
+            PlatformError: an invalid agent id, or the logs cannot be read here.
+        """
+        ...
+
+    async def set_rate_limit(
+        self, agent_id: str, rps: float | None, *, burst: int | None = None, set_by: str = ""
+    ) -> float | None:
+        """Limit the agent's traffic to ``rps`` requests per second (None: lift the limit).
+
+        Idempotent: setting the limit it has changes nothing. Over the limit, requests are
+        answered 429 with ``Retry-After``.
+
+        Returns:
+            The limit in force now (None: unlimited).
+
+        Raises:
+            PlatformError: the agent has no service, or this platform cannot limit traffic.
+        """
+        ...

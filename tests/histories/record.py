@@ -23,6 +23,10 @@ checked before it is written:
 ``deployments/cancel_awaiting.agent.json``, ``.v2.json``
     AgentLifecycle whose child deployment is cancelled in AWAITING_PROMOTION; the agent
     reconciles, scales the new colour down and shuts down.
+``lifecycle/error_incident.json``
+    AgentLifecycle whose provisioning fails: ERROR opens its incident (patch
+    ``open-incident-on-error``, the real ``open_incident`` activity signal-with-starting
+    ``incident/<agent>/lifecycle`` on a task queue nobody polls); resume, READY, shutdown.
 
 Record again only when a change is intended to break replay and no execution of the old code
 runs anywhere; otherwise put the change behind ``workflow.patched`` and keep these files.
@@ -53,6 +57,7 @@ from temporalio.worker import Replayer, Worker  # noqa: E402
 
 import worker as fleetops_worker  # noqa: E402
 from activities.deployments import DeploymentActivities  # noqa: E402
+from activities.incident_intake import IncidentIntakeActivities  # noqa: E402
 from activities.notify import NotifyActivities  # noqa: E402
 from fleetops.approvals import DecisionRequest  # noqa: E402
 from fleetops.converter import data_converter  # noqa: E402
@@ -296,11 +301,41 @@ async def cancel_awaiting(client: Client, w: Worker, platform: ColorPlatform) ->
     await write(client, v2.id, v2.run_id, "deployments/cancel_awaiting.v2.json")
 
 
+async def error_incident(client: Client, w: Worker, platform: ColorPlatform) -> None:
+    """Provisioning fails: ERROR, the agent's lifecycle incident is opened; resume, shutdown."""
+    platform.fail.add("provision_replicas")
+    agent = f"err-{uuid.uuid4().hex[:6]}"
+    spec = AgentSpec(agent_id=agent, command=["agent"], replicas=1, version="v1",
+                     health={"interval_seconds": INTERVAL})  # fmt: skip
+    h = await client.start_workflow(
+        AgentLifecycle.run,
+        AgentLifecycleInput(**spec.model_dump()),
+        id=f"agent/{agent}",
+        task_queue=w.task_queue,
+    )
+
+    async def noted() -> AgentStatus:
+        st = await expect_state(h, S.ERROR)
+        assert "incident incident/" in st.transitions[-1].reason, st.transitions[-1]
+        return st
+
+    await eventually(noted)
+    incident = await client.get_workflow_handle(f"incident/{agent}/lifecycle").describe()
+    assert incident.workflow_type == "IncidentResponse", incident.workflow_type
+    platform.fail.clear()
+    await h.execute_update(AgentLifecycle.transition, TransitionRequest(action="resume"))
+    await eventually(lambda: expect_state(h, S.READY))
+    await shutdown(client, h)
+    await client.get_workflow_handle(incident.id).terminate("recorded")
+    await write(client, h.id, None, "lifecycle/error_incident.json")
+
+
 SCENARIOS = {
     "degraded_heal": degraded_heal,
     "degraded_timeout": degraded_timeout,
     "promote_rollback": promote_rollback,
     "cancel_awaiting": cancel_awaiting,
+    "error_incident": error_incident,
 }
 
 
@@ -322,6 +357,7 @@ async def main(names: list[str]) -> None:
                     notify.send_notification,
                     notify.approval_policy,
                     notify.approver_roles,
+                    IncidentIntakeActivities(env.client, "incidents-unpolled").open_incident,
                 ],
                 interceptors=list(fleetops_worker.INTERCEPTORS),
             )

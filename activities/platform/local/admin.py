@@ -8,9 +8,10 @@ The admin endpoint listens on a free port of 127.0.0.1, announced in ``<state_di
 - ``GET /routes``: :class:`RoutesView`, the route table (every agent's colours, generation,
   ports and replicas).
 - ``POST /agents/{agent_id}/sync`` with :class:`SyncRequest`: the gateway re-reads that agent's
-  ``service.json`` and ``state.json`` now (the platform calls it after every change: the change
-  is pushed, not polled), then waits up to ``timeout_seconds`` until it serves what the request
-  asks; answers :class:`SyncResult`.
+  ``service.json``, ``state.json`` and ``rate_limit.json`` (its limit, see
+  :mod:`activities.platform.local.rate_limit`) now (the platform calls it after every change:
+  the change is pushed, not polled), then waits up to ``timeout_seconds`` until it serves what
+  the request asks; answers :class:`SyncResult`.
 - ``POST /agents/{agent_id}/drain`` with :class:`DrainRequest`: re-reads the agent (its replicas
   about to stop are marked draining there), then waits up to ``timeout_seconds`` until none of
   ``pids`` has a request in flight; answers :class:`DrainResult`.
@@ -82,6 +83,10 @@ class RouteView(_Model):
         active_port: gateway port of the active service.
         preview_port: gateway port of the preview service.
         upstreams: each colour's running replicas.
+        rate_limit_rps: requests per second the active port admits (token bucket, 429 with
+            ``Retry-After`` above it); None: unlimited. Set by the platform's
+            ``set_rate_limit`` in ``rate_limit.json``, read on every sync.
+        rate_limit_burst: the bucket's size, requests; None: unlimited.
     """
 
     active_color: Color
@@ -90,6 +95,8 @@ class RouteView(_Model):
     active_port: int
     preview_port: int
     upstreams: dict[Color, list[UpstreamView]]
+    rate_limit_rps: float | None = None
+    rate_limit_burst: int | None = None
 
     def serves(self, request: SyncRequest) -> bool:
         """Whether this route satisfies ``request`` (see :class:`SyncRequest`)."""

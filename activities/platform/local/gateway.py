@@ -51,6 +51,7 @@ from activities.platform.local.gateway_admin import admin_app
 from activities.platform.local.gateway_client import GATEWAY_FILE, read_announcement
 from activities.platform.local.listeners import PortListeners, bind, serve
 from activities.platform.local.proxy import ProxyApp
+from activities.platform.local.rate_limit import RateLimits
 from activities.platform.local.readiness import ReadinessProber
 from activities.platform.local.route_table import AgentRoute, load_route, route_view
 from activities.platform.local.state import (
@@ -103,6 +104,7 @@ class Gateway:
         self._loaded = asyncio.Event()
         self._pulse = asyncio.Event()
         self._agent_locks: dict[str, asyncio.Lock] = {}
+        self._limits = RateLimits()
         self.admin_url = ""
 
     async def __aenter__(self) -> Gateway:
@@ -253,6 +255,9 @@ class Gateway:
                 routes.pop(agent_id, None)
             else:
                 routes[agent_id] = route
+        for agent_id in set(self._routes) | set(routes):
+            route = routes.get(agent_id)
+            self._limits.update(agent_id, route.rate_limit if route else None)
         ports: dict[int, tuple[str, str]] = {}
         for agent_id, route in routes.items():
             ports[route.service.active_port] = (agent_id, "active")
@@ -276,10 +281,22 @@ class Gateway:
     def _target(self, port: int) -> Target | None:
         return self._targets.get(port)
 
+    def _admit(self, port: int, agent_id: str) -> float | None:
+        """The agent's rate limit, on its active port only (see
+        :mod:`~activities.platform.local.rate_limit`): None to pass, else seconds to wait."""
+        if self._ports.get(port) != (agent_id, "active"):
+            return None
+        return self._limits.admit(agent_id)
+
     def _proxy_app(self, port: int) -> ProxyApp:
         """The proxy of one gateway port: it routes to what the port's entry says now."""
         assert self._client is not None
-        return ProxyApp(self._client, self._balancer, functools.partial(self._target, port))
+        return ProxyApp(
+            self._client,
+            self._balancer,
+            functools.partial(self._target, port),
+            functools.partial(self._admit, port),
+        )
 
 
 async def run_gateway(settings: Settings, stop: asyncio.Event) -> None:

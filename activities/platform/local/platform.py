@@ -22,13 +22,20 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from activities.platform.base import PlatformError
+from activities.platform.base import LogTail, PlatformError
+from activities.platform.local import logs, targets
 from activities.platform.local import service as services
-from activities.platform.local import targets
 from activities.platform.local.admin import ServiceView
 from activities.platform.local.gateway_client import GatewayClient
+from activities.platform.local.rate_limit import RATE_LIMIT_FILE, RateLimitRecord
 from activities.platform.local.replicas import ReplicaRunner, argv_of, command_hash, to_replicas
-from activities.platform.local.state import StateStore, file_lock, fsync_file, off_loop
+from activities.platform.local.state import (
+    StateStore,
+    file_lock,
+    fsync_file,
+    off_loop,
+    write_json_atomic,
+)
 from fleetops.models import AgentSpec, Color, Replica, ServiceInfo
 from fleetops.settings import GatewaySettings, LocalPlatformSettings
 
@@ -252,6 +259,46 @@ class LocalPlatform:
         if service is None:
             return None
         return services.service_info(agent_id, service, self._gateway.host)
+
+    # --- incident response: logs and the gateway's rate limit ---------------------------------
+
+    async def replica_logs(self, agent_id: str, *, lines: int, max_bytes: int) -> list[LogTail]:
+        """The last ``lines`` lines (at most ``max_bytes`` bytes each) of the agent's replica log
+        files, newest first (stopped replicas' logs too: they are kept).
+
+        Raises:
+            PlatformError: ``agent_id`` is not a valid agent id.
+        """
+        agent_dir = self._store.agent_dir(agent_id)
+        return await off_loop(logs.agent_logs, agent_dir, lines=lines, max_bytes=max_bytes)
+
+    async def set_rate_limit(
+        self, agent_id: str, rps: float | None, *, burst: int | None = None, set_by: str = ""
+    ) -> float | None:
+        """Limit requests to the agent's active gateway port to ``rps`` per second (token
+        bucket of ``burst``, default ``ceil(rps)``); None lifts the limit.
+
+        Writes (or removes) ``rate_limit.json`` atomically and pushes a sync to a running
+        gateway, which re-reads it before answering; a gateway started later reads it too.
+
+        Returns:
+            The limit in force (None: unlimited).
+
+        Raises:
+            PlatformError: the agent has no service (never provisioned), or an invalid id.
+            pydantic.ValidationError: ``rps`` or ``burst`` out of bounds.
+        """
+        record = None if rps is None else RateLimitRecord.of(rps, burst, set_by)
+        path = self._store.agent_dir(agent_id) / RATE_LIMIT_FILE
+        async with self._locked(agent_id):
+            if await off_loop(self._store.load_service, agent_id) is None:
+                raise PlatformError(f"agent {agent_id} has no service to rate-limit")
+            if record is None:
+                await off_loop(path.unlink, missing_ok=True)
+            else:
+                await off_loop(write_json_atomic, path, record.model_dump())
+        await self._gateway_client.sync(agent_id)
+        return None if record is None else record.rps
 
     # --- locking ------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from activities.platform.local.balancer import Balancer, Target, Upstream
+from activities.platform.local.rate_limit import retry_after
 
 logger = logging.getLogger("fleetops.gateway")
 
@@ -129,14 +130,22 @@ class ProxyApp:
         client: pooled client with retries off (the proxy decides what to retry).
         balancer: shared by every port of the gateway.
         route: returns the port's current :class:`Target`, or None if the port serves nothing.
+        admit: the port's rate limit: called with the agent id for each request, answers None to
+            let it pass or the seconds until it would (then it is answered 429 with
+            ``Retry-After``); None: no limit.
     """
 
     def __init__(
-        self, client: httpx.AsyncClient, balancer: Balancer, route: Callable[[], Target | None]
+        self,
+        client: httpx.AsyncClient,
+        balancer: Balancer,
+        route: Callable[[], Target | None],
+        admit: Callable[[str], float | None] | None = None,
     ) -> None:
         self._client = client
         self._balancer = balancer
         self._route = route
+        self._admit = admit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -144,6 +153,10 @@ class ProxyApp:
         target = self._route()
         if target is None or target.color is None:
             await _error(send, 503, "this port routes to no colour now", None)
+            return
+        if self._admit is not None and (wait := self._admit(target.agent_id)) is not None:
+            detail = f"{target.agent_id} is rate limited at the gateway; retry later"
+            await _error(send, 429, detail, target.color, retry_after=retry_after(wait))
             return
         body, tried = _Body(receive), set[str]()
         error: httpx.TransportError | None = None
@@ -236,12 +249,16 @@ class ProxyApp:
         return out
 
 
-async def _error(send: Send, status: int, detail: str, color: str | None) -> None:
+async def _error(
+    send: Send, status: int, detail: str, color: str | None, *, retry_after: str | None = None
+) -> None:
     body = json.dumps({"error": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if color is not None:
         headers.append((b"x-fleetops-color", color.encode()))
     if status == 503:  # RFC 9110 section 10.2.3: when to try again, in seconds
         headers.append((b"retry-after", b"1"))
+    elif retry_after is not None:  # 429, RFC 6585 section 4
+        headers.append((b"retry-after", retry_after.encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

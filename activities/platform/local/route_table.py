@@ -13,6 +13,7 @@ from activities.platform.base import PlatformError, url
 from activities.platform.local import process
 from activities.platform.local.admin import RouteView
 from activities.platform.local.balancer import Balancer, Target, Upstream
+from activities.platform.local.rate_limit import RateLimitRecord, load_rate_limit
 from activities.platform.local.state import ServiceRecord, StateStore
 from fleetops.models import Color
 
@@ -21,11 +22,13 @@ logger = logging.getLogger("fleetops.gateway")
 
 @dataclass(frozen=True)
 class AgentRoute:
-    """One agent in the route table: its service and each colour's running replicas."""
+    """One agent in the route table: its service, each colour's running replicas, and its rate
+    limit at the active port (None: unlimited)."""
 
     agent_id: str
     service: ServiceRecord
     upstreams: dict[Color, tuple[Upstream, ...]]
+    rate_limit: RateLimitRecord | None = None
 
     def target(self, role: str) -> Target:
         """What the ``active`` or ``preview`` port routes to."""
@@ -37,7 +40,7 @@ class AgentRoute:
 def load_route(store: StateStore, agent_id: str) -> AgentRoute | None:
     """The agent's service and running replicas per colour; None without a (readable) service.
 
-    Blocking: reads two files and ``/proc``.
+    Blocking: reads three files (service, state, rate limit) and ``/proc``.
     """
     try:
         service = store.load_service(agent_id)
@@ -55,7 +58,8 @@ def load_route(store: StateStore, agent_id: str) -> AgentRoute | None:
                 url(r.host, r.port), r.index, r.version, r.pid, r.health_path, r.draining
             )
             upstreams[r.color].append(upstream)
-    return AgentRoute(agent_id, service, {c: tuple(u) for c, u in upstreams.items()})
+    limit = load_rate_limit(store.agent_dir(agent_id))
+    return AgentRoute(agent_id, service, {c: tuple(u) for c, u in upstreams.items()}, limit)
 
 
 def route_view(route: AgentRoute, balancer: Balancer) -> RouteView:
@@ -68,4 +72,6 @@ def route_view(route: AgentRoute, balancer: Balancer) -> RouteView:
         active_port=s.active_port,
         preview_port=s.preview_port,
         upstreams={c: [balancer.describe(u) for u in ups] for c, ups in route.upstreams.items()},
+        rate_limit_rps=route.rate_limit.rps if route.rate_limit else None,
+        rate_limit_burst=route.rate_limit.burst if route.rate_limit else None,
     )

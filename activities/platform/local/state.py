@@ -8,6 +8,7 @@ Layout under ``<state_dir>``::
                                          draining mark
     agents/<agent_id>/service.json       the agent's routing entry (see :class:`ServiceRecord`)
     agents/<agent_id>/lock               held while one worker changes this agent
+    agents/<agent_id>/rate_limit.json    the agent's rate limit at the gateway, if it has one
     agents/<agent_id>/replica-<i>.log    stdout and stderr of blue replica i (appended)
     agents/<agent_id>/green-replica-<i>.log   likewise for green replica i
     gateway.json                         written by a running gateway: admin URL and pid
@@ -235,7 +236,8 @@ class StateStore:
         write_json_atomic(self.agent_dir(agent_id) / "state.json", data)
 
     def remove(self, agent_id: str) -> None:
-        """Delete the agent's state and service files (logs and the lock file stay)."""
+        """Delete the agent's state, service and rate-limit files (logs and the lock file stay)."""
+        (self.agent_dir(agent_id) / "rate_limit.json").unlink(missing_ok=True)
         (self.agent_dir(agent_id) / "state.json").unlink(missing_ok=True)
         (self.agent_dir(agent_id) / "service.json").unlink(missing_ok=True)
 
