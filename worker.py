@@ -22,6 +22,7 @@ from activities.containment import ContainmentActivities
 from activities.deployments import DeploymentActivities
 from activities.incident_evidence import EvidenceActivities
 from activities.incident_intake import IncidentIntakeActivities
+from activities.llm import LlmActivities
 from activities.metrics import MetricsActivities
 from activities.notify import NotifyActivities
 from activities.platform import Platform, PlatformActivities, build_platform
@@ -77,6 +78,7 @@ async def fleetops_worker(
         platform_activities = PlatformActivities(platform)
         notify = NotifyActivities(http, settings.approval)
         metrics = MetricsActivities(http, settings.metrics)
+        llm = LlmActivities(http, settings.llm)
         quota = ReplicaQuota(
             platform_activities.provision_replicas,
             max_replicas_per_agent=settings.max_replicas_per_agent,
@@ -110,6 +112,8 @@ async def fleetops_worker(
                     max_replicas_per_agent=settings.max_replicas_per_agent,
                 ).run_containment,
                 RecoveryActivities(client, http, settings.metrics).check_recovery,
+                llm.llm_triage,
+                llm.llm_policy,
             ],
             interceptors=list(INTERCEPTORS),
             max_concurrent_activities=settings.max_concurrent_activities,

@@ -253,6 +253,20 @@ class TriageRequest(_Strict):
         default_factory=list,
         description="Values to mask before anything is sent (the agent's env values, tokens).",
     )
+    names: list[str] = Field(
+        default_factory=list,
+        max_length=200,
+        description="Other names to anonymise when llm.anonymise_names is on (hosts, replicas).",
+    )
+    budget_tokens_remaining: int | None = Field(
+        None,
+        ge=0,
+        description="Tokens the incident may still spend; the call is refused ('over_budget') "
+        "when its prompt estimate plus max output exceeds it. None: no limit here.",
+    )
+    budget_usd_remaining: float | None = Field(
+        None, ge=0, description="USD the incident may still spend (same rule); None: no limit."
+    )
 
 
 class ProposedAction(_Strict):
@@ -417,3 +431,15 @@ class RecoveryStatus(_Strict):
     healthy: bool
     detail: str = Field("", max_length=2000)
     values: dict[str, float] = Field(default_factory=dict)
+
+
+class LlmPolicy(_Strict):
+    """What the workflow needs to know about the LLM (activity ``llm_policy``, from settings)."""
+
+    configured: bool = Field(description="False: no LLM, triage by the rules alone.")
+    model: str = ""
+    budget_tokens_per_incident: int = Field(0, ge=0)
+    budget_usd_per_incident: float = Field(0.0, ge=0)
+    activity_timeout_seconds: float = Field(
+        150.0, gt=0, description="A good start_to_close for one llm_triage attempt (seconds)."
+    )

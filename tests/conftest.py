@@ -11,7 +11,7 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +22,14 @@ from temporalio.worker import Worker
 
 from fleetops.constants import SEARCH_ATTRIBUTES
 from fleetops.converter import data_converter
+from starters.local_llm import (
+    INSTALL_HINT,
+    LocalLlm,
+    LocalLlmError,
+    find_model,
+    local_llm_server,
+    server_installed,
+)
 from tests.helpers import in_ci
 
 BIN = Path(sys.executable).parent
@@ -29,7 +37,7 @@ T = TypeVar("T")
 
 
 SLOW_FIXTURES = frozenset(
-    {"env", "dev_env", "isolated_env", "agent", "replicas", "prometheus", "tag"}
+    {"env", "dev_env", "isolated_env", "agent", "replicas", "prometheus", "tag", "local_llm"}
 )
 """Fixtures that start a Temporal server or OS processes; tests using one are marked ``slow``
 (``-m "not slow"`` is the fast, pure-Python subset that mutation testing runs)."""
@@ -144,6 +152,25 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     e = await start_dev_server()
     yield e
     await e.shutdown()
+
+
+@pytest.fixture(scope="session")
+def local_llm() -> Iterator[LocalLlm]:
+    """The real small model (SmolLM2-135M on llama-cpp-python's server), once per session.
+
+    Missing (no ``uv sync --group llm``): skipped locally, a failure under ``CI=true``.
+    """
+    try:
+        find_model()
+        if not server_installed():
+            raise LocalLlmError("llama-cpp-python[server] is not installed")
+    except LocalLlmError as err:
+        message = f"the local LLM is not installed ({err}; {INSTALL_HINT})"
+        if in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    with local_llm_server() as server:
+        yield server
 
 
 def new_worker(

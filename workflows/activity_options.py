@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.deployments import DeploymentActivities
     from activities.incident_evidence import EvidenceActivities
     from activities.incident_intake import IncidentIntakeActivities
+    from activities.llm import LlmActivities
     from activities.metrics import MetricsActivities
     from activities.notify import NotifyActivities
     from activities.platform.activities import PlatformActivities
@@ -47,6 +48,10 @@ an Error measurement (Argo's ``consecutiveErrorLimit``)."""
 OPEN_INCIDENT_RETRY = RetryPolicy(maximum_attempts=3, maximum_interval=timedelta(seconds=5))
 """Opening an incident from the lifecycle: 3 attempts (1, 2 s apart); one that still fails is a
 note in the agent's transitions, and the agent goes on (it must never wait on its incident)."""
+LLM_RETRY = RetryPolicy(maximum_attempts=3, maximum_interval=timedelta(seconds=60))
+"""An LLM triage is tried 3 times (429/5xx/unreachable; a 429's Retry-After sets the delay);
+one that still fails leaves the incident to the rules. Invalid or truncated answers are not
+retried here: the activity makes its own one repair call and returns a failure."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,11 @@ TABLE: dict[Callable[..., Any], Options] = {
     ContainmentActivities.run_containment: Options(10 * _MINUTE, _MINUTE),
     # Without Prometheus it waits window_seconds (<= 1 h) between two scrapes, heartbeating.
     RecoveryActivities.check_recovery: Options(65 * _MINUTE, timedelta(seconds=30)),
+    # Two HTTP calls (answer + one repair) of llm.timeout_seconds (60 s by default) and a margin;
+    # pass start_to_close=LlmPolicy.activity_timeout_seconds when the timeout setting differs.
+    # The activity heartbeats every 2 s while it waits for the model.
+    LlmActivities.llm_triage: Options(timedelta(seconds=150), timedelta(seconds=30), LLM_RETRY),
+    LlmActivities.llm_policy: Options(timedelta(seconds=10)),
 }
 """Activity -> options."""
 
