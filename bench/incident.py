@@ -50,7 +50,7 @@ from fleetops.constants import SEARCH_ATTRIBUTES
 from fleetops.converter import data_converter
 from fleetops.incidents import AlertBatch, IncidentStart, incident_key
 from fleetops.settings import Settings
-from starters.alertmanager import bind, serve_alert_receiver
+from starters.alert_server import bind, serve_alert_receiver
 
 RESULTS = Path(__file__).resolve().parent / "results" / "incident.json"
 TOKEN = "bench-token"

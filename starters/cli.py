@@ -112,7 +112,7 @@ def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -
 @app.command("alert-receiver")
 def alert_receiver(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Serve the Alertmanager webhook (POST /alerts, GET /healthz) on FLEETOPS_ALERTS__HOST:PORT."""
-    from starters.alertmanager import serve_alert_receiver
+    from starters.alert_server import serve_alert_receiver
 
     _logging(verbose)
     settings = load_settings()

@@ -219,7 +219,7 @@ async def run_up(
         DevServerError: the dev server could not start or answer.
         MonitoringError: Prometheus or Alertmanager is missing or did not start.
     """
-    from starters.alertmanager import running_receiver
+    from starters.alert_server import running_receiver
     from worker import run_worker
 
     stop = asyncio.Event()

@@ -22,7 +22,8 @@ from temporalio.testing import WorkflowEnvironment
 from fleetops.converter import data_converter
 from fleetops.incidents import MAX_ALERTS_PER_BATCH, MAX_LABEL_CHARS, incident_key
 from fleetops.settings import Settings
-from starters.alertmanager import bind, create_app, serve_alert_receiver
+from starters.alert_server import bind, serve_alert_receiver
+from starters.alertmanager import create_app
 from tests.conftest import assert_eventually, new_worker
 from tests.e2e_support import free_port
 from tests.incident_standin import StandInIncident

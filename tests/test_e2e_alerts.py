@@ -35,7 +35,7 @@ from fleetops.incidents import incident_key
 from fleetops.models import AgentLifecycleInput
 from fleetops.settings import Settings
 from starters import monitoring
-from starters.alertmanager import bind, serve_alert_receiver
+from starters.alert_server import bind, serve_alert_receiver
 from tests.conftest import new_worker
 from tests.e2e_support import agent_spec, eventually, free_port, port_block, status, tag, wait_ready
 from tests.helpers import require_binary
