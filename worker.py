@@ -22,6 +22,7 @@ from activities.containment import ContainmentActivities
 from activities.deployments import DeploymentActivities
 from activities.incident_evidence import EvidenceActivities
 from activities.incident_intake import IncidentIntakeActivities
+from activities.incident_review import IncidentActivities
 from activities.llm import LlmActivities
 from activities.metrics import MetricsActivities
 from activities.notify import NotifyActivities
@@ -33,6 +34,7 @@ from fleetops.client import connect
 from fleetops.settings import Settings, get_settings
 from workflows.agent_lifecycle import AgentLifecycle
 from workflows.blue_green import BlueGreenDeployment
+from workflows.incident_response import IncidentResponse
 from workflows.payload_guard import MessageGuard
 
 log = logging.getLogger("fleetops.worker")
@@ -43,7 +45,7 @@ is 0.8 x heartbeat_timeout, up to 60 s). A heartbeat's answer is how an activity
 was cancelled or that its workflow ended (terminate): with 0.5 s, an activity that starts
 replicas stops within about a second, whatever heartbeat timeout its workflow set."""
 
-WORKFLOWS: Sequence[type] = (AgentLifecycle, BlueGreenDeployment)
+WORKFLOWS: Sequence[type] = (AgentLifecycle, BlueGreenDeployment, IncidentResponse)
 """Every workflow the FleetOps worker runs."""
 INTERCEPTORS: Sequence[Interceptor] = (MessageGuard(),)
 """Worker interceptors: ``MessageGuard`` drops a signal whose payload count does not fit."""
@@ -79,6 +81,7 @@ async def fleetops_worker(
         notify = NotifyActivities(http, settings.approval)
         metrics = MetricsActivities(http, settings.metrics)
         llm = LlmActivities(http, settings.llm)
+        incident = IncidentActivities(settings.incidents, settings.llm, settings.state_dir)
         quota = ReplicaQuota(
             platform_activities.provision_replicas,
             max_replicas_per_agent=settings.max_replicas_per_agent,
@@ -114,6 +117,8 @@ async def fleetops_worker(
                 RecoveryActivities(client, http, settings.metrics).check_recovery,
                 llm.llm_triage,
                 llm.llm_policy,
+                incident.incident_policy,
+                incident.write_review,
             ],
             interceptors=list(INTERCEPTORS),
             max_concurrent_activities=settings.max_concurrent_activities,

@@ -443,3 +443,34 @@ class LlmPolicy(_Strict):
     activity_timeout_seconds: float = Field(
         150.0, gt=0, description="A good start_to_close for one llm_triage attempt (seconds)."
     )
+
+
+# --- IncidentResponse messages (signals, updates, query) --------------------------------------
+
+ACK = "ack"
+"""Signal and update: acknowledge the page (:class:`OperatorRequest`); stops escalation."""
+RESOLVE = "resolve"
+"""Signal and update: resolve the incident by hand (:class:`OperatorRequest`)."""
+SET_SEVERITY = "set_severity"
+"""Signal and update: override the severity (:class:`SeverityOverride`)."""
+STATUS_QUERY = "status"
+"""Query: the incident now (``IncidentStatus`` of :mod:`fleetops.incident_report`)."""
+
+
+class OperatorRequest(_Strict):
+    """Payload of ``ack`` and ``resolve``: ``{"requested_by": "<you>", "reason": "..."}``."""
+
+    requested_by: str = Field(min_length=1, max_length=200, pattern=r"\S")
+    reason: str = Field("", max_length=1000)
+
+
+class SeverityOverride(_Strict):
+    """Payload of ``set_severity``: ``{"severity": "SEV2", "requested_by": ..., "reason": ...}``.
+
+    The override wins over the rules and the LLM for the rest of the incident; who and why are
+    kept in the audit trail. ``reason`` is required: an override must say why.
+    """
+
+    severity: Severity
+    requested_by: str = Field(min_length=1, max_length=200, pattern=r"\S")
+    reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")

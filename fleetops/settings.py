@@ -346,6 +346,67 @@ class LlmSettings(BaseModel):
         return self.context_tokens.get(model, self.default_context_tokens)
 
 
+class IncidentSettings(BaseModel):
+    """How ``IncidentResponse`` pages, contains and resolves (``FLEETOPS_INCIDENTS__*``).
+
+    Read by the ``incident_policy`` activity when an incident starts (recorded in its history).
+    """
+
+    auto_contain_low_risk: bool = Field(
+        False,
+        description="Run low-risk containment (scale_up, page_oncall) without approval at "
+        "SEV3/SEV4; everything else, and every action at SEV1/SEV2, is approved first.",
+    )
+    ack_timeout_seconds: float = Field(
+        900.0,
+        ge=1,
+        le=86400,
+        description="Seconds a SEV1/SEV2 page waits for ack before it escalates (1 s .. 1 day).",
+    )
+    max_escalations: int = Field(
+        3, ge=0, le=10, description="Escalations of an unacknowledged page (0..10)."
+    )
+    approval_timeout_seconds: float = Field(
+        3600.0,
+        ge=1,
+        le=30 * 86400,
+        description="Seconds a containment approval waits (then rejected).",
+    )
+    approvers: list[str] = Field(
+        default_factory=list, description="Users who may approve containment (empty: anyone)."
+    )
+    approver_roles: list[str] = Field(
+        default_factory=list, description="Roles (approval.roles) who may approve containment."
+    )
+    resolve_window_seconds: float = Field(
+        300.0,
+        ge=1,
+        le=86400,
+        description="Seconds metrics must stay within thresholds before "
+        "the incident resolves by itself.",
+    )
+    recovery_poll_seconds: float = Field(
+        30.0, ge=1, le=3600, description="Seconds between two recovery checks."
+    )
+    resolution_timeout_seconds: float = Field(
+        3 * 86400.0,
+        ge=60,
+        le=30 * 86400,
+        description="Seconds the incident waits to resolve "
+        "before it closes unresolved (bounds its history).",
+    )
+    error_rate_max: float = Field(0.05, ge=0, le=1, description="Recovered: error rate <= this.")
+    p95_latency_max_seconds: float = Field(
+        1.0, gt=0, le=3600, description="Recovered: p95 latency <= this many seconds."
+    )
+    evidence_window_seconds: float = Field(
+        900.0, ge=60, le=86400, description="Seconds of metrics before the first alert gathered."
+    )
+    rate_limit_rps: float = Field(
+        10.0, gt=0, le=100000, description="Requests/second of a rate_limit containment."
+    )
+
+
 class Settings(BaseSettings):
     """The whole FleetOps configuration (environment prefix ``FLEETOPS_``)."""
 
@@ -370,6 +431,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
+    incidents: IncidentSettings = Field(default_factory=IncidentSettings)
     max_concurrent_activities: int = Field(
         200, ge=1, description="Activities one worker runs at once."
     )

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.deployments import DeploymentActivities
     from activities.incident_evidence import EvidenceActivities
     from activities.incident_intake import IncidentIntakeActivities
+    from activities.incident_review import IncidentActivities
     from activities.llm import LlmActivities
     from activities.metrics import MetricsActivities
     from activities.notify import NotifyActivities
@@ -103,6 +104,8 @@ TABLE: dict[Callable[..., Any], Options] = {
     # The activity heartbeats every 2 s while it waits for the model.
     LlmActivities.llm_triage: Options(timedelta(seconds=150), timedelta(seconds=30), LLM_RETRY),
     LlmActivities.llm_policy: Options(timedelta(seconds=10)),
+    IncidentActivities.incident_policy: Options(timedelta(seconds=10)),
+    IncidentActivities.write_review: Options(timedelta(seconds=30)),
 }
 """Activity -> options."""
 
