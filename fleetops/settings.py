@@ -285,6 +285,43 @@ class SecretsSettings(BaseModel):
     vault: VaultSettings = Field(default_factory=VaultSettings)
 
 
+class AlertsSettings(BaseModel):
+    """The Alertmanager webhook receiver (``fleetops alert-receiver``, and ``fleetops up``)."""
+
+    host: str = Field("127.0.0.1", description="Bind address of the receiver.")
+    port: int = Field(9095, ge=1, le=65535, description="Bind port of the receiver.")
+    token: SecretStr | None = Field(
+        None,
+        description="Bearer token Alertmanager must send (Authorization: Bearer <token>); "
+        "unset: no authentication (a warning at start).",
+    )
+    agent_label: str = Field(
+        "agent",
+        min_length=1,
+        max_length=100,
+        description="Alert label naming the agent; alerts without it are ignored (and reported).",
+    )
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest webhook body accepted, bytes (larger: 413, nothing started).",
+    )
+    prometheus_port: int = Field(
+        9090, ge=1, le=65535, description="Port of the Prometheus `up --with-prometheus` runs."
+    )
+    alertmanager_port: int = Field(
+        9093, ge=1, le=65535, description="Port of the Alertmanager `up --with-prometheus` runs."
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _token_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().strip():
+            raise ValueError("alerts.token must not be blank; unset it to disable the check")
+        return v
+
+
 class ModelPrice(BaseModel):
     """What a model costs, in US dollars per million tokens (the providers' price pages)."""
 
@@ -456,6 +493,7 @@ class Settings(BaseSettings):
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
     approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
     incidents: IncidentSettings = Field(default_factory=IncidentSettings)
     max_concurrent_activities: int = Field(

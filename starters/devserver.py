@@ -184,16 +184,42 @@ async def _local_gateway(settings: Settings) -> AsyncIterator[None]:
         await gateway.stop()
 
 
-async def run_up(settings: Settings, *, temporal_address: str | None = None) -> None:
-    """Run ``fleetops up`` until Ctrl-C/SIGTERM: dev server (unless ``temporal_address``), worker.
+async def _start_monitoring(
+    settings: Settings,
+) -> tuple[Settings, dict[str, subprocess.Popen[bytes]]]:
+    from starters import monitoring
+
+    ports = monitoring.MonitoringPorts(
+        prometheus=settings.alerts.prometheus_port, alertmanager=settings.alerts.alertmanager_port
+    )
+    out = monitoring.render(settings, ports)
+    procs = await asyncio.to_thread(monitoring.start, out, ports)
+    url = f"http://{ports.host}:{ports.prometheus}"
+    print(f"Prometheus: {url}  Alertmanager: http://{ports.host}:{ports.alertmanager}", flush=True)
+    if settings.metrics.prometheus_url is None:
+        metrics = settings.metrics.model_copy(update={"prometheus_url": url})
+        settings = settings.model_copy(update={"metrics": metrics})
+    return settings, procs
+
+
+async def run_up(
+    settings: Settings, *, temporal_address: str | None = None, with_prometheus: bool = False
+) -> None:
+    """Run ``fleetops up`` until Ctrl-C/SIGTERM: dev server (unless ``temporal_address``), the
+    local gateway, the alert receiver (``alerts.host:port``), the worker, and with
+    ``with_prometheus`` Prometheus + Alertmanager (``starters/monitoring.py``).
 
     Args:
         settings: FleetOps settings.
         temporal_address: an existing Temporal server to use instead of starting one.
+        with_prometheus: also run Prometheus and Alertmanager on ``infra/prometheus/``; analysis
+            and evidence then read that Prometheus unless ``metrics.prometheus_url`` is set.
 
     Raises:
         DevServerError: the dev server could not start or answer.
+        MonitoringError: Prometheus or Alertmanager is missing or did not start.
     """
+    from starters.alert_server import running_receiver
     from worker import run_worker
 
     stop = asyncio.Event()
@@ -201,6 +227,9 @@ async def run_up(settings: Settings, *, temporal_address: str | None = None) -> 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     proc = None
+    monitoring: dict[str, subprocess.Popen[bytes]] = {}
+    if with_prometheus:
+        settings, monitoring = await _start_monitoring(settings)
     if temporal_address is None:
         address = f"{settings.dev_server.ip}:{settings.dev_server.port}"
         proc = start_dev_server(settings)
@@ -213,7 +242,7 @@ async def run_up(settings: Settings, *, temporal_address: str | None = None) -> 
         settings = settings.model_copy(
             update={"temporal": settings.temporal.model_copy(update={"address": address})}
         )
-        async with _local_gateway(settings):
+        async with _local_gateway(settings), running_receiver(settings, client):
             worker_task = asyncio.create_task(run_worker(settings, client=client, stop=stop))
             print(banner(settings, address, proc is not None), flush=True)
             await asyncio.wait(
@@ -226,4 +255,9 @@ async def run_up(settings: Settings, *, temporal_address: str | None = None) -> 
         if proc is not None:
             log.info("stopping dev server")
             await asyncio.to_thread(stop_process, proc)
+        if monitoring:
+            from starters.monitoring import stop as stop_monitoring
+
+            log.info("stopping Prometheus and Alertmanager")
+            await asyncio.to_thread(stop_monitoring, monitoring)
     print("FleetOps stopped.", flush=True)
