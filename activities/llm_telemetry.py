@@ -9,7 +9,7 @@ Span and attribute names follow the OpenTelemetry semantic conventions for gener
 
 from __future__ import annotations
 
-from functools import lru_cache
+import weakref
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
@@ -61,11 +61,16 @@ class LlmMetrics:
         self.calls.labels(model, outcome).inc()
 
 
-@lru_cache(maxsize=16)
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, LlmMetrics] = weakref.WeakKeyDictionary()
+
+
 def llm_metrics(registry: CollectorRegistry = REGISTRY) -> LlmMetrics:
-    """The :class:`LlmMetrics` of ``registry``, created on first use (a registry refuses the
-    same series twice)."""
-    return LlmMetrics(registry)
+    """The :class:`LlmMetrics` of ``registry``, created on first use and kept for as long as the
+    registry lives (a registry refuses the same series twice, so they are never made again)."""
+    metrics = _METRICS.get(registry)
+    if metrics is None:
+        metrics = _METRICS[registry] = LlmMetrics(registry)
+    return metrics
 
 
 def usage_attributes(usage: LlmUsage) -> dict[str, str | int | float]:

@@ -9,6 +9,7 @@ across continue-as-new, and that a failed configuration is rolled back. The plat
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -37,8 +39,15 @@ def platform() -> ColorPlatform:
     return ColorPlatform()
 
 
+STARTED: list[WorkflowHandle] = []
+"""Agents the running test started; terminated when its worker stops."""
+
+
 @pytest.fixture
 async def worker(env: WorkflowEnvironment, platform: ColorPlatform) -> AsyncIterator[Worker]:
+    """A worker for the test; its agents are terminated afterwards, since an agent left running
+    in the shared time-skipping server would fire its next health round with no worker, and an
+    activity nobody picks up stops time skipping for every later test."""
     w = new_worker(
         env.client,
         workflows=WORKFLOWS,
@@ -47,6 +56,9 @@ async def worker(env: WorkflowEnvironment, platform: ColorPlatform) -> AsyncIter
     )
     async with w:
         yield w
+        while STARTED:
+            with contextlib.suppress(RPCError):
+                await STARTED.pop().terminate("test over")
 
 
 async def start(env: WorkflowEnvironment, worker: Worker, **spec: Any) -> WorkflowHandle:
@@ -56,6 +68,7 @@ async def start(env: WorkflowEnvironment, worker: Worker, **spec: Any) -> Workfl
     h = await env.client.start_workflow(
         "AgentLifecycle", body, id=f"agent/{agent}", task_queue=worker.task_queue
     )
+    STARTED.append(h)
     await wait_state(h, "READY")
     return h
 

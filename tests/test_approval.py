@@ -357,8 +357,9 @@ TIMING = {"timeout_seconds": 3600, "reminder_interval_seconds": 600}
 
 @pytest.mark.parametrize(("outcome", "approved"), [("reject", False), ("proceed", True)])
 async def test_timeout_outcome(
-    env: WorkflowEnvironment, receiver: Receiver, outcome: str, approved: bool
+    isolated_env: WorkflowEnvironment, receiver: Receiver, outcome: str, approved: bool
 ) -> None:
+    env = isolated_env  # skips days ahead: a fresh server, no leftovers holding its clock
     async with started(
         env, settings_for(receiver), approvers=["alice"], timeout_outcome=outcome, **TIMING
     ) as handle:
@@ -377,7 +378,10 @@ async def test_timeout_outcome(
     assert "timed_out" in texts[6]
 
 
-async def test_timeout_escalates_then_rejects(env: WorkflowEnvironment, receiver: Receiver) -> None:
+async def test_timeout_escalates_then_rejects(
+    isolated_env: WorkflowEnvironment, receiver: Receiver
+) -> None:
+    env = isolated_env  # skips days ahead: a fresh server, no leftovers holding its clock
     settings = settings_for(receiver, escalation_webhook_url=receiver.url("oncall"))
     async with started(
         env,
@@ -403,8 +407,9 @@ async def test_timeout_escalates_then_rejects(env: WorkflowEnvironment, receiver
 
 
 async def test_escalated_request_can_still_be_approved(
-    env: WorkflowEnvironment, receiver: Receiver
+    isolated_env: WorkflowEnvironment, receiver: Receiver
 ) -> None:
+    env = isolated_env  # skips days ahead: a fresh server, no leftovers holding its clock
     async with started(
         env, settings_for(receiver), roles=["sre"], timeout_outcome="escalate", **TIMING
     ) as handle:

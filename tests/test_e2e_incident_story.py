@@ -187,6 +187,8 @@ async def story(
             if any(a["action"] == "rollback_deployment" and a["outcome"] == "ran"
                    for a in st["actions"]) and st["phase"] != "CONTAINMENT":  # fmt: skip
                 break
+            if decided and st["phase"] not in ("DETECTED", "TRIAGE", "ASSESSMENT", "CONTAINMENT"):
+                break  # every proposal decided, none left to wait for
             await asyncio.sleep(0.5)
             continue
         assert "context" in pending, out
@@ -197,23 +199,37 @@ async def story(
         await temporal(env, "workflow", "update", "execute", "--workflow-id", incident_id,
                        "--name", "decide", "--input", json.dumps(decision))  # fmt: skip
         decided.append((action, approve))
-    assert ("rollback_deployment", True) in decided, decided
+    rolled_back = ("rollback_deployment", True) in decided
+    # The rules always propose the rollback; the model's proposals are its own judgement (only
+    # their screening is checked here): without a rollback the operator resolves by hand.
+    assert rolled_back or triage is not None, decided
+    if not rolled_back:
+        by_hand = {"requested_by": "alice", "reason": "rolled back by hand"}
+        await temporal(env, "workflow", "update", "execute", "--workflow-id", incident_id,
+                       "--name", "resolve", "--input", json.dumps(by_hand))  # fmt: skip
+    else:
 
-    async def back_on_v1() -> None:
-        st = await status(agent_handle)
-        assert st.version == "v1" and st.deployment_id is None, (st.version, st.deployment_id)
+        async def back_on_v1() -> None:
+            st = await status(agent_handle)
+            assert st.version == "v1" and st.deployment_id is None, (st.version, st.deployment_id)
 
-    await eventually(back_on_v1, "the agent rolled back to v1", timeout=120)
+        await eventually(back_on_v1, "the agent rolled back to v1", timeout=120)
     report = await asyncio.wait_for(incident.result(), timeout=240)
 
     assert report.agent_id == agent and report.category == "errors"
-    assert report.resolved_by in ("alertmanager", "metrics"), report.resolved_by
-    [rollback] = [a for a in report.actions if a.action.value == "rollback_deployment"]
-    assert (rollback.outcome, rollback.mode, rollback.approver) == ("ran", "approval", "alice")
     assert report.path is not None and Path(report.path).is_file()
     assert Path(report.path).resolve().is_relative_to((state_dir / "incidents").resolve())
     text = Path(report.path).read_text()
-    assert "rollback_deployment" in text and "alice" in text
+    if rolled_back:
+        assert report.resolved_by in ("alertmanager", "metrics"), report.resolved_by
+        [rollback] = [a for a in report.actions if a.action.value == "rollback_deployment"]
+        assert (rollback.outcome, rollback.mode, rollback.approver) == ("ran", "approval", "alice")
+        assert "rollback_deployment" in text and "alice" in text
+    else:
+        assert report.resolved_by == "operator alice", report.resolved_by
+        assert "alice" in text
+    for action in report.actions:  # whatever was proposed ran only with a decision
+        assert action.mode == "approval", action
     st = await incident.query("status")
     assert st["phase"] == "CLOSED" and st["status"] == "Closed"
     assert any(a["name"] == "AgentHighErrorRate" for a in st["alerts"])

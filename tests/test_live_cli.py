@@ -105,7 +105,7 @@ async def _start(cli, tmp_path: Path, agent: str) -> None:
         "version: v1\n"
         "replicas: 2\n"
         "command: [agent, --model, small]\n"
-        "env:\n  MODEL: small\n  API_TOKEN: not-for-the-ui\n"
+        "env:\n  MODEL: small\n  GREETING: not-for-the-ui\n"
         "health:\n  interval_seconds: 3600\n"
     )
     r = await cli("agent", "start", agent, "--file", str(spec), "--wait", "--timeout", "60")
@@ -126,7 +126,7 @@ async def test_agent_start_wait_from_yaml(
     desc = await dev_env.client.get_workflow_handle(f"agent/{agent}").describe()
     assert await desc.static_summary() == f"agent {agent} v1, 2 replicas"
     details = await desc.static_details() or ""
-    assert "command `agent --model small`" in details and "`API_TOKEN`, `MODEL`" in details
+    assert "command `agent --model small`" in details and "`GREETING`, `MODEL`" in details
     assert "not-for-the-ui" not in details
 
     # A YAML error names the file and line, before anything is sent (exit 2).
