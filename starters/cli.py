@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import typer
@@ -91,6 +92,31 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
     asyncio.run(run_worker(load_settings()))
 
 
+def _serve_until_signal(
+    serve: Callable[[asyncio.Event], Awaitable[None]],
+    fails_with: type[Exception],
+    prefix: str,
+) -> None:
+    """Run ``serve(stop)`` until SIGINT/SIGTERM sets ``stop``.
+
+    Raises:
+        typer.Exit: code 1 when ``serve`` raises ``fails_with`` (printed after ``prefix``).
+    """
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(stop)
+
+    try:
+        asyncio.run(main())
+    except fails_with as err:
+        console.print(f"[red]{prefix}{err}[/red]")
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Serve every local agent on its stable ports (active and preview); Ctrl-C stops."""
@@ -98,19 +124,7 @@ def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -
 
     _logging(verbose)
     settings = load_settings()
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run_gateway(settings, stop)
-
-    try:
-        asyncio.run(main())
-    except GatewayError as err:
-        console.print(f"[red]{err}[/red]")
-        raise typer.Exit(1) from None
+    _serve_until_signal(lambda stop: run_gateway(settings, stop), GatewayError, "")
 
 
 @app.command("alert-receiver")
@@ -120,19 +134,9 @@ def alert_receiver(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = F
 
     _logging(verbose)
     settings = load_settings()
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve_alert_receiver(settings, stop)
-
-    try:
-        asyncio.run(main())
-    except OSError as err:
-        console.print(f"[red]alert receiver: {err}[/red]")
-        raise typer.Exit(1) from None
+    _serve_until_signal(
+        lambda stop: serve_alert_receiver(settings, stop), OSError, "alert receiver: "
+    )
 
 
 @app.command("codec-server")

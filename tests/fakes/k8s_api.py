@@ -23,18 +23,18 @@ import hashlib
 import itertools
 import json
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
 import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.loopback import LoopbackServer
 
 _PATH = re.compile(
     r"^/(?:api/v1|apis/(?P<group>apps)/v1)/namespaces/(?P<ns>[^/]+)/"
@@ -118,8 +118,7 @@ class FakeKubernetes:
         self._ready_at: dict[Key, float] = {}  # pods not ready yet
         self._owner: dict[Key, str] = {}  # pod -> deployment name
         self._seq = itertools.count(1)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._loopback = LoopbackServer("fake Kubernetes API")
         self.port = 0
 
     # --- test helpers ---------------------------------------------------------------------------
@@ -216,28 +215,12 @@ class FakeKubernetes:
         app = Starlette(
             routes=[Route("/{path:path}", self._handle, methods=["GET", "PATCH", "DELETE", "POST"])]
         )
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        # Without TCP_NODELAY, Nagle + delayed ACK add ~40 ms to every keep-alive request.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise TimeoutError("fake Kubernetes API did not start within 10 s")
-            time.sleep(0.01)
+        self.port = self._loopback.serve(app)
         return self
 
     def stop(self) -> None:
         """Stop serving and join the server thread."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
+        self._loopback.stop()
 
     def __enter__(self) -> FakeKubernetes:
         return self.start()

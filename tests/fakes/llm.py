@@ -10,18 +10,17 @@ headers, so tests assert what went over the wire (redaction, delimiting, the sch
 from __future__ import annotations
 
 import json
-import socket
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.loopback import LoopbackServer
 
 FAKE_MODEL = "fake-model-2026"
 
@@ -79,8 +78,7 @@ class FakeLlm:
         self.script: deque[FakeReply] = deque()
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._loopback = LoopbackServer("fake LLM")
         self.port = 0
 
     @property
@@ -101,27 +99,12 @@ class FakeLlm:
                 Route("/v1/models", self._models, methods=["GET"]),
             ]
         )
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise TimeoutError("fake LLM did not start within 10 s")
-            time.sleep(0.01)
+        self.port = self._loopback.serve(app)
         return self
 
     def stop(self) -> None:
         """Stop serving and join the server thread."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
+        self._loopback.stop()
 
     def __enter__(self) -> FakeLlm:
         return self.start()

@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.loopback import LoopbackServer
 
 DENIED = "1 error occurred:\n\t* permission denied\n\n"
 CAS_MISMATCH = "check-and-set parameter did not match the current version"
@@ -89,8 +89,7 @@ class FakeVault:
         self.requests: list[tuple[str, str, int]] = []  # method, path, status
         self.lock = threading.RLock()
         self._failures: list[tuple[int, str | None]] = []
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._loopback = LoopbackServer("fake Vault")
         self.port = 0
 
     # --- test helpers ---------------------------------------------------------------------------
@@ -124,27 +123,12 @@ class FakeVault:
         app = Starlette(
             routes=[Route("/v1/{path:path}", self._handle, methods=["GET", "POST", "PUT"])]
         )
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise TimeoutError("fake Vault did not start within 10 s")
-            time.sleep(0.01)
+        self.port = self._loopback.serve(app)
         return self
 
     def stop(self) -> None:
         """Stop serving and join the server thread."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
+        self._loopback.stop()
 
     def __enter__(self) -> FakeVault:
         return self.start()
