@@ -172,9 +172,13 @@ async def story(
     opened_after = time.monotonic() - injected
     incident = client.get_workflow_handle(incident_id, result_type=ReviewReport)
 
-    # The approver's loop, with the temporal CLI: approve the rollback, reject anything else.
+    # The approver's loop, with the temporal CLI: approve the rollback, reject anything else,
+    # until the incident closes. The rules always propose the rollback; the model's proposals are
+    # its own judgement (only their screening is checked here): when containment ends without a
+    # rollback, the operator deploys v1 by hand and monitoring sees the recovery.
     decided: list[tuple[str, bool]] = []
-    deadline = time.monotonic() + 240
+    by_hand = False
+    deadline = time.monotonic() + 360
     while time.monotonic() < deadline:
         desc = await incident.describe()
         if desc.status is not None and desc.status.name != "RUNNING":
@@ -182,52 +186,44 @@ async def story(
         out = await temporal(env, "workflow", "query", "--workflow-id", incident_id,
                              "--name", "pending_approval", "--output", "json")  # fmt: skip
         pending = _query_result(out)
-        if not pending:
-            st = await incident.query("status")
-            if any(a["action"] == "rollback_deployment" and a["outcome"] == "ran"
-                   for a in st["actions"]) and st["phase"] != "CONTAINMENT":  # fmt: skip
-                break
-            if decided and st["phase"] not in ("DETECTED", "TRIAGE", "ASSESSMENT", "CONTAINMENT"):
-                break  # every proposal decided, none left to wait for
-            await asyncio.sleep(0.5)
+        if pending:
+            assert "context" in pending, out
+            action = pending["context"]["action"]
+            approve = action == "rollback_deployment"
+            decision = {"approver": "alice", "comment": f"{'go' if approve else 'no'}: {action}",
+                        "approved": approve}  # fmt: skip
+            await temporal(env, "workflow", "update", "execute", "--workflow-id", incident_id,
+                           "--name", "decide", "--input", json.dumps(decision))  # fmt: skip
+            decided.append((action, approve))
             continue
-        assert "context" in pending, out
-        action = pending["context"]["action"]
-        approve = action == "rollback_deployment"
-        decision = {"approver": "alice", "comment": f"{'go' if approve else 'no'}: {action}",
-                    "approved": approve}  # fmt: skip
-        await temporal(env, "workflow", "update", "execute", "--workflow-id", incident_id,
-                       "--name", "decide", "--input", json.dumps(decision))  # fmt: skip
-        decided.append((action, approve))
+        st = await incident.query("status")
+        contained = st["phase"] not in ("DETECTED", "TRIAGE", "ASSESSMENT", "CONTAINMENT")
+        if contained and not by_hand and ("rollback_deployment", True) not in decided:
+            assert triage is not None, decided  # the rules' rollback was approved above
+            good = {**bad, "version": "v1", "env": {TAG_VAR: tag}}
+            redeploy = ["--workflow-id", f"agent/{agent}", "--name", "deploy"]
+            await temporal(env, "workflow", "update", "execute", *redeploy,
+                           "--input", json.dumps(good))  # fmt: skip
+            by_hand = True
+        await asyncio.sleep(0.5)
     rolled_back = ("rollback_deployment", True) in decided
-    # The rules always propose the rollback; the model's proposals are its own judgement (only
-    # their screening is checked here): without a rollback the operator resolves by hand.
-    assert rolled_back or triage is not None, decided
-    if not rolled_back:
-        by_hand = {"requested_by": "alice", "reason": "rolled back by hand"}
-        await temporal(env, "workflow", "update", "execute", "--workflow-id", incident_id,
-                       "--name", "resolve", "--input", json.dumps(by_hand))  # fmt: skip
-    else:
 
-        async def back_on_v1() -> None:
-            st = await status(agent_handle)
-            assert st.version == "v1" and st.deployment_id is None, (st.version, st.deployment_id)
+    async def back_on_v1() -> None:
+        st = await status(agent_handle)
+        assert st.version == "v1" and st.deployment_id is None, (st.version, st.deployment_id)
 
-        await eventually(back_on_v1, "the agent rolled back to v1", timeout=120)
+    await eventually(back_on_v1, "the agent back on v1", timeout=120)
     report = await asyncio.wait_for(incident.result(), timeout=240)
 
     assert report.agent_id == agent and report.category == "errors"
     assert report.path is not None and Path(report.path).is_file()
     assert Path(report.path).resolve().is_relative_to((state_dir / "incidents").resolve())
     text = Path(report.path).read_text()
+    assert report.resolved_by in ("alertmanager", "metrics"), report.resolved_by
     if rolled_back:
-        assert report.resolved_by in ("alertmanager", "metrics"), report.resolved_by
         [rollback] = [a for a in report.actions if a.action.value == "rollback_deployment"]
         assert (rollback.outcome, rollback.mode, rollback.approver) == ("ran", "approval", "alice")
         assert "rollback_deployment" in text and "alice" in text
-    else:
-        assert report.resolved_by == "operator alice", report.resolved_by
-        assert "alice" in text
     for action in report.actions:  # whatever was proposed ran only with a decision
         assert action.mode == "approval", action
     st = await incident.query("status")
