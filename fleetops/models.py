@@ -129,6 +129,14 @@ class HealthCheck(StrictModel):
         le=MAX_DURATION_SECONDS,
         description="Seconds DEGRADED may last (self-heal included) before ERROR (<= 30 days).",
     )
+    probing: Literal["workflow", "data-plane"] = Field(
+        "workflow",
+        description=(
+            "Who runs the probe rounds: `workflow` (a timer and an activity per round, ~11"
+            " history events) or `data-plane` (one long prober activity per agent that reports"
+            " only health changes; an idle healthy agent writes ~6 events an hour)."
+        ),
+    )
 
 
 class AgentSpec(StrictModel):
@@ -372,6 +380,9 @@ class ReplicaHealth(FrozenModel):
     consecutive_failures: int
     in_flight: int = 0
     last_error: str | None = None
+    probed_at: datetime | None = Field(
+        None, description="When these results were probed (data-plane prober; UTC)."
+    )
 
 
 class ConfigVersion(FrozenModel):
