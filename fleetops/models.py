@@ -137,6 +137,17 @@ class HealthCheck(StrictModel):
             " only health changes; an idle healthy agent writes ~6 events an hour)."
         ),
     )
+    prober_heartbeat_seconds: Seconds | None = Field(
+        None,
+        ge=3,
+        le=300,
+        description=(
+            "Heartbeat timeout of the data-plane prober (3 to 300 s; default: one interval, at"
+            " least 3 s): a prober whose worker died is started again on a live worker within"
+            " it. Each prober sends about one heartbeat per 0.8 x this to the server, so a"
+            " large fleet may trade detection of a dead worker for server CPU."
+        ),
+    )
 
 
 class AgentSpec(StrictModel):

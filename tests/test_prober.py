@@ -166,3 +166,20 @@ async def test_prober_moves_to_a_live_worker_when_its_worker_dies(dev_env, farm)
         if doomed.returncode is None:
             doomed.kill()
             await doomed.wait()
+
+
+async def test_startup_deadline_then_recovery_from_error(dev_env, farm) -> None:
+    platform = FarmPlatform(farm)
+    w = new_worker(dev_env.client, workflows=[AgentLifecycle], activities=platform.activities())
+    async with w, prober_worker(dev_env.client, w.task_queue):
+        s = probed_spec(startup_timeout_seconds=2)
+        never = platform.endpoint(s.agent_id, "blue", 0)
+        farm.broken.add(never)
+        h = await start(dev_env, w.task_queue, s)
+        st = await wait_state(h, S.ERROR)
+        assert st.transitions[-1].reason == "replicas not healthy within startup_timeout_seconds"
+        assert farm.hits[never] >= 2  # it was probed, from the first attempt on
+        farm.broken.discard(never)
+        await wait_state(h, S.READY)  # the prober keeps watching in ERROR and reports recovery
+        await h.signal(AgentLifecycle.shutdown)
+        await result_within(h.result())

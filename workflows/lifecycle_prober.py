@@ -24,7 +24,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.prober import ProberActivities
-    from fleetops.models import AgentState, ProbeResult, Replica
+    from fleetops.models import AgentCounters, AgentSpec, AgentState, ProbeResult, Replica
     from fleetops.prober import PROBER_QUEUE_SUFFIX, WatchedReplica, WatchReport, WatchRequest
 
 S = AgentState
@@ -44,14 +44,19 @@ MIN_HEARTBEAT_SECONDS = 3.0
 """Lower bound of the prober's heartbeat timeout (it beats every second)."""
 
 
-def heartbeat_timeout(interval_seconds: float) -> timedelta:
-    """One interval (at least 3 s, at most 5 min): a dead prober is re-established within it."""
+def heartbeat_timeout(interval_seconds: float, configured: float | None = None) -> timedelta:
+    """``health.prober_heartbeat_seconds`` if set, else one interval (at least 3 s, at most
+    5 min): a dead prober is re-established within it."""
+    if configured is not None:
+        return timedelta(seconds=configured)
     return timedelta(seconds=min(max(interval_seconds, MIN_HEARTBEAT_SECONDS), 300.0))
 
 
 class ProbedLifecycle:
     """Mixin of ``AgentLifecycle``: keeps one prober running and turns its reports into state."""
 
+    _spec: AgentSpec
+    _counters: AgentCounters
     _replicas: list[Replica]
     _failures: dict[int, int]
     _starting: dict[int, datetime]
@@ -63,7 +68,7 @@ class ProbedLifecycle:
     _probed_at: datetime | None
 
     def _watch_request(self, startup: bool) -> WatchRequest:
-        spec = self._spec  # type: ignore[attr-defined]
+        spec = self._spec
         h = spec.health
         threshold = h.failure_threshold
         return WatchRequest(
@@ -106,7 +111,9 @@ class ProbedLifecycle:
                 + 60
                 + (h.startup_timeout_seconds if startup else 0)
             ),
-            heartbeat_timeout=heartbeat_timeout(h.interval_seconds),
+            heartbeat_timeout=heartbeat_timeout(
+                h.interval_seconds, self._spec.health.prober_heartbeat_seconds
+            ),
             retry_policy=PROBER_RETRY,
             summary=f"probe {len(req.replicas)} replicas of {req.agent_id} "
             f"every {h.interval_seconds:g}s" + (" (startup)" if startup else ""),
@@ -134,12 +141,12 @@ class ProbedLifecycle:
     def _degraded_deadline(self) -> datetime | None:
         if self._state != S.DEGRADED or self._degraded_since is None:
             return None
-        limit = self._spec.health.recovery_timeout_seconds  # type: ignore[attr-defined]
+        limit = self._spec.health.recovery_timeout_seconds
         return self._degraded_since + timedelta(seconds=limit)
 
     def _record(self, report: WatchReport) -> bool:
         """Take a report's evidence into state; False if it does not fit the replicas."""
-        counters = self._counters  # type: ignore[attr-defined]
+        counters = self._counters
         counters.health_rounds += report.rounds
         counters.failed_probes += report.failed_probes
         if len(report.results) != len(self._replicas):
