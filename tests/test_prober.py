@@ -179,6 +179,13 @@ async def test_startup_deadline_then_recovery_from_error(dev_env, farm) -> None:
         st = await wait_state(h, S.ERROR)
         assert st.transitions[-1].reason == "replicas not healthy within startup_timeout_seconds"
         assert farm.hits[never] >= 2  # it was probed, from the first attempt on
+        await h.signal(AgentLifecycle.resume)
+
+        async def provisioned_again() -> None:
+            assert [c for c, _ in platform.calls].count("provision_replicas") == 2
+
+        await assert_eventually(provisioned_again, timeout=10)  # resume brings it up anew
+        await wait_state(h, S.ERROR)
         farm.broken.discard(never)
         await wait_state(h, S.READY)  # the prober keeps watching in ERROR and reports recovery
         await h.signal(AgentLifecycle.shutdown)

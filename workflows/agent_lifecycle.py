@@ -204,7 +204,7 @@ class AgentLifecycle(DeploymentOwner, AgentOperations, ProbedLifecycle):
     async def _run_watched(self) -> AgentReport:
         """The main loop with the data-plane prober: the same steps, no probe rounds here."""
         reports = 0
-        brought_up = False
+        brought_up = -1  # the transition count at the last bring-up's provisioning
         while True:
             while self._commands:
                 await self._apply(self._commands.popleft())
@@ -217,12 +217,11 @@ class AgentLifecycle(DeploymentOwner, AgentOperations, ProbedLifecycle):
                 self._stop_watch()
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 return self._report()
-            if self._state != S.INITIALIZING:
-                brought_up = False
-            elif not brought_up:
+            if self._state == S.INITIALIZING and brought_up != self._counters.transitions:
+                # Provision once per entry into INITIALIZING (each entry is a transition).
                 if not await self._provision():
                     continue
-                brought_up = True
+                brought_up = self._counters.transitions
             if self._state in PROBED_STATES or self._state == S.INITIALIZING:
                 self._sync_watch(startup=self._state == S.INITIALIZING)
             else:
