@@ -41,7 +41,7 @@ PROBER_RETRY = RetryPolicy(
 """A prober that died (heartbeat timeout, worker gone) is started again 1 s later, on any
 worker polling the prober queue, for as long as the agent runs."""
 MIN_HEARTBEAT_SECONDS = 3.0
-"""Lower bound of the prober's heartbeat timeout (it beats every second)."""
+"""Lower bound of the prober's heartbeat timeout (it beats every quarter of it)."""
 
 
 def heartbeat_timeout(interval_seconds: float, configured: float | None = None) -> timedelta:
