@@ -1,7 +1,9 @@
-"""``fleetops.prober.verdict``: the prober reports exactly the changes the workflow acts on."""
+"""``fleetops.prober.verdict``: the prober reports exactly the changes the workflow acts on; and
+``fleetops agent status`` shows how old the prober's last reported results are."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -47,3 +49,26 @@ def results(*healthy: bool, in_flight: int = 0) -> list[ProbeResult]:
 )
 def test_verdict(request_kw, round_, failures, expected) -> None:
     assert verdict(req(**request_kw), round_, failures) == expected
+
+
+def test_status_view_shows_the_age_of_prober_results() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from rich.console import Console
+
+    from fleetops.models import AgentCounters, AgentState, AgentStatus, ReplicaHealth
+    from starters.cli_views import agent_view
+
+    at = datetime.now(UTC) - timedelta(seconds=42)
+    st = AgentStatus(
+        agent_id="a", version="v1", state=AgentState.READY, desired_replicas=1,
+        min_replicas=1, max_replicas=2, transitions=[], counters=AgentCounters(),
+        replicas=[ReplicaHealth(index=0, endpoint="http://r0", pid=None, healthy=True,
+                                consecutive_failures=0, probed_at=at)],
+    )  # fmt: skip
+    console = Console(record=True, width=200)
+    console.print(agent_view(st))
+    text = console.export_text()
+    found = re.search(r"last reported by the prober: (\S+) \((\d+) s ago\)", text)
+    assert found is not None, text
+    assert found[1] == f"{at:%H:%M:%S}" and 42 <= int(found[2]) <= 44
