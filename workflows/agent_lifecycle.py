@@ -3,7 +3,8 @@
 It provisions the agent's replicas, probes them every ``health.interval_seconds``, self-heals
 (restarts replicas that failed ``failure_threshold`` consecutive probes, the Kubernetes liveness
 rule), and carries out operator actions. With ``health.probing: data-plane`` the rounds run in
-a long prober activity that reports only health changes (:mod:`workflows.lifecycle_prober`). The main loop is the only code that changes state or
+a long prober activity that reports only health changes (:mod:`workflows.lifecycle_prober`).
+The main loop is the only code that changes state or
 calls activities; signal and update handlers only queue commands, so actions never interleave.
 """
 
