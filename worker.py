@@ -30,12 +30,14 @@ from activities.metrics import MetricsActivities
 from activities.notify import NotifyActivities
 from activities.platform import Platform, PlatformActivities, build_platform
 from activities.platform.k8s_drain import NodeDrain
+from activities.prober import ProberActivities
 from activities.probes import ProbeActivities
 from activities.quota import ReplicaQuota
 from activities.recovery import RecoveryActivities
 from activities.secret_stores import build_secret_store
 from activities.secrets import SecretActivities
 from fleetops.client import connect
+from fleetops.prober import PROBER_QUEUE_SUFFIX
 from fleetops.settings import Settings, get_settings
 from workflows.agent_lifecycle import AgentLifecycle
 from workflows.blue_green import BlueGreenDeployment
@@ -81,7 +83,12 @@ async def fleetops_worker(
     """
     platform = platform or build_platform(settings)
     # Temporal owns retries, so the HTTP client makes exactly one attempt per call.
-    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=0)) as http:
+    limits = httpx.Limits(
+        max_connections=settings.max_concurrent_probes,
+        max_keepalive_connections=settings.max_concurrent_probes,
+    )
+    transport = httpx.AsyncHTTPTransport(retries=0, limits=limits)
+    async with httpx.AsyncClient(transport=transport) as http:
         probes = ProbeActivities(http)
         platform_activities = PlatformActivities(platform)
         notify = NotifyActivities(http, settings.approval)
@@ -148,8 +155,33 @@ async def fleetops_worker(
             graceful_shutdown_timeout=timedelta(seconds=10),
             max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         )
-        async with worker:
+        async with worker, prober_worker(client, settings, probes, worker.task_queue):
             yield worker
+
+
+def prober_worker(
+    client: Client, settings: Settings, probes: ProbeActivities, task_queue: str
+) -> Worker:
+    """The worker of the data-plane probers: ``watch_replicas`` on ``<task_queue>-probers``.
+
+    Its own worker, so long probers never take the activity slots provisioning needs; the SDK's
+    default heartbeat throttle (0.8 x heartbeat timeout) keeps heartbeats to about one per
+    prober per interval.
+
+    Args:
+        client: a connected client.
+        settings: ``max_concurrent_probers`` and ``max_concurrent_probes``.
+        probes: the probe activities whose keep-alive HTTP client the probers use.
+        task_queue: the workflows' task queue.
+    """
+    prober = ProberActivities(probes, max_concurrent_probes=settings.max_concurrent_probes)
+    return Worker(
+        client,
+        task_queue=task_queue + PROBER_QUEUE_SUFFIX,
+        activities=[prober.watch_replicas],
+        max_concurrent_activities=settings.max_concurrent_probers,
+        graceful_shutdown_timeout=timedelta(seconds=2),
+    )
 
 
 def agent_control_activities(a: AgentControlActivities) -> list[object]:

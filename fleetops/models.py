@@ -129,6 +129,25 @@ class HealthCheck(StrictModel):
         le=MAX_DURATION_SECONDS,
         description="Seconds DEGRADED may last (self-heal included) before ERROR (<= 30 days).",
     )
+    probing: Literal["workflow", "data-plane"] = Field(
+        "workflow",
+        description=(
+            "Who runs the probe rounds: `workflow` (a timer and an activity per round, ~11"
+            " history events) or `data-plane` (one long prober activity per agent that reports"
+            " only health changes; an idle healthy agent writes ~6 events an hour)."
+        ),
+    )
+    prober_heartbeat_seconds: Seconds | None = Field(
+        None,
+        ge=3,
+        le=300,
+        description=(
+            "Heartbeat timeout of the data-plane prober (3 to 300 s; default: one interval, at"
+            " least 3 s): a prober whose worker died is started again on a live worker within"
+            " it. Each prober sends about one heartbeat per 0.8 x this to the server, so a"
+            " large fleet may trade detection of a dead worker for server CPU."
+        ),
+    )
 
 
 class AgentSpec(StrictModel):
@@ -372,6 +391,9 @@ class ReplicaHealth(FrozenModel):
     consecutive_failures: int
     in_flight: int = 0
     last_error: str | None = None
+    probed_at: datetime | None = Field(
+        None, description="When these results were probed (data-plane prober; UTC)."
+    )
 
 
 class ConfigVersion(FrozenModel):

@@ -499,6 +499,17 @@ class Settings(BaseSettings):
     max_concurrent_activities: int = Field(
         200, ge=1, description="Activities one worker runs at once."
     )
+    max_concurrent_probers: int = Field(
+        20_000,
+        ge=1,
+        description=(
+            "Data-plane probers (one long activity per agent with health.probing=data-plane)"
+            " one worker runs at once, on the task queue `<task_queue>-probers`."
+        ),
+    )
+    max_concurrent_probes: int = Field(
+        500, ge=1, description="HTTP health probes one worker's probers have in flight at once."
+    )
     max_replicas_per_agent: int = Field(
         DEFAULT_MAX_REPLICAS_PER_AGENT,
         ge=1,

@@ -1,0 +1,192 @@
+"""The data-plane prober (``health.probing: data-plane``) on a real dev server, real HTTP.
+
+The prober probes at the agent's interval and reports only changes: DEGRADED and self-heal on
+a failing replica, READY after recovery, PROCESSING while replicas execute; an idle healthy
+agent writes no history while it is probed; a prober whose worker goes away moves to a live
+worker on the same queue and keeps detecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from fleetops.models import AgentLifecycleInput, AgentSpec, AgentState, AgentStatus
+from tests.conftest import assert_eventually, new_worker
+from tests.helpers import result_within
+from tests.prober_support import FarmPlatform, HealthFarm, prober_worker
+from workflows.agent_lifecycle import AgentLifecycle
+
+S = AgentState
+INTERVAL = 0.5
+
+
+@pytest.fixture
+async def farm() -> AsyncIterator[HealthFarm]:
+    f = HealthFarm()
+    await f.start()
+    yield f
+    await f.stop()
+
+
+def probed_spec(**health: Any) -> AgentSpec:
+    return AgentSpec.model_validate(
+        {
+            "agent_id": f"p-{uuid.uuid4().hex[:8]}",
+            "command": ["agent"],
+            "replicas": 2,
+            "max_replicas": 4,
+            "health": {
+                "interval_seconds": INTERVAL,
+                "timeout_seconds": 1,
+                "failure_threshold": 2,
+                "startup_timeout_seconds": 5,
+                "probing": "data-plane",
+                **health,
+            },
+        }
+    )
+
+
+async def start(env: WorkflowEnvironment, tq: str, s: AgentSpec) -> WorkflowHandle[Any, Any]:
+    return await env.client.start_workflow(
+        AgentLifecycle.run,
+        AgentLifecycleInput(**s.model_dump()),
+        id=f"agent/{s.agent_id}",
+        task_queue=tq,
+    )
+
+
+async def wait_state(h: WorkflowHandle[Any, Any], state: AgentState, timeout: float = 20):
+    async def check() -> AgentStatus:
+        st: AgentStatus = await h.query(AgentLifecycle.status)
+        assert st.state == state, f"state {st.state}, waiting for {state}"
+        return st
+
+    return await assert_eventually(check, timeout=timeout)
+
+
+async def history_length(h: WorkflowHandle[Any, Any]) -> int:
+    return len([e async for e in h.fetch_history_events()])
+
+
+async def test_prober_degrades_heals_and_follows_in_flight(dev_env, farm) -> None:
+    platform = FarmPlatform(farm)
+    w = new_worker(dev_env.client, workflows=[AgentLifecycle], activities=platform.activities())
+    async with w, prober_worker(dev_env.client, w.task_queue):
+        s = probed_spec()
+        h = await start(dev_env, w.task_queue, s)
+        st = await wait_state(h, S.READY)
+        assert all(r.healthy and r.probed_at is not None for r in st.replicas)
+        bad = st.replicas[1].endpoint
+        farm.broken.add(bad)
+        st = await wait_state(h, S.DEGRADED)
+        assert "replicas [1] failed 2 consecutive health probes" in st.transitions[-1].reason
+
+        async def restarted() -> None:
+            assert ("restart_replicas", ("blue", [1])) in platform.calls
+
+        await assert_eventually(restarted, timeout=10)
+        farm.broken.discard(bad)
+        await wait_state(h, S.READY)
+        farm.busy[st.replicas[0].endpoint] = 3
+        st = await wait_state(h, S.PROCESSING)
+        assert st.replicas[0].in_flight == 3
+        farm.busy.clear()
+        await wait_state(h, S.READY)
+        await h.signal(AgentLifecycle.scale, {"replicas": 3})
+
+        async def three_probed() -> None:
+            assert farm.hits.get(platform.endpoint(s.agent_id, "blue", 2), 0) >= 2
+
+        await assert_eventually(three_probed, timeout=10)  # the spec change reached the prober
+        await h.signal(AgentLifecycle.shutdown)
+        assert (await result_within(h.result())).final_state == S.TERMINATED
+
+
+async def test_idle_healthy_agent_writes_no_history_while_probed(dev_env, farm) -> None:
+    platform = FarmPlatform(farm)
+    w = new_worker(dev_env.client, workflows=[AgentLifecycle], activities=platform.activities())
+    async with w, prober_worker(dev_env.client, w.task_queue):
+        s = probed_spec()
+        h = await start(dev_env, w.task_queue, s)
+        await wait_state(h, S.READY)
+        endpoint = platform.endpoint(s.agent_id, "blue", 0)
+        before, hits = await history_length(h), farm.hits.get(endpoint, 0)
+
+        async def probed_20_rounds() -> None:
+            assert farm.hits.get(endpoint, 0) >= hits + 20
+
+        await assert_eventually(probed_20_rounds, timeout=30)
+        # 20 rounds of the workflow's own probing would have written ~220 events.
+        assert await history_length(h) == before
+        await h.signal(AgentLifecycle.shutdown)
+        await result_within(h.result())
+
+
+async def test_prober_moves_to_a_live_worker_when_its_worker_dies(dev_env, farm) -> None:
+    platform = FarmPlatform(farm)
+    w = new_worker(dev_env.client, workflows=[AgentLifecycle], activities=platform.activities())
+    address = dev_env.client.service_client.config.target_host
+    doomed = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.prober_worker_main", address, w.task_queue,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert doomed.stdout is not None
+        assert await asyncio.wait_for(doomed.stdout.readline(), 30) == b"polling\n"
+        async with w:
+            s = probed_spec()
+            h = await start(dev_env, w.task_queue, s)
+            await wait_state(h, S.READY)  # probed by the only prober worker: the doomed one
+            doomed.kill()
+            await doomed.wait()
+            async with prober_worker(dev_env.client, w.task_queue) as survivor:
+                endpoint = platform.endpoint(s.agent_id, "blue", 0)
+                hits = farm.hits.get(endpoint, 0)
+
+                async def probed_again() -> None:
+                    assert farm.hits.get(endpoint, 0) >= hits + 4
+
+                # heartbeat timeout (3 s) + 1 s retry, then rounds every 0.5 s
+                await assert_eventually(probed_again, timeout=15)
+                farm.broken.add(endpoint)
+                await wait_state(h, S.DEGRADED, timeout=15)
+                assert survivor.task_queue.endswith("-probers")
+                await h.signal(AgentLifecycle.shutdown)
+                await result_within(h.result())
+    finally:
+        if doomed.returncode is None:
+            doomed.kill()
+            await doomed.wait()
+
+
+async def test_startup_deadline_then_recovery_from_error(dev_env, farm) -> None:
+    platform = FarmPlatform(farm)
+    w = new_worker(dev_env.client, workflows=[AgentLifecycle], activities=platform.activities())
+    async with w, prober_worker(dev_env.client, w.task_queue):
+        s = probed_spec(startup_timeout_seconds=2)
+        never = platform.endpoint(s.agent_id, "blue", 0)
+        farm.broken.add(never)
+        h = await start(dev_env, w.task_queue, s)
+        st = await wait_state(h, S.ERROR)
+        assert st.transitions[-1].reason == "replicas not healthy within startup_timeout_seconds"
+        assert farm.hits[never] >= 2  # it was probed, from the first attempt on
+        await h.signal(AgentLifecycle.resume)
+
+        async def provisioned_again() -> None:
+            assert [c for c, _ in platform.calls].count("provision_replicas") == 2
+
+        await assert_eventually(provisioned_again, timeout=10)  # resume brings it up anew
+        await wait_state(h, S.ERROR)
+        farm.broken.discard(never)
+        await wait_state(h, S.READY)  # the prober keeps watching in ERROR and reports recovery
+        await h.signal(AgentLifecycle.shutdown)
+        await result_within(h.result())
