@@ -31,19 +31,20 @@ from activities.notify import NotifyActivities
 from activities.platform import Platform, PlatformActivities, build_platform
 from activities.platform.k8s_drain import NodeDrain
 from activities.prober import ProberActivities
+from activities.prober_host import ProberHost
 from activities.probes import ProbeActivities
 from activities.quota import ReplicaQuota
 from activities.recovery import RecoveryActivities
 from activities.secret_stores import build_secret_store
 from activities.secrets import SecretActivities
 from fleetops.client import connect
-from fleetops.prober import PROBER_QUEUE_SUFFIX
 from fleetops.settings import Settings, get_settings
 from workflows.agent_lifecycle import AgentLifecycle
 from workflows.blue_green import BlueGreenDeployment
 from workflows.incident_response import IncidentResponse
 from workflows.maintenance import Maintenance
 from workflows.payload_guard import MessageGuard
+from workflows.prober_lease import ProberLease
 
 log = logging.getLogger("fleetops.worker")
 
@@ -53,7 +54,13 @@ is 0.8 x heartbeat_timeout, up to 60 s). A heartbeat's answer is how an activity
 was cancelled or that its workflow ended (terminate): with 0.5 s, an activity that starts
 replicas stops within about a second, whatever heartbeat timeout its workflow set."""
 
-WORKFLOWS: Sequence[type] = (AgentLifecycle, BlueGreenDeployment, IncidentResponse, Maintenance)
+WORKFLOWS: Sequence[type] = (
+    AgentLifecycle,
+    BlueGreenDeployment,
+    IncidentResponse,
+    Maintenance,
+    ProberLease,
+)
 """Every workflow the FleetOps worker runs."""
 INTERCEPTORS: Sequence[Interceptor] = (MessageGuard(),)
 """Worker interceptors: ``MessageGuard`` drops a signal whose payload count does not fit."""
@@ -155,33 +162,52 @@ async def fleetops_worker(
             graceful_shutdown_timeout=timedelta(seconds=10),
             max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         )
-        async with worker, prober_worker(client, settings, probes, worker.task_queue):
+        async with worker, prober_workers(client, settings, probes, worker.task_queue):
             yield worker
 
 
-def prober_worker(
+@contextlib.asynccontextmanager
+async def prober_workers(
     client: Client, settings: Settings, probes: ProbeActivities, task_queue: str
-) -> Worker:
-    """The worker of the data-plane probers: ``watch_replicas`` on ``<task_queue>-probers``.
+) -> AsyncIterator[ProberHost]:
+    """Run this process's prober host: its shared-queue and own-queue workers.
 
-    Its own worker, so long probers never take the activity slots provisioning needs; the SDK's
-    default heartbeat throttle (0.8 x heartbeat timeout) keeps heartbeats to about one per
-    prober per interval.
+    The shared queue ``<task_queue>-probers`` carries assignments and releases; the host's own
+    queue ``<task_queue>-probers-<host_id>`` its agents' watches and its lease heartbeat
+    (:mod:`activities.prober_host`). Separate from the main worker, so long watches never take
+    the activity slots provisioning needs.
 
     Args:
         client: a connected client.
-        settings: ``max_concurrent_probers`` and ``max_concurrent_probes``.
-        probes: the probe activities whose keep-alive HTTP client the probers use.
+        settings: ``max_concurrent_probers``, ``max_concurrent_probes``,
+            ``prober_heartbeat_seconds``.
+        probes: the probe activities whose keep-alive HTTP client the watches use.
         task_queue: the workflows' task queue.
+
+    Yields:
+        The running host (``host_id``, ``task_queue``).
     """
-    prober = ProberActivities(probes, max_concurrent_probes=settings.max_concurrent_probes)
-    return Worker(
+    host = ProberHost(
         client,
-        task_queue=task_queue + PROBER_QUEUE_SUFFIX,
-        activities=[prober.watch_replicas],
-        max_concurrent_activities=settings.max_concurrent_probers,
+        ProberActivities(probes, max_concurrent_probes=settings.max_concurrent_probes),
+        task_queue,
+        heartbeat_seconds=settings.prober_heartbeat_seconds,
+    )
+    shared = Worker(
+        client,
+        task_queue=host.shared_queue,
+        activities=host.shared_activities(),
         graceful_shutdown_timeout=timedelta(seconds=2),
     )
+    own = Worker(
+        client,
+        task_queue=host.task_queue,
+        activities=host.host_activities(),
+        max_concurrent_activities=settings.max_concurrent_probers + 1,  # + the lease
+        graceful_shutdown_timeout=timedelta(seconds=2),
+    )
+    async with own, shared:
+        yield host
 
 
 def agent_control_activities(a: AgentControlActivities) -> list[object]:

@@ -1,22 +1,27 @@
-"""The data-plane prober: one long, heartbeating activity per agent run (``watch_replicas``).
+"""The data-plane prober: one long activity per agent run (``watch_replicas``) on its host.
 
 Like a kubelet, it probes locally at the agent's interval and tells the control plane (the
 agent's workflow) only about changes: it completes with a :class:`~fleetops.prober.WatchReport`
 when :func:`~fleetops.prober.verdict` differs from the workflow's baseline, or when its lease
 ends. It decides nothing: the workflow records the report, decides (DEGRADED, self-heal, ERROR,
 READY) and starts the next prober with the new baseline.
+
+Watches do not heartbeat (10,000 heartbeating activities would cost the server more than the
+probes): the liveness of their host is one heartbeat, the host's lease
+(:mod:`activities.prober_host`). A watch for an agent supersedes the one this host already runs
+for it, so a spec change never leaves two probers on one agent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.probes import ProbeActivities
 from fleetops.models import ProbeResult
@@ -26,13 +31,12 @@ DEFAULT_MAX_CONCURRENT_PROBES = 500
 """Probes in flight at once per worker process: start throttling. 10,000 agents starting
 together queue here instead of overloading the event loop (their startup clocks start at their
 first probe attempt, so waiting in this queue costs them no startup time)."""
-BEAT_FRACTION = 0.25
-"""The prober calls ``heartbeat`` every quarter of its heartbeat timeout (the SDK sends at
-most one per 0.8 x timeout to the server); fewer calls cost the worker less CPU."""
+SUPERSEDED = "ProberSuperseded"
+"""Error type of a watch ended because a newer watch of the same agent began on this host."""
 
 
 class ProberActivities:
-    """Long-running probers over the probe code of :class:`ProbeActivities`.
+    """Long-running watches over the probe code of :class:`ProbeActivities`.
 
     Args:
         probes: the probe activities (their keep-alive ``httpx.AsyncClient``).
@@ -44,13 +48,21 @@ class ProberActivities:
     ) -> None:
         self._probes = probes
         self._gate = asyncio.Semaphore(max_concurrent_probes)
+        self._running: dict[str, asyncio.Task[Any]] = {}  # agent id -> its watch on this host
+
+    @property
+    def watched(self) -> int:
+        """Agents this host probes now."""
+        return len(self._running)
+
+    def drop_all(self) -> None:
+        """Cancel every watch (the host lost its lease): their agents find another host."""
+        for task in list(self._running.values()):
+            task.cancel()
 
     @activity.defn(name="watch_replicas")
     async def watch_replicas(self, req: WatchRequest) -> WatchReport:
         """Probe every replica each ``interval_seconds`` until the verdict changes.
-
-        A retried attempt (the worker died, the heartbeat timed out) resumes from the last
-        heartbeat's counts, so consecutive failures are not forgotten.
 
         Args:
             req: replicas, health rule, baseline and lease (seconds).
@@ -58,19 +70,35 @@ class ProberActivities:
         Returns:
             The report: reason (``failing``, ``recovered``, ``healthy``, ``busy``, ``idle``,
             ``startup_timeout``, ``lease``, ``empty``) and the last round's results.
+
+        Raises:
+            ApplicationError: ``ProberSuperseded`` (non-retryable) when a newer watch of the
+                same agent began on this host; its workflow has already moved on.
+            asyncio.CancelledError: the host lost its lease or is shutting down.
         """
-        state = _State.resume(req, activity.info().heartbeat_details)
-        beat = asyncio.create_task(self._beat(state))
+        task = asyncio.current_task()
+        assert task is not None
+        older = self._running.get(req.agent_id)
+        if older is not None:
+            older.cancel(SUPERSEDED)
+        self._running[req.agent_id] = task
         try:
-            return await self._watch(req, state)
+            return await self._watch(req, _State(req))
+        except asyncio.CancelledError as err:
+            if SUPERSEDED in err.args:
+                raise ApplicationError(
+                    f"a newer prober of {req.agent_id} runs on this host",
+                    type=SUPERSEDED,
+                    non_retryable=True,
+                ) from None
+            raise
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+            if self._running.get(req.agent_id) is task:
+                del self._running[req.agent_id]
 
     async def _watch(self, req: WatchRequest, state: _State) -> WatchReport:
         leased = time.monotonic() + req.lease_seconds
-        if not req.startup and state.rounds == 0:
+        if not req.startup:
             # Spread steady-state rounds of many agents over the interval.
             await asyncio.sleep(random.uniform(0, req.interval_seconds))
         while True:
@@ -97,17 +125,9 @@ class ProberActivities:
         async with self._gate:
             return await self._probes.probe_one(r.endpoint, req.path, req.timeout_seconds)
 
-    @staticmethod
-    async def _beat(state: _State) -> None:
-        timeout = activity.info().heartbeat_timeout
-        every = timeout.total_seconds() * BEAT_FRACTION if timeout else 1.0
-        while True:
-            activity.heartbeat(state.details())
-            await asyncio.sleep(every)
-
 
 class _State:
-    """Counts of one prober, kept in its heartbeat details so a retry resumes them."""
+    """Counts of one watch: consecutive failures, startup grace, rounds."""
 
     def __init__(self, req: WatchRequest) -> None:
         self.failures = dict(req.failures)
@@ -115,19 +135,6 @@ class _State:
         self.rounds = 0
         self.failed_probes = 0
         self.first_probe_at: datetime | None = None
-
-    @classmethod
-    def resume(cls, req: WatchRequest, details: Any) -> _State:
-        state = cls(req)
-        if details:
-            with contextlib.suppress(Exception):  # details of another version: start afresh
-                d = details[0]
-                state.failures = {int(k): int(v) for k, v in d["failures"].items()}
-                state.rounds = int(d["rounds"])
-                state.failed_probes = int(d["failed_probes"])
-                if d.get("first_probe_at"):
-                    state.first_probe_at = datetime.fromisoformat(d["first_probe_at"])
-        return state
 
     def count(self, req: WatchRequest, results: list[ProbeResult]) -> None:
         """Apply one round: the startup grace and consecutive failures (as the workflow did)."""
@@ -140,14 +147,6 @@ class _State:
             else:
                 continue  # still starting: not a failure yet
             self.failures[r.index] = 0 if p.healthy else self.failures.get(r.index, 0) + 1
-
-    def details(self) -> dict[str, Any]:
-        return {
-            "failures": self.failures,
-            "rounds": self.rounds,
-            "failed_probes": self.failed_probes,
-            "first_probe_at": self.first_probe_at.isoformat() if self.first_probe_at else None,
-        }
 
     def report(self, reason: Any, results: list[ProbeResult]) -> WatchReport:
         return WatchReport(

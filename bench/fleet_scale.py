@@ -158,7 +158,7 @@ async def run_temporal(args: argparse.Namespace, base: str, http: httpx.AsyncCli
     env = await start_dev_server()
     server = dev_server_pid()
     assert server is not None, "dev server process not found"
-    settings = Settings()
+    settings = Settings(prober_heartbeat_seconds=args.heartbeat_seconds or 10.0)
     tq = "fleet-scale"
     ids = [f"fs-{i:05d}" for i in range(args.agents)]
     inputs = [
@@ -168,7 +168,6 @@ async def run_temporal(args: argparse.Namespace, base: str, http: httpx.AsyncCli
                 interval_seconds=INTERVAL,
                 failure_threshold=THRESHOLD,
                 probing="data-plane",
-                prober_heartbeat_seconds=args.heartbeat_seconds,
             ),
         )
         for a in ids
@@ -320,7 +319,7 @@ async def run(args: argparse.Namespace) -> None:
 def report(args: argparse.Namespace, t: dict, b: dict) -> None:
     cores = t["worker_cpu"] + t["server_cpu"]
     tp95, bp95 = pct(t["detect"], 0.95), pct(b["detect"], 0.95)
-    hb = args.heartbeat_seconds or INTERVAL
+    hb = args.heartbeat_seconds or 10.0
     print(f"agents={args.agents} seconds={args.seconds} interval={INTERVAL:g}s heartbeat={hb:g}s")
     print(f"ramp to settled: {t['ramp_s']:.0f}s, ERROR at start: {t['error_at_start']}")
     for name, d in (("prober", t), ("bare", b)):
@@ -362,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         "--heartbeat-seconds",
         type=float,
         default=None,
-        help="health.prober_heartbeat_seconds (default: one interval)",
+        help="FLEETOPS_PROBER_HEARTBEAT_SECONDS: the prober host's lease (default 10)",
     )
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -133,19 +133,8 @@ class HealthCheck(StrictModel):
         "workflow",
         description=(
             "Who runs the probe rounds: `workflow` (a timer and an activity per round, ~11"
-            " history events) or `data-plane` (one long prober activity per agent that reports"
-            " only health changes; an idle healthy agent writes ~6 events an hour)."
-        ),
-    )
-    prober_heartbeat_seconds: Seconds | None = Field(
-        None,
-        ge=3,
-        le=300,
-        description=(
-            "Heartbeat timeout of the data-plane prober (3 to 300 s; default: one interval, at"
-            " least 3 s): a prober whose worker died is started again on a live worker within"
-            " it. Each prober sends about one heartbeat per 0.8 x this to the server, so a"
-            " large fleet may trade detection of a dead worker for server CPU."
+            " history events) or `data-plane` (the worker's prober host probes the agent and"
+            " reports only health changes; an idle healthy agent writes ~6 events an hour)."
         ),
     )
 
@@ -529,6 +518,8 @@ class LifecycleCarry(FrozenModel):
     cleanup_at: datetime | None = None
     config_version: int | None = Field(None, description="None: carried by older code.")
     config_versions: list[ConfigVersion] = Field(default_factory=list)
+    prober_host: str | None = Field(None, description="The data-plane prober host, if any.")
+    prober_queue: str | None = Field(None, description="That host's task queue.")
 
 
 class AgentLifecycleInput(AgentSpec):

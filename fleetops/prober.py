@@ -15,8 +15,48 @@ from pydantic import Field
 from fleetops.models import FrozenModel, ProbeResult
 
 PROBER_QUEUE_SUFFIX = "-probers"
-"""Probers run on ``<workflow task queue>-probers``: a long activity per agent would otherwise
-take the slots (``max_concurrent_activities``) that provisioning and restarts need."""
+"""Every prober host polls ``<workflow task queue>-probers`` for assignments (``assign_prober``)
+and releases (``release_host``, ``host_lost``); its watches run on its own queue
+``<workflow task queue>-probers-<host_id>`` (:func:`host_queue`), the worker-specific task
+queue pattern, so an agent's probes stay on the host that was given them."""
+LEASE_ID_PREFIX = "prober-host/"
+"""Workflow id of a host's ``ProberLease``: ``prober-host/<host_id>``."""
+
+
+def host_queue(task_queue: str, host_id: str) -> str:
+    """The task queue of one prober host: ``<task_queue>-probers-<host_id>``."""
+    return f"{task_queue}{PROBER_QUEUE_SUFFIX}-{host_id}"
+
+
+def lease_workflow_id(host_id: str) -> str:
+    """Workflow id of the ``ProberLease`` of ``host_id``: ``prober-host/<host_id>``."""
+    return LEASE_ID_PREFIX + host_id
+
+
+class HostLease(FrozenModel):
+    """What ``assign_prober`` returns: the host that probes the agent from now on."""
+
+    host_id: str = Field(min_length=1, max_length=64)
+    task_queue: str = Field(min_length=1, max_length=1000, description="Its watch queue.")
+
+
+class LeaseInput(FrozenModel):
+    """Input of ``ProberLease`` (and of its ``hold_host`` activity)."""
+
+    host_id: str = Field(min_length=1, max_length=64)
+    task_queue: str = Field(min_length=1, max_length=1000, description="The host's queue.")
+    release_queue: str = Field(min_length=1, max_length=1000, description="Shared prober queue.")
+    heartbeat_seconds: float = Field(gt=0, le=300, description="Heartbeat timeout, seconds.")
+    hold_seconds: float = Field(3600.0, gt=0, description="One hold activity's length, seconds.")
+
+
+class LeaseStatus(FrozenModel):
+    """``ProberLease.status``: whether the host was lost (heartbeat timed out, or stopped)."""
+
+    host_id: str
+    lost: bool
+    released: int = Field(0, ge=0, description="Agents told to find another prober.")
+
 
 ReportReason = Literal[
     "failing", "recovered", "healthy", "busy", "idle", "startup_timeout", "lease", "empty"

@@ -503,8 +503,17 @@ class Settings(BaseSettings):
         20_000,
         ge=1,
         description=(
-            "Data-plane probers (one long activity per agent with health.probing=data-plane)"
-            " one worker runs at once, on the task queue `<task_queue>-probers`."
+            "Agents (health.probing=data-plane) one worker's prober host probes at once, each"
+            " a long watch activity on the host's queue `<task_queue>-probers-<host_id>`."
+        ),
+    )
+    prober_heartbeat_seconds: float = Field(
+        10.0,
+        ge=1,
+        le=300,
+        description=(
+            "Heartbeat timeout of a worker's prober host (one heartbeat for all its agents):"
+            " when the worker dies, its agents move to a live worker within about this."
         ),
     )
     max_concurrent_probes: int = Field(

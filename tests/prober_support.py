@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 
 import httpx
 from temporalio.client import Client
-from temporalio.worker import Worker
 
-from activities.prober import ProberActivities
+from activities.prober_host import ProberHost
 from activities.probes import ProbeActivities
-from fleetops.prober import PROBER_QUEUE_SUFFIX
+from fleetops.settings import Settings
 from tests.standins import ColorPlatform
+from worker import prober_workers
 
 
 class HealthFarm:
@@ -67,16 +67,17 @@ class FarmPlatform(ColorPlatform):
         return f"{self.farm.base}/{agent}-{color}-{index}"
 
 
+HEARTBEAT_SECONDS = 3.0
+"""The prober hosts' lease heartbeat timeout in these tests (production default 10 s)."""
+
+
 @contextlib.asynccontextmanager
-async def prober_worker(client: Client, task_queue: str) -> AsyncIterator[Worker]:
-    """The prober worker of ``task_queue`` (as ``worker.prober_worker`` builds it)."""
-    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=0)) as http:
-        prober = ProberActivities(ProbeActivities(http))
-        async with Worker(
-            client,
-            task_queue=task_queue + PROBER_QUEUE_SUFFIX,
-            activities=[prober.watch_replicas],
-            max_concurrent_activities=1000,
-            graceful_shutdown_timeout=__import__("datetime").timedelta(seconds=1),
-        ) as w:
-            yield w
+async def prober_worker(client: Client, task_queue: str) -> AsyncIterator[ProberHost]:
+    """A prober host for the workflows of ``task_queue``, built as the production worker
+    builds it (:func:`worker.prober_workers`), with a 3 s lease heartbeat timeout."""
+    settings = Settings(prober_heartbeat_seconds=HEARTBEAT_SECONDS)
+    async with (
+        httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=0)) as http,
+        prober_workers(client, settings, ProbeActivities(http), task_queue) as host,
+    ):
+        yield host

@@ -1,4 +1,4 @@
-"""A prober worker in its own process (``python -m tests.prober_worker_main <address> <queue>``),
+"""A prober host in its own process (``python -m tests.prober_worker_main <address> <queue>``),
 for the test in which a worker dies (SIGKILL) while it runs an agent's prober."""
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from tests.prober_support import prober_worker
 
 
 async def main(address: str, task_queue: str) -> None:
-    """Run the prober worker of ``task_queue`` until killed; print ``polling`` once started."""
+    """Run a prober host for ``task_queue`` until killed; print ``polling <host_id>`` once
+    started."""
     client = await Client.connect(address, data_converter=data_converter())
-    async with prober_worker(client, task_queue):
-        print("polling", flush=True)
+    async with prober_worker(client, task_queue) as host:
+        print(f"polling {host.host_id}", flush=True)
         await asyncio.Event().wait()
 
 

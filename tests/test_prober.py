@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,11 +19,15 @@ import pytest
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from activities.prober_host import ProberHost
+from fleetops.constants import PROBER_HOST_KEY
 from fleetops.models import AgentLifecycleInput, AgentSpec, AgentState, AgentStatus
+from fleetops.prober import lease_workflow_id
 from tests.conftest import assert_eventually, new_worker
 from tests.helpers import result_within
 from tests.prober_support import FarmPlatform, HealthFarm, prober_worker
 from workflows.agent_lifecycle import AgentLifecycle
+from workflows.prober_lease import ProberLease
 
 S = AgentState
 INTERVAL = 0.5
@@ -79,7 +84,9 @@ async def history_length(h: WorkflowHandle[Any, Any]) -> int:
 
 async def test_prober_degrades_heals_and_follows_in_flight(dev_env, farm) -> None:
     platform = FarmPlatform(farm)
-    w = new_worker(dev_env.client, workflows=[AgentLifecycle], activities=platform.activities())
+    w = new_worker(
+        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
+    )
     async with w, prober_worker(dev_env.client, w.task_queue):
         s = probed_spec()
         h = await start(dev_env, w.task_queue, s)
@@ -113,7 +120,9 @@ async def test_prober_degrades_heals_and_follows_in_flight(dev_env, farm) -> Non
 
 async def test_idle_healthy_agent_writes_no_history_while_probed(dev_env, farm) -> None:
     platform = FarmPlatform(farm)
-    w = new_worker(dev_env.client, workflows=[AgentLifecycle], activities=platform.activities())
+    w = new_worker(
+        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
+    )
     async with w, prober_worker(dev_env.client, w.task_queue):
         s = probed_spec()
         h = await start(dev_env, w.task_queue, s)
@@ -131,9 +140,19 @@ async def test_idle_healthy_agent_writes_no_history_while_probed(dev_env, farm) 
         await result_within(h.result())
 
 
-async def test_prober_moves_to_a_live_worker_when_its_worker_dies(dev_env, farm) -> None:
+async def prober_host_of(h: WorkflowHandle[Any, Any]) -> str | None:
+    """The agent's ``FleetOpsProberHost`` search attribute."""
+    return (await h.describe()).typed_search_attributes.get(PROBER_HOST_KEY)
+
+
+async def test_two_hosts_share_a_fleet_and_a_dead_hosts_agents_move(dev_env, farm) -> None:
+    """Two prober hosts (one in a child process) share six agents, each probed by exactly one;
+    kill -9 of the child moves its agents to the survivor within the lease heartbeat timeout
+    (3 s here) plus a check, and the survivor detects a failure on a moved agent."""
     platform = FarmPlatform(farm)
-    w = new_worker(dev_env.client, workflows=[AgentLifecycle], activities=platform.activities())
+    w = new_worker(
+        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
+    )
     address = dev_env.client.service_client.config.target_host
     doomed = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.prober_worker_main", address, w.task_queue,
@@ -141,36 +160,110 @@ async def test_prober_moves_to_a_live_worker_when_its_worker_dies(dev_env, farm)
     )  # fmt: skip
     try:
         assert doomed.stdout is not None
-        assert await asyncio.wait_for(doomed.stdout.readline(), 30) == b"polling\n"
+        line = (await asyncio.wait_for(doomed.stdout.readline(), 30)).decode().split()
+        assert line[0] == "polling", line
+        doomed_id = line[1]
         async with w:
-            s = probed_spec()
-            h = await start(dev_env, w.task_queue, s)
-            await wait_state(h, S.READY)  # probed by the only prober worker: the doomed one
-            doomed.kill()
-            await doomed.wait()
+            specs = [probed_spec(interval_seconds=1.0) for _ in range(6)]
+            hs = [await start(dev_env, w.task_queue, s) for s in specs[:3]]
+            for h in hs:  # the doomed host is the only one yet: it probes these three
+                await wait_state(h, S.READY)
             async with prober_worker(dev_env.client, w.task_queue) as survivor:
-                endpoint = platform.endpoint(s.agent_id, "blue", 0)
-                hits = farm.hits.get(endpoint, 0)
-
-                async def probed_again() -> None:
-                    assert farm.hits.get(endpoint, 0) >= hits + 4
-
-                # heartbeat timeout (3 s) + 1 s retry, then rounds every 0.5 s
-                await assert_eventually(probed_again, timeout=15)
-                farm.broken.add(endpoint)
-                await wait_state(h, S.DEGRADED, timeout=15)
-                assert survivor.task_queue.endswith("-probers")
-                await h.signal(AgentLifecycle.shutdown)
-                await result_within(h.result())
+                hs += [await start(dev_env, w.task_queue, s) for s in specs[3:]]
+                for h in hs[3:]:
+                    await wait_state(h, S.READY)
+                hosts = [await prober_host_of(h) for h in hs]
+                assert hosts[:3] == [doomed_id] * 3, hosts
+                assert set(hosts) <= {doomed_id, survivor.host_id}, hosts
+                await moved_on_death(dev_env, farm, platform, specs, hs, hosts, doomed, survivor)
     finally:
         if doomed.returncode is None:
             doomed.kill()
             await doomed.wait()
 
 
+async def moved_on_death(
+    dev_env: WorkflowEnvironment,
+    farm: HealthFarm,
+    platform: FarmPlatform,
+    specs: list[AgentSpec],
+    hs: list[WorkflowHandle[Any, Any]],
+    hosts: list[str | None],
+    doomed: asyncio.subprocess.Process,
+    survivor: ProberHost,
+) -> None:
+    """Each agent probed once per round; kill the doomed host; its agents move and detect."""
+    doomed_id = hosts[0]
+    assert doomed_id is not None
+    endpoints = [platform.endpoint(s.agent_id, "blue", i) for s in specs for i in (0, 1)]
+    before = {e: farm.hits.get(e, 0) for e in endpoints}
+    await asyncio.sleep(4.0)  # a measuring window: four rounds of 1 s
+    rates = [farm.hits.get(e, 0) - before[e] for e in endpoints]
+    assert all(2 <= n <= 6 for n in rates), rates  # once per round, not twice
+
+    moved = [h for h, host in zip(hs, hosts, strict=True) if host == doomed_id]
+    doomed.kill()
+    await doomed.wait()
+    killed = time.monotonic()
+
+    async def all_on_survivor() -> None:
+        for h in moved:
+            assert await prober_host_of(h) == survivor.host_id
+
+    await assert_eventually(all_on_survivor, timeout=20)
+    print(f"moved {len(moved)} agents in {time.monotonic() - killed:.1f} s")
+    spec = specs[hs.index(moved[0])]
+    endpoint = platform.endpoint(spec.agent_id, "blue", 0)
+    farm.broken.add(endpoint)
+    await wait_state(moved[0], S.DEGRADED, timeout=15)
+    lease = dev_env.client.get_workflow_handle(lease_workflow_id(doomed_id))
+    status = await lease.query(ProberLease.status)
+    assert status.lost and status.released >= len(moved), status
+    for h in hs:
+        await h.signal(AgentLifecycle.shutdown)
+        await result_within(h.result())
+
+
+async def test_a_forged_prober_lost_moves_nothing(dev_env, farm) -> None:
+    """``prober_lost`` from a client: the agent asks ``host_lost``, its host is alive, it stays."""
+    platform = FarmPlatform(farm)
+    w = new_worker(
+        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
+    )
+    async with w, prober_worker(dev_env.client, w.task_queue) as host:
+        h = await start(dev_env, w.task_queue, probed_spec())
+        await wait_state(h, S.READY)
+        assert await prober_host_of(h) == host.host_id
+        for payload in ({"host_id": host.host_id}, "binary", None):
+            await h.signal("prober_lost", payload)
+
+        async def checked() -> None:
+            events = [e async for e in h.fetch_history_events()]
+            done = [e for e in events if e.HasField("activity_task_completed_event_attributes")]
+            scheduled = "activity_task_scheduled_event_attributes"
+            kinds = [getattr(e, scheduled).activity_type.name
+                     for e in events if e.HasField(scheduled)]  # fmt: skip
+            assert "host_lost" in kinds and done, kinds
+
+        await assert_eventually(checked, timeout=10)
+        endpoint = platform.endpoint(h.id.removeprefix("agent/"), "blue", 0)
+        hits = farm.hits.get(endpoint, 0)
+
+        async def still_probed() -> None:
+            assert farm.hits.get(endpoint, 0) >= hits + 3
+
+        await assert_eventually(still_probed, timeout=10)
+        st = await h.query(AgentLifecycle.status)
+        assert st.state == S.READY and host.probers.watched == 1
+        await h.signal(AgentLifecycle.shutdown)
+        await result_within(h.result())
+
+
 async def test_startup_deadline_then_recovery_from_error(dev_env, farm) -> None:
     platform = FarmPlatform(farm)
-    w = new_worker(dev_env.client, workflows=[AgentLifecycle], activities=platform.activities())
+    w = new_worker(
+        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
+    )
     async with w, prober_worker(dev_env.client, w.task_queue):
         s = probed_spec(startup_timeout_seconds=2)
         never = platform.endpoint(s.agent_id, "blue", 0)

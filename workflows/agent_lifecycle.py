@@ -140,9 +140,7 @@ class AgentLifecycle(DeploymentOwner, AgentOperations, ProbedLifecycle):
         self._child: workflow.ChildWorkflowHandle[Any, DeploymentReport] | None = None
         self._check_at: datetime | None = None  # next check on a child of an earlier run
         self._follow_requested = False
-        self._watch = None  # the data-plane prober, when health.probing is data-plane
-        self._watch_req = None
-        self._probed_at = None
+        self._init_prober(carry.prober_host, carry.prober_queue)  # health.probing: data-plane
         self._init_config(carry.config_versions, carry.config_version)
         self._incident_reason: str | None = None  # ERROR entered, its incident not opened yet
 
@@ -226,6 +224,7 @@ class AgentLifecycle(DeploymentOwner, AgentOperations, ProbedLifecycle):
                 self._stop_watch()
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 return self._report()
+            self._prober_step()
             if self._state == S.INITIALIZING and brought_up != self._counters.transitions:
                 # Provision once per entry into INITIALIZING (each entry is a transition).
                 if not await self._provision():
@@ -240,13 +239,15 @@ class AgentLifecycle(DeploymentOwner, AgentOperations, ProbedLifecycle):
             watch = self._watch
             with contextlib.suppress(TimeoutError):
                 await workflow.wait_condition(
-                    lambda w=watch: self._woken() or (w is not None and w.done()),  # type: ignore[misc]
+                    lambda w=watch: (  # type: ignore[misc]
+                        self._woken() or self._prober_woken() or (w is not None and w.done())
+                    ),
                     timeout=None if wake is None else max(wake - workflow.now(), timedelta(0)),
                 )
             if watch is not None and watch.done() and watch is self._watch:
                 report = self._take_report()
-                if report is None:
-                    await self._wait_for_command(self._interval)  # no hot loop on a bad prober
+                if report is None:  # ask for a host again, without a hot loop
+                    await self._wait_for_command(timedelta(seconds=1))
                     continue
                 await self._on_report(report)
                 reports += 1
@@ -763,6 +764,8 @@ class AgentLifecycle(DeploymentOwner, AgentOperations, ProbedLifecycle):
             cleanup_at=self._cleanup_at,
             config_version=self._config_version,
             config_versions=self._config_versions,
+            prober_host=self._host.host_id if self._host else None,
+            prober_queue=self._host.task_queue if self._host else None,
         )
 
     def _report(self) -> AgentReport:

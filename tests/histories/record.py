@@ -24,7 +24,7 @@ checked before it is written:
     AgentLifecycle: update ``restart`` (rolling restart), ``configure`` (v2), ``configure``
     with ``restore_version`` 1 (v3), continue-as-new carrying the kept versions; shutdown.
 ``lifecycle/prober_heal.json``
-    AgentLifecycle with ``health.probing: data-plane`` (the prober on its own queue, real HTTP
+    AgentLifecycle with ``health.probing: data-plane`` (a prober host and its lease, real HTTP
     to a scripted loopback server): READY -> DEGRADED -> self-heal -> READY, scale 2 -> 3,
     PROCESSING -> READY; shutdown.
 ``deployments/cancel_awaiting.agent.json``, ``.v2.json``
