@@ -158,6 +158,8 @@ async def fleetops_worker(
                 incident.write_review,
             ],
             interceptors=list(INTERCEPTORS),
+            max_cached_workflows=settings.max_cached_workflows,
+            max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
             max_concurrent_activities=settings.max_concurrent_activities,
             graceful_shutdown_timeout=timedelta(seconds=10),
             max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,

@@ -27,7 +27,7 @@ from activities.probes import ProbeActivities
 from fleetops.models import ProbeResult
 from fleetops.prober import WatchedReplica, WatchReport, WatchRequest, verdict
 
-DEFAULT_MAX_CONCURRENT_PROBES = 500
+DEFAULT_MAX_CONCURRENT_PROBES = 100
 """Probes in flight at once per worker process: start throttling. 10,000 agents starting
 together queue here instead of overloading the event loop (their startup clocks start at their
 first probe attempt, so waiting in this queue costs them no startup time)."""

@@ -158,7 +158,11 @@ async def run_temporal(args: argparse.Namespace, base: str, http: httpx.AsyncCli
     env = await start_dev_server()
     server = dev_server_pid()
     assert server is not None, "dev server process not found"
-    settings = Settings(prober_heartbeat_seconds=args.heartbeat_seconds or 10.0)
+    settings = Settings(
+        prober_heartbeat_seconds=args.heartbeat_seconds or 10.0,
+        max_cached_workflows=args.cache if args.cache is not None else args.agents + 100,
+        max_concurrent_workflow_tasks=args.workflow_tasks,
+    )
     tq = "fleet-scale"
     ids = [f"fs-{i:05d}" for i in range(args.agents)]
     inputs = [
@@ -181,7 +185,7 @@ async def run_temporal(args: argparse.Namespace, base: str, http: httpx.AsyncCli
             handles = await start_many(
                 env.client, AgentLifecycle.run, inputs, [f"agent/{a}" for a in ids], tq
             )
-            await wait_settled(env.client, tq, args.agents, deadline_s=1800)
+            await wait_settled(env.client, tq, args.agents, deadline_s=1800, poll_s=2.0)
             out["ramp_s"] = time.monotonic() - t0
             out["error_at_start"] = await count_in(env.client, tq, AgentState.ERROR)
             print(f"all settled in {out['ramp_s']:.0f}s, {out['error_at_start']} ERROR", flush=True)
@@ -253,8 +257,12 @@ async def detect_temporal(handles: list[Any], base: str, http: httpx.AsyncClient
 
 
 async def run_bare(args: argparse.Namespace, base: str, http: httpx.AsyncClient) -> dict:
-    """N asyncio tasks, each probing its endpoint every 10 s over one keep-alive client."""
-    limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
+    """N asyncio tasks, each probing its endpoint every 10 s over one keep-alive client, at most
+    ``max_concurrent_probes`` in flight (as the prober host; without a bound, httpcore's pool
+    scans its queue for every request and the loop collapses past a few thousand endpoints)."""
+    probes = Settings().max_concurrent_probes  # the prober's bound, so the loops compare fairly
+    limits = httpx.Limits(max_connections=probes, max_keepalive_connections=probes)
+    gate = asyncio.Semaphore(probes)
     urls = [f"{base}/bare-{i:05d}/health" for i in range(args.agents)]
     failures = [0] * args.agents
     detected: dict[int, float] = {}
@@ -269,7 +277,8 @@ async def run_bare(args: argparse.Namespace, base: str, http: httpx.AsyncClient)
             while not stop.is_set():
                 started = time.monotonic()
                 try:
-                    ok = (await client.get(urls[i], timeout=2.0)).is_success
+                    async with gate:
+                        ok = (await client.get(urls[i], timeout=2.0)).is_success
                 except httpx.HTTPError:
                     ok = False
                 failures[i] = 0 if ok else failures[i] + 1
@@ -320,7 +329,11 @@ def report(args: argparse.Namespace, t: dict, b: dict) -> None:
     cores = t["worker_cpu"] + t["server_cpu"]
     tp95, bp95 = pct(t["detect"], 0.95), pct(b["detect"], 0.95)
     hb = args.heartbeat_seconds or 10.0
-    print(f"agents={args.agents} seconds={args.seconds} interval={INTERVAL:g}s heartbeat={hb:g}s")
+    cache = args.cache if args.cache is not None else args.agents + 100
+    print(
+        f"agents={args.agents} seconds={args.seconds} interval={INTERVAL:g}s heartbeat={hb:g}s"
+        f" workflow cache={cache} workflow tasks={args.workflow_tasks}"
+    )
     print(f"ramp to settled: {t['ramp_s']:.0f}s, ERROR at start: {t['error_at_start']}")
     for name, d in (("prober", t), ("bare", b)):
         print(
@@ -362,6 +375,18 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=None,
         help="FLEETOPS_PROBER_HEARTBEAT_SECONDS: the prober host's lease (default 10)",
+    )
+    p.add_argument(
+        "--cache",
+        type=int,
+        default=None,
+        help="FLEETOPS_MAX_CACHED_WORKFLOWS of the worker (default: agents + 100)",
+    )
+    p.add_argument(
+        "--workflow-tasks",
+        type=int,
+        default=2,
+        help="FLEETOPS_MAX_CONCURRENT_WORKFLOW_TASKS of the worker (default 2)",
     )
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

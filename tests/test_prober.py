@@ -1,9 +1,11 @@
 """The data-plane prober (``health.probing: data-plane``) on a real dev server, real HTTP.
 
-The prober probes at the agent's interval and reports only changes: DEGRADED and self-heal on
-a failing replica, READY after recovery, PROCESSING while replicas execute; an idle healthy
-agent writes no history while it is probed; a prober whose worker goes away moves to a live
-worker on the same queue and keeps detecting.
+A worker's prober host probes at the agent's interval and reports only changes: DEGRADED and
+self-heal on a failing replica, READY after recovery, PROCESSING while replicas execute; an idle
+healthy agent writes no history while it is probed. Two hosts share a fleet (one in a child
+process), each agent probed by exactly one; kill -9 of one moves its agents to the other within
+the lease heartbeat timeout; a graceful restart hands the agents to the new host; a forged
+``prober_lost`` moves nothing.
 """
 
 from __future__ import annotations
@@ -222,6 +224,33 @@ async def moved_on_death(
     for h in hs:
         await h.signal(AgentLifecycle.shutdown)
         await result_within(h.result())
+
+
+async def test_a_restarted_worker_takes_its_agents_back(dev_env, farm) -> None:
+    """A graceful worker restart: its watches end with the worker, the agents ask again, and
+    the new host probes them (and detects) without any operator step."""
+    platform = FarmPlatform(farm)
+    w = new_worker(
+        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
+    )
+    async with w:
+        async with prober_worker(dev_env.client, w.task_queue) as first:
+            s = probed_spec(interval_seconds=1.0)
+            h = await start(dev_env, w.task_queue, s)
+            await wait_state(h, S.READY)
+            assert await prober_host_of(h) == first.host_id
+        async with prober_worker(dev_env.client, w.task_queue) as second:
+
+            async def moved() -> None:
+                assert await prober_host_of(h) == second.host_id
+                assert second.probers.watched == 1
+
+            await assert_eventually(moved, timeout=20)
+            farm.broken.add(platform.endpoint(s.agent_id, "blue", 1))
+            st = await wait_state(h, S.DEGRADED, timeout=15)
+            assert "replicas [1] failed" in st.transitions[-1].reason
+            await h.signal(AgentLifecycle.shutdown)
+            await result_within(h.result())
 
 
 async def test_a_forged_prober_lost_moves_nothing(dev_env, farm) -> None:
