@@ -30,6 +30,8 @@ from activities.metrics import MetricsActivities
 from activities.notify import NotifyActivities
 from activities.platform import Platform, PlatformActivities, build_platform
 from activities.platform.k8s_drain import NodeDrain
+from activities.prober import ProberActivities
+from activities.prober_host import ProberHost
 from activities.probes import ProbeActivities
 from activities.quota import ReplicaQuota
 from activities.recovery import RecoveryActivities
@@ -42,6 +44,7 @@ from workflows.blue_green import BlueGreenDeployment
 from workflows.incident_response import IncidentResponse
 from workflows.maintenance import Maintenance
 from workflows.payload_guard import MessageGuard
+from workflows.prober_lease import ProberLease
 
 log = logging.getLogger("fleetops.worker")
 
@@ -51,7 +54,13 @@ is 0.8 x heartbeat_timeout, up to 60 s). A heartbeat's answer is how an activity
 was cancelled or that its workflow ended (terminate): with 0.5 s, an activity that starts
 replicas stops within about a second, whatever heartbeat timeout its workflow set."""
 
-WORKFLOWS: Sequence[type] = (AgentLifecycle, BlueGreenDeployment, IncidentResponse, Maintenance)
+WORKFLOWS: Sequence[type] = (
+    AgentLifecycle,
+    BlueGreenDeployment,
+    IncidentResponse,
+    Maintenance,
+    ProberLease,
+)
 """Every workflow the FleetOps worker runs."""
 INTERCEPTORS: Sequence[Interceptor] = (MessageGuard(),)
 """Worker interceptors: ``MessageGuard`` drops a signal whose payload count does not fit."""
@@ -81,7 +90,12 @@ async def fleetops_worker(
     """
     platform = platform or build_platform(settings)
     # Temporal owns retries, so the HTTP client makes exactly one attempt per call.
-    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=0)) as http:
+    limits = httpx.Limits(
+        max_connections=settings.max_concurrent_probes,
+        max_keepalive_connections=settings.max_concurrent_probes,
+    )
+    transport = httpx.AsyncHTTPTransport(retries=0, limits=limits)
+    async with httpx.AsyncClient(transport=transport) as http:
         probes = ProbeActivities(http)
         platform_activities = PlatformActivities(platform)
         notify = NotifyActivities(http, settings.approval)
@@ -144,12 +158,58 @@ async def fleetops_worker(
                 incident.write_review,
             ],
             interceptors=list(INTERCEPTORS),
+            max_cached_workflows=settings.max_cached_workflows,
+            max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
             max_concurrent_activities=settings.max_concurrent_activities,
             graceful_shutdown_timeout=timedelta(seconds=10),
             max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         )
-        async with worker:
+        async with worker, prober_workers(client, settings, probes, worker.task_queue):
             yield worker
+
+
+@contextlib.asynccontextmanager
+async def prober_workers(
+    client: Client, settings: Settings, probes: ProbeActivities, task_queue: str
+) -> AsyncIterator[ProberHost]:
+    """Run this process's prober host: its shared-queue and own-queue workers.
+
+    The shared queue ``<task_queue>-probers`` carries assignments and releases; the host's own
+    queue ``<task_queue>-probers-<host_id>`` its agents' watches and its lease heartbeat
+    (:mod:`activities.prober_host`). Separate from the main worker, so long watches never take
+    the activity slots provisioning needs.
+
+    Args:
+        client: a connected client.
+        settings: ``max_concurrent_probers``, ``max_concurrent_probes``,
+            ``prober_heartbeat_seconds``.
+        probes: the probe activities whose keep-alive HTTP client the watches use.
+        task_queue: the workflows' task queue.
+
+    Yields:
+        The running host (``host_id``, ``task_queue``).
+    """
+    host = ProberHost(
+        client,
+        ProberActivities(probes, max_concurrent_probes=settings.max_concurrent_probes),
+        task_queue,
+        heartbeat_seconds=settings.prober_heartbeat_seconds,
+    )
+    shared = Worker(
+        client,
+        task_queue=host.shared_queue,
+        activities=host.shared_activities(),
+        graceful_shutdown_timeout=timedelta(seconds=2),
+    )
+    own = Worker(
+        client,
+        task_queue=host.task_queue,
+        activities=host.host_activities(),
+        max_concurrent_activities=settings.max_concurrent_probers + 1,  # + the lease
+        graceful_shutdown_timeout=timedelta(seconds=2),
+    )
+    async with own, shared:
+        yield host
 
 
 def agent_control_activities(a: AgentControlActivities) -> list[object]:

@@ -59,10 +59,17 @@ class ProbeActivities:
             One result per endpoint, in the order of ``req.endpoints``; ``latency_seconds`` is the
             wall time of the request in seconds.
         """
-        probes = (self._probe(e, req.path, req.timeout_seconds) for e in req.endpoints)
+        probes = (self.probe_one(e, req.path, req.timeout_seconds) for e in req.endpoints)
         return list(await asyncio.gather(*probes))
 
-    async def _probe(self, endpoint: str, path: str, timeout: float) -> ProbeResult:
+    async def probe_one(self, endpoint: str, path: str, timeout: float) -> ProbeResult:
+        """Probe ``GET <endpoint><path>`` once; failures are results (see :meth:`probe_replicas`).
+
+        Args:
+            endpoint: the replica's base URL.
+            path: the health path.
+            timeout: seconds for the whole request.
+        """
         url = endpoint.rstrip("/") + path
         started = time.perf_counter()
         try:

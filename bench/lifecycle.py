@@ -409,7 +409,9 @@ async def count_in(client: Client, task_queue: str, state: AgentState) -> int:
     return (await client.count_workflows(query)).count
 
 
-async def wait_settled(client: Client, task_queue: str, n: int, deadline_s: float) -> float:
+async def wait_settled(
+    client: Client, task_queue: str, n: int, deadline_s: float, poll_s: float = 0.2
+) -> float:
     """Poll visibility until all ``n`` workflows are READY or ERROR; returns the seconds it took.
 
     An agent whose probes keep failing for ``health.startup_timeout_seconds`` goes to ERROR
@@ -425,7 +427,7 @@ async def wait_settled(client: Client, task_queue: str, n: int, deadline_s: floa
         errors = await count_in(client, task_queue, AgentState.ERROR) if ready < n else 0
         if ready + errors >= n:
             return time.monotonic() - started
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(poll_s)
     raise BenchError(
         f"after {deadline_s:.0f}s on {task_queue}: {ready} READY, {errors} ERROR, "
         f"{n - ready - errors} neither, of {n}"

@@ -16,12 +16,17 @@ AWAITING_APPROVAL_KEY = SearchAttributeKey.for_bool("FleetOpsAwaitingApproval")
 LABELS_KEY = SearchAttributeKey.for_keyword_list("FleetOpsLabels")
 """An agent's labels as ``k=v`` keywords (``FleetOpsLabels = 'tier=prod'`` matches one)."""
 
+PROBER_HOST_KEY = SearchAttributeKey.for_keyword("FleetOpsProberHost")
+"""The prober host that probes an agent (``health.probing: data-plane``); a lost host's agents
+are found by it."""
+
 SEARCH_ATTRIBUTES: dict[str, str] = {
     AGENT_ID_KEY.name: "Keyword",
     STATE_KEY.name: "Keyword",
     SEVERITY_KEY.name: "Keyword",
     AWAITING_APPROVAL_KEY.name: "Bool",
     LABELS_KEY.name: "KeywordList",
+    PROBER_HOST_KEY.name: "Keyword",
 }
 """Custom search attributes FleetOps registers: name -> Temporal indexed value type."""
 

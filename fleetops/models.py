@@ -129,6 +129,14 @@ class HealthCheck(StrictModel):
         le=MAX_DURATION_SECONDS,
         description="Seconds DEGRADED may last (self-heal included) before ERROR (<= 30 days).",
     )
+    probing: Literal["workflow", "data-plane"] = Field(
+        "workflow",
+        description=(
+            "Who runs the probe rounds: `workflow` (a timer and an activity per round, ~11"
+            " history events) or `data-plane` (the worker's prober host probes the agent and"
+            " reports only health changes; an idle healthy agent writes ~6 events an hour)."
+        ),
+    )
 
 
 class AgentSpec(StrictModel):
@@ -372,6 +380,9 @@ class ReplicaHealth(FrozenModel):
     consecutive_failures: int
     in_flight: int = 0
     last_error: str | None = None
+    probed_at: datetime | None = Field(
+        None, description="When these results were probed (data-plane prober; UTC)."
+    )
 
 
 class ConfigVersion(FrozenModel):
@@ -507,6 +518,8 @@ class LifecycleCarry(FrozenModel):
     cleanup_at: datetime | None = None
     config_version: int | None = Field(None, description="None: carried by older code.")
     config_versions: list[ConfigVersion] = Field(default_factory=list)
+    prober_host: str | None = Field(None, description="The data-plane prober host, if any.")
+    prober_queue: str | None = Field(None, description="That host's task queue.")
 
 
 class AgentLifecycleInput(AgentSpec):

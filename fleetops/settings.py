@@ -499,6 +499,50 @@ class Settings(BaseSettings):
     max_concurrent_activities: int = Field(
         200, ge=1, description="Activities one worker runs at once."
     )
+    max_concurrent_workflow_tasks: int = Field(
+        100,
+        ge=2,
+        le=10_000,
+        description=(
+            "Workflow tasks one worker runs at once (threads sharing one interpreter). Fewer"
+            " keeps each task short under a large ramp; a task over 10 s times out and runs again."
+        ),
+    )
+    max_cached_workflows: int = Field(
+        1000,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "Workflow runs one worker keeps in memory (the SDK's sticky cache). A task of a run"
+            " not cached replays its history first; a fleet larger than this replays on every"
+            " task (each cached agent costs memory, see the fleet_scale benchmark)."
+        ),
+    )
+    max_concurrent_probers: int = Field(
+        20_000,
+        ge=1,
+        description=(
+            "Agents (health.probing=data-plane) one worker's prober host probes at once, each"
+            " a long watch activity on the host's queue `<task_queue>-probers-<host_id>`."
+        ),
+    )
+    prober_heartbeat_seconds: float = Field(
+        10.0,
+        ge=1,
+        le=300,
+        description=(
+            "Heartbeat timeout of a worker's prober host (one heartbeat for all its agents):"
+            " when the worker dies, its agents move to a live worker within about this."
+        ),
+    )
+    max_concurrent_probes: int = Field(
+        100,
+        ge=1,
+        description=(
+            "HTTP health probes one worker's prober host has in flight at once (start"
+            " throttling; also the size of its connection pool, which httpcore scans per request)."
+        ),
+    )
     max_replicas_per_agent: int = Field(
         DEFAULT_MAX_REPLICAS_PER_AGENT,
         ge=1,

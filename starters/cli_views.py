@@ -5,6 +5,8 @@ The same view is printed once, or redrawn by ``--watch`` (:mod:`starters.cli_liv
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
@@ -45,6 +47,12 @@ def agent_view(st: AgentStatus) -> RenderableType:
             escape(r.last_error or ""),
         )
     parts.append(table)
+    probed = [r.probed_at for r in st.replicas if r.probed_at is not None]
+    if probed:  # health.probing: data-plane reports results only on changes (and hourly)
+        last = max(probed)
+        age = (datetime.now(UTC) - last).total_seconds()
+        note = f"health as last reported by the prober: {last:%H:%M:%S} ({age:.0f} s ago)"
+        parts.append(Text(note))
     counters = ", ".join(f"{k}={v}" for k, v in st.counters.model_dump().items())
     parts.append(Text(f"counters: {counters}"))
     transitions = Table("at", "from", "to", "reason", title="last transitions")

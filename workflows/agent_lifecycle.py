@@ -2,7 +2,9 @@
 
 It provisions the agent's replicas, probes them every ``health.interval_seconds``, self-heals
 (restarts replicas that failed ``failure_threshold`` consecutive probes, the Kubernetes liveness
-rule), and carries out operator actions. The main loop is the only code that changes state or
+rule), and carries out operator actions. With ``health.probing: data-plane`` the rounds run in
+a long prober activity that reports only health changes (:mod:`workflows.lifecycle_prober`).
+The main loop is the only code that changes state or
 calls activities; signal and update handlers only queue commands, so actions never interleave.
 """
 
@@ -43,9 +45,11 @@ with workflow.unsafe.imports_passed_through():
         TransitionRequest,
         TransitionResult,
     )
+    from fleetops.prober import WatchReport
     from workflows import lifecycle_calls as calls
     from workflows.lifecycle_deployments import DeploymentOwner
     from workflows.lifecycle_operations import AgentOperations
+    from workflows.lifecycle_prober import PROBER_PATCH, ProbedLifecycle
     from workflows.lifecycle_rules import (
         PROBED_STATES,
         action_error,
@@ -94,7 +98,7 @@ class _Command:
 
 
 @workflow.defn(name="AgentLifecycle")
-class AgentLifecycle(DeploymentOwner, AgentOperations):
+class AgentLifecycle(DeploymentOwner, AgentOperations, ProbedLifecycle):
     """Keeps one agent's replicas running and healthy until it is shut down."""
 
     @workflow.init
@@ -136,6 +140,7 @@ class AgentLifecycle(DeploymentOwner, AgentOperations):
         self._child: workflow.ChildWorkflowHandle[Any, DeploymentReport] | None = None
         self._check_at: datetime | None = None  # next check on a child of an earlier run
         self._follow_requested = False
+        self._init_prober(carry.prober_host, carry.prober_queue)  # health.probing: data-plane
         self._init_config(carry.config_versions, carry.config_version)
         self._incident_reason: str | None = None  # ERROR entered, its incident not opened yet
 
@@ -167,6 +172,8 @@ class AgentLifecycle(DeploymentOwner, AgentOperations):
                 [LABELS_KEY.value_set(label_terms(self._spec.labels))]
             )
         self._clock_kept = self._service is not None or workflow.patched(DEGRADED_CLOCK_PATCH)
+        if self._spec.health.probing == "data-plane" and workflow.patched(PROBER_PATCH):
+            return await self._run_watched()
         rounds = 0
         next_probe = workflow.now()
         while True:
@@ -191,17 +198,7 @@ class AgentLifecycle(DeploymentOwner, AgentOperations):
                 next_probe = workflow.now() + self._interval
                 await self._open_pending_incident()
                 if self._should_continue_as_new(rounds):
-                    await workflow.wait_condition(
-                        lambda: (
-                            not self._commands
-                            and not self._operations
-                            and workflow.all_handlers_finished()
-                        )
-                    )
-                    self._counters.continued_as_new += 1
-                    workflow.continue_as_new(
-                        AgentLifecycleInput(**self._spec.model_dump(), carry=self._carry())
-                    )
+                    await self._continue_as_new()
             wake = next_probe if self._state in PROBED_STATES else None
             at = self._deployment_wake()[1]
             if at is not None:
@@ -209,6 +206,86 @@ class AgentLifecycle(DeploymentOwner, AgentOperations):
             await self._wait_for_command(
                 None if wake is None else max(wake - workflow.now(), timedelta(0))
             )
+
+    async def _run_watched(self) -> AgentReport:
+        """The main loop with the data-plane prober: the same steps, no probe rounds here."""
+        reports = 0
+        brought_up = -1  # the transition count at the last bring-up's provisioning
+        while True:
+            await self._open_pending_incident()
+            while self._commands:
+                await self._apply(self._commands.popleft())
+            if self._operations:
+                await self._run_operations()
+                continue
+            if await self._deployment_step():
+                continue
+            if self._state == S.TERMINATED:
+                self._stop_watch()
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                return self._report()
+            self._prober_step()
+            if self._state == S.INITIALIZING and brought_up != self._counters.transitions:
+                # Provision once per entry into INITIALIZING (each entry is a transition).
+                if not await self._provision():
+                    continue
+                brought_up = self._counters.transitions
+            if self._state in PROBED_STATES or self._state == S.INITIALIZING:
+                self._sync_watch(startup=self._state == S.INITIALIZING)
+            else:
+                self._stop_watch()
+            times = [t for t in (self._deployment_wake()[1], self._degraded_deadline()) if t]
+            wake = min(times) if times else None
+            watch = self._watch
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda w=watch: (  # type: ignore[misc]
+                        self._woken() or self._prober_woken() or (w is not None and w.done())
+                    ),
+                    timeout=None if wake is None else max(wake - workflow.now(), timedelta(0)),
+                )
+            if watch is not None and watch.done() and watch is self._watch:
+                report = self._take_report()
+                if report is None:  # ask for a host again, without a hot loop
+                    await self._wait_for_command(timedelta(seconds=1))
+                    continue
+                await self._on_report(report)
+                reports += 1
+                if self._should_continue_as_new(reports):
+                    self._stop_watch()
+                    await self._continue_as_new()
+            elif (at := self._degraded_deadline()) is not None and workflow.now() >= at:
+                limit = timedelta(seconds=self._spec.health.recovery_timeout_seconds)
+                self._set_state(S.ERROR, f"agent did not recover within {limit}")
+
+    async def _on_report(self, report: WatchReport) -> None:
+        """Decide on a prober's report as the old health round decided on its probes."""
+        if not self._record(report):
+            return
+        results = report.results
+        if self._state == S.INITIALIZING:
+            if report.reason == "healthy":
+                self._failures = {}
+                self._starting = {}
+                self._set_state(self._serving_state(results), f"{len(results)} replicas healthy")
+                if self._service is None and workflow.patched(FETCH_SERVICE_PATCH):
+                    self._clock_kept = True
+                    self._service = await calls.describe_service(self._spec.agent_id)
+            elif report.reason == "startup_timeout":
+                self._set_state(S.ERROR, "replicas not healthy within startup_timeout_seconds")
+            return
+        self._failures = dict(report.failures)
+        self._starting = dict(report.starting)
+        await self._decide(results, workflow.now())
+
+    async def _continue_as_new(self) -> None:
+        await workflow.wait_condition(
+            lambda: not self._commands and not self._operations and workflow.all_handlers_finished()
+        )
+        self._counters.continued_as_new += 1
+        workflow.continue_as_new(
+            AgentLifecycleInput(**self._spec.model_dump(), carry=self._carry())
+        )
 
     # --- operator messages ----------------------------------------------------------------
 
@@ -280,6 +357,7 @@ class AgentLifecycle(DeploymentOwner, AgentOperations):
                     consecutive_failures=self._failures.get(r.index, 0),
                     in_flight=probe.in_flight if probe else 0,
                     last_error=probe.error if probe else None,
+                    probed_at=self._probed_at if probe else None,
                 )
             )
         return AgentStatus(
@@ -460,7 +538,6 @@ class AgentLifecycle(DeploymentOwner, AgentOperations):
         self._counters.health_rounds += 1
         if len(results) != len(self._replicas):
             return  # the probe activity itself failed: no evidence about the agent this round
-        threshold = self._spec.health.failure_threshold
         now = workflow.now()
         for r, p in zip(self._replicas, results, strict=True):
             self._counters.failed_probes += 0 if p.healthy else 1
@@ -469,6 +546,12 @@ class AgentLifecycle(DeploymentOwner, AgentOperations):
             elif workflow.patched(STARTUP_GRACE_PATCH):
                 continue  # still starting: not a failure yet
             self._failures[r.index] = 0 if p.healthy else self._failures.get(r.index, 0) + 1
+        await self._decide(results, now)
+
+    async def _decide(self, results: list[ProbeResult], now: datetime) -> None:
+        """The decisions on one round's evidence (failures already counted): READY/PROCESSING,
+        DEGRADED, ERROR after ``recovery_timeout_seconds``, self-heal restarts."""
+        threshold = self._spec.health.failure_threshold
         failing = sorted(i for i, n in self._failures.items() if n >= threshold)
         if not failing and len(results) == self._desired and all(p.healthy for p in results):
             self._degraded_since = None
@@ -681,6 +764,8 @@ class AgentLifecycle(DeploymentOwner, AgentOperations):
             cleanup_at=self._cleanup_at,
             config_version=self._config_version,
             config_versions=self._config_versions,
+            prober_host=self._host.host_id if self._host else None,
+            prober_queue=self._host.task_queue if self._host else None,
         )
 
     def _report(self) -> AgentReport:

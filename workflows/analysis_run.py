@@ -107,9 +107,14 @@ async def run_analysis(
                 for run in runs:
                     run.terminate(f"metric {ended[0].metric.name!r} is {ended[0].phase}")
                 break
-    finally:
+    except GeneratorExit:  # the worker dropped this run from its cache: nothing may be awaited
+        raise
+    except BaseException:
         stopping.append(True)
         await _cancel(list(tasks))
+        raise
+    stopping.append(True)
+    await _cancel(list(tasks))
     notify()
     return summarize([r.result() for r in runs])
 

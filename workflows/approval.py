@@ -148,12 +148,19 @@ class ApprovalGate:
         self._spawn("request", "*Approval needed*")
         try:
             decision = await self._wait(req)
-        finally:
-            self.cancel("the workflow was cancelled")  # no-op unless cancelled while waiting
-            workflow.upsert_search_attributes([AWAITING_APPROVAL_KEY.value_set(False)])
+        except GeneratorExit:  # the worker dropped this run from its cache: nothing to record
+            raise
+        except BaseException:
+            self._close("the workflow was cancelled")
+            raise
+        self._close("the workflow was cancelled")
         text = decision_text(decision, workflow.info().workflow_id)
         await self._send(self._notification("decision", text))
         return decision
+
+    def _close(self, reason: str) -> None:
+        self.cancel(reason)  # no-op unless cancelled while waiting
+        workflow.upsert_search_attributes([AWAITING_APPROVAL_KEY.value_set(False)])
 
     def allowed(self, approver: str) -> bool:
         """Whether ``approver`` may decide the pending request (False if nothing is pending)."""

@@ -400,14 +400,15 @@ class BlueGreenDeployment(ApprovalHandlers):
         except asyncio.CancelledError:  # the workflow is cancelled: stop the step too
             task.cancel()
             aborted.cancel()
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.shield(task)
             raise
         if task.done():
             aborted.cancel()
             return task.result()
         task.cancel()
-        with contextlib.suppress(BaseException):  # how the cancelled step ends no longer matters
+        # How the cancelled step ends no longer matters.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
             await task
         raise Rollback("aborted", self._abort_message())
 

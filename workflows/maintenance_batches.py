@@ -173,7 +173,7 @@ class Batches:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
 
     async def _step(self, step: str, agent_id: str, work: Awaitable[object]) -> None:

@@ -1,6 +1,6 @@
 """Record the histories that tests/test_replay.py replays, with the workflow code of this checkout.
 
-Run ``uv run python tests/histories/record.py [scenario ...]`` (all five by default, about half a
+Run ``uv run python tests/histories/record.py [scenario ...]`` (all six by default, about half a
 minute). It starts a Temporal dev server (tests/conftest.py ``start_dev_server``) and a worker
 with every workflow and interceptor the FleetOps worker registers (``worker.WORKFLOWS``,
 ``worker.INTERCEPTORS``); the activities are the in-memory stand-ins of tests/standins.py plus
@@ -23,6 +23,10 @@ checked before it is written:
 ``lifecycle/operations.run1.json``, ``.run2.json``
     AgentLifecycle: update ``restart`` (rolling restart), ``configure`` (v2), ``configure``
     with ``restore_version`` 1 (v3), continue-as-new carrying the kept versions; shutdown.
+``lifecycle/prober_heal.json``
+    AgentLifecycle with ``health.probing: data-plane`` (a prober host and its lease, real HTTP
+    to a scripted loopback server): READY -> DEGRADED -> self-heal -> READY, scale 2 -> 3,
+    PROCESSING -> READY; shutdown.
 ``deployments/cancel_awaiting.agent.json``, ``.v2.json``
     AgentLifecycle whose child deployment is cancelled in AWAITING_PROMOTION; the agent
     reconciles, scales the new colour down and shuts down.
@@ -77,6 +81,7 @@ from fleetops.models import (  # noqa: E402
 )
 from fleetops.settings import ApprovalSettings  # noqa: E402
 from tests.conftest import assert_eventually, new_worker, start_dev_server  # noqa: E402
+from tests.prober_support import FarmPlatform, HealthFarm, prober_worker  # noqa: E402
 from tests.standins import ColorPlatform  # noqa: E402
 from workflows.agent_lifecycle import AgentLifecycle  # noqa: E402
 from workflows.blue_green import BlueGreenDeployment  # noqa: E402
@@ -365,7 +370,45 @@ async def error_incident(client: Client, w: Worker, platform: ColorPlatform) -> 
     await write(client, h.id, None, "lifecycle/error_incident.json")
 
 
+async def prober_heal(client: Client, w: Worker, platform: ColorPlatform) -> None:
+    """The data-plane prober: READY -> DEGRADED (replica 0 fails) -> restart -> READY, scale
+    2 -> 3 (the prober restarted with the new spec), PROCESSING -> READY; shutdown."""
+    farm = HealthFarm()
+    await farm.start()
+    farm_platform = FarmPlatform(farm)
+    pw = new_worker(
+        client,
+        workflows=fleetops_worker.WORKFLOWS,
+        activities=farm_platform.activities(),
+        interceptors=list(fleetops_worker.INTERCEPTORS),
+    )
+    async with pw, prober_worker(client, pw.task_queue):
+        h = await start_agent(client, pw, "probed", probing="data-plane", timeout_seconds=1)
+        agent = h.id.removeprefix("agent/")
+        first = farm_platform.endpoint(agent, "blue", 0)
+        farm.broken.add(first)
+        await eventually(lambda: expect_state(h, S.DEGRADED))
+
+        async def restarted() -> None:
+            assert ("restart_replicas", ("blue", [0])) in farm_platform.calls
+
+        await eventually(restarted)
+        farm.broken.discard(first)
+        await eventually(lambda: expect_state(h, S.READY))
+        await h.execute_update(
+            AgentLifecycle.transition, TransitionRequest(action="scale", replicas=3)
+        )
+        farm.busy[farm_platform.endpoint(agent, "blue", 2)] = 1
+        await eventually(lambda: expect_state(h, S.PROCESSING))
+        farm.busy.clear()
+        await eventually(lambda: expect_state(h, S.READY))
+        await shutdown(client, h)
+    await farm.stop()
+    await write(client, h.id, None, "lifecycle/prober_heal.json")
+
+
 SCENARIOS = {
+    "prober_heal": prober_heal,
     "operations": operations,
     "degraded_heal": degraded_heal,
     "degraded_timeout": degraded_timeout,

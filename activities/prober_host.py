@@ -1,0 +1,206 @@
+"""A worker's prober host: the probers of many agents, one lease (heartbeat) for all of them.
+
+Design (the worker-specific task queue pattern of Temporal's samples): each worker process is
+one prober host with a random ``host_id``. It polls the shared queue ``<task_queue>-probers``
+for :meth:`ProberHost.assign_prober` (an agent asks for a host and gets this one) and its own
+queue ``<task_queue>-probers-<host_id>`` for the agents' watches
+(:class:`~activities.prober.ProberActivities`) and for :meth:`ProberHost.hold_host`, the one
+activity of the host that heartbeats. The host's ``ProberLease`` workflow runs ``hold_host``;
+when its heartbeat times out (the worker died) or it ends, the lease runs
+:meth:`ProberHost.release_host` on a live worker, which signals every agent whose
+``FleetOpsProberHost`` is this host; each agent checks the claim (:meth:`ProberHost.host_lost`)
+before asking for another host, so a forged signal moves nothing.
+
+Cost at 10,000 agents: one heartbeat per host every ``0.8 x heartbeat timeout``, no Temporal
+traffic per probe, and one completed watch per agent per lease (an hour) when nothing changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import timedelta
+
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.prober import ProberActivities
+from fleetops.constants import PROBER_HOST_KEY
+from fleetops.prober import (
+    PROBER_QUEUE_SUFFIX,
+    HostLease,
+    LeaseInput,
+    LeaseStatus,
+    host_queue,
+    lease_workflow_id,
+)
+
+LEASE_WORKFLOW = "ProberLease"
+"""Workflow type of a host's lease (:mod:`workflows.prober_lease`)."""
+DEFAULT_HEARTBEAT_SECONDS = 10.0
+"""Heartbeat timeout of a host's lease: a dead worker's agents move within it (one interval
+of the default agent health check)."""
+RELEASE_CONCURRENCY = 32
+"""Signals :meth:`ProberHost.release_host` has in flight at once."""
+LOST_CACHE_SECONDS = 60.0
+"""How long a confirmed loss is remembered (10,000 agents asking about one host ask once)."""
+
+
+class ProberHost:
+    """The prober host of one worker process.
+
+    Args:
+        client: a connected client (starts the lease, lists and signals agents).
+        probers: the watches of this host.
+        task_queue: the workflows' task queue (the lease workflow runs there).
+        heartbeat_seconds: heartbeat timeout of the lease, seconds.
+        host_id: this host's id (default: 12 random hex digits).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        probers: ProberActivities,
+        task_queue: str,
+        *,
+        heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
+        host_id: str | None = None,
+    ) -> None:
+        self._client = client
+        self.probers = probers
+        self.host_id = host_id or uuid.uuid4().hex[:12]
+        self.shared_queue = task_queue + PROBER_QUEUE_SUFFIX
+        self.task_queue = host_queue(task_queue, self.host_id)
+        self._lease = LeaseInput(
+            host_id=self.host_id,
+            task_queue=self.task_queue,
+            release_queue=self.shared_queue,
+            heartbeat_seconds=heartbeat_seconds,
+        )
+        self._workflow_queue = task_queue
+        self._leased = False
+        self._leasing = asyncio.Lock()
+        self._lost: dict[str, float] = {}  # host id -> monotonic time its loss was confirmed
+
+    def shared_activities(self) -> list[object]:
+        """The activities of the shared queue ``<task_queue>-probers``."""
+        return [self.assign_prober, self.release_host, self.host_lost]
+
+    def host_activities(self) -> list[object]:
+        """The activities of this host's queue ``<task_queue>-probers-<host_id>``."""
+        return [self.probers.watch_replicas, self.hold_host]
+
+    @activity.defn(name="assign_prober")
+    async def assign_prober(self) -> HostLease:
+        """Give the calling agent this host (its lease started first if not running).
+
+        Returns:
+            The host id and the task queue of its watches.
+
+        Raises:
+            RPCError: the lease could not be started (retryable: the server is unreachable).
+        """
+        async with self._leasing:
+            if not self._leased:
+                try:
+                    await self._client.start_workflow(
+                        LEASE_WORKFLOW,
+                        self._lease,
+                        id=lease_workflow_id(self.host_id),
+                        task_queue=self._workflow_queue,
+                    )
+                except RPCError as err:
+                    if err.status != RPCStatusCode.ALREADY_EXISTS:
+                        raise
+                self._leased = True
+        return HostLease(host_id=self.host_id, task_queue=self.task_queue)
+
+    @activity.defn(name="hold_host")
+    async def hold_host(self, lease: LeaseInput) -> None:
+        """Heartbeat for this host every quarter of the heartbeat timeout, ``hold_seconds`` long.
+
+        Raises:
+            asyncio.CancelledError: the worker is shutting down, or the server no longer
+                knows this attempt (its heartbeat timed out: the lease was lost and its agents
+                released); then every watch of this host is dropped, so no agent is probed by
+                two hosts, and the next assignment starts a new lease.
+        """
+        timeout = activity.info().heartbeat_timeout or timedelta(seconds=lease.heartbeat_seconds)
+        every = timeout.total_seconds() / 4
+        end = time.monotonic() + lease.hold_seconds
+        try:
+            while time.monotonic() < end:
+                activity.heartbeat(self.probers.watched)
+                await asyncio.sleep(min(every, max(0.0, end - time.monotonic())))
+        except asyncio.CancelledError:
+            self._leased = False
+            self.probers.drop_all()
+            raise
+
+    @activity.defn(name="release_host")
+    async def release_host(self, host_id: str) -> int:
+        """Tell every running agent probed by ``host_id`` to check it and find another host.
+
+        Idempotent (a retry signals again; an agent whose host changed ignores it). Heartbeats
+        the number signalled.
+
+        Args:
+            host_id: the lost host.
+
+        Returns:
+            How many agents were signalled.
+        """
+        query = (
+            f'WorkflowType = "AgentLifecycle" AND ExecutionStatus = "Running" '
+            f'AND {PROBER_HOST_KEY.name} = "{_quoted(host_id)}"'
+        )
+        gate = asyncio.Semaphore(RELEASE_CONCURRENCY)
+        sent = 0
+
+        async def tell(workflow_id: str) -> None:
+            nonlocal sent
+            async with gate:
+                try:
+                    handle = self._client.get_workflow_handle(workflow_id)
+                    await handle.signal("prober_lost", {"host_id": host_id})
+                    sent += 1
+                except RPCError as err:
+                    if err.status != RPCStatusCode.NOT_FOUND:
+                        raise
+                activity.heartbeat(sent)
+
+        ids = [wf.id async for wf in self._client.list_workflows(query)]
+        await asyncio.gather(*(tell(i) for i in ids))
+        return sent
+
+    @activity.defn(name="host_lost")
+    async def host_lost(self, host_id: str) -> bool:
+        """Whether the lease of ``host_id`` is lost: an agent checks a ``prober_lost`` claim.
+
+        Returns:
+            True when ``prober-host/<host_id>`` does not exist, is closed, or says ``lost``.
+        """
+        now = time.monotonic()
+        if now - self._lost.get(host_id, -LOST_CACHE_SECONDS) < LOST_CACHE_SECONDS:
+            return True
+        handle = self._client.get_workflow_handle(lease_workflow_id(host_id))
+        try:
+            desc = await handle.describe()
+            lost = (
+                desc.status != WorkflowExecutionStatus.RUNNING
+                or (await handle.query("status", result_type=LeaseStatus)).lost
+            )
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            lost = True
+        if lost:
+            self._lost[host_id] = now
+        return lost
+
+
+def _quoted(text: str) -> str:
+    """``text`` safe inside a double-quoted visibility query literal."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')

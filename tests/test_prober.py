@@ -1,0 +1,314 @@
+"""The data-plane prober (``health.probing: data-plane``) on a real dev server, real HTTP.
+
+A worker's prober host probes at the agent's interval and reports only changes: DEGRADED and
+self-heal on a failing replica, READY after recovery, PROCESSING while replicas execute; an idle
+healthy agent writes no history while it is probed. Two hosts share a fleet (one in a child
+process), each agent probed by exactly one; kill -9 of one moves its agents to the other within
+the lease heartbeat timeout; a graceful restart hands the agents to the new host; a forged
+``prober_lost`` moves nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from activities.prober_host import ProberHost
+from fleetops.constants import PROBER_HOST_KEY
+from fleetops.models import AgentLifecycleInput, AgentSpec, AgentState, AgentStatus
+from fleetops.prober import lease_workflow_id
+from tests.conftest import assert_eventually, new_worker
+from tests.helpers import result_within
+from tests.prober_support import FarmPlatform, HealthFarm, prober_worker
+from workflows.agent_lifecycle import AgentLifecycle
+from workflows.prober_lease import ProberLease
+
+S = AgentState
+INTERVAL = 0.5
+
+
+@pytest.fixture
+async def farm() -> AsyncIterator[HealthFarm]:
+    f = HealthFarm()
+    await f.start()
+    yield f
+    await f.stop()
+
+
+def probed_spec(**health: Any) -> AgentSpec:
+    return AgentSpec.model_validate(
+        {
+            "agent_id": f"p-{uuid.uuid4().hex[:8]}",
+            "command": ["agent"],
+            "replicas": 2,
+            "max_replicas": 4,
+            "health": {
+                "interval_seconds": INTERVAL,
+                "timeout_seconds": 1,
+                "failure_threshold": 2,
+                "startup_timeout_seconds": 5,
+                "probing": "data-plane",
+                **health,
+            },
+        }
+    )
+
+
+async def start(env: WorkflowEnvironment, tq: str, s: AgentSpec) -> WorkflowHandle[Any, Any]:
+    return await env.client.start_workflow(
+        AgentLifecycle.run,
+        AgentLifecycleInput(**s.model_dump()),
+        id=f"agent/{s.agent_id}",
+        task_queue=tq,
+    )
+
+
+async def wait_state(h: WorkflowHandle[Any, Any], state: AgentState, timeout: float = 20):
+    async def check() -> AgentStatus:
+        st: AgentStatus = await h.query(AgentLifecycle.status)
+        assert st.state == state, f"state {st.state}, waiting for {state}"
+        return st
+
+    return await assert_eventually(check, timeout=timeout)
+
+
+async def history_length(h: WorkflowHandle[Any, Any]) -> int:
+    return len([e async for e in h.fetch_history_events()])
+
+
+async def test_prober_degrades_heals_and_follows_in_flight(dev_env, farm) -> None:
+    platform = FarmPlatform(farm)
+    w = new_worker(
+        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
+    )
+    async with w, prober_worker(dev_env.client, w.task_queue):
+        s = probed_spec()
+        h = await start(dev_env, w.task_queue, s)
+        st = await wait_state(h, S.READY)
+        assert all(r.healthy and r.probed_at is not None for r in st.replicas)
+        bad = st.replicas[1].endpoint
+        farm.broken.add(bad)
+        st = await wait_state(h, S.DEGRADED)
+        assert "replicas [1] failed 2 consecutive health probes" in st.transitions[-1].reason
+
+        async def restarted() -> None:
+            assert ("restart_replicas", ("blue", [1])) in platform.calls
+
+        await assert_eventually(restarted, timeout=10)
+        farm.broken.discard(bad)
+        await wait_state(h, S.READY)
+        farm.busy[st.replicas[0].endpoint] = 3
+        st = await wait_state(h, S.PROCESSING)
+        assert st.replicas[0].in_flight == 3
+        farm.busy.clear()
+        await wait_state(h, S.READY)
+        await h.signal(AgentLifecycle.scale, {"replicas": 3})
+
+        async def three_probed() -> None:
+            assert farm.hits.get(platform.endpoint(s.agent_id, "blue", 2), 0) >= 2
+
+        await assert_eventually(three_probed, timeout=10)  # the spec change reached the prober
+        await h.signal(AgentLifecycle.shutdown)
+        assert (await result_within(h.result())).final_state == S.TERMINATED
+
+
+async def test_idle_healthy_agent_writes_no_history_while_probed(dev_env, farm) -> None:
+    platform = FarmPlatform(farm)
+    w = new_worker(
+        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
+    )
+    async with w, prober_worker(dev_env.client, w.task_queue):
+        s = probed_spec()
+        h = await start(dev_env, w.task_queue, s)
+        await wait_state(h, S.READY)
+        endpoint = platform.endpoint(s.agent_id, "blue", 0)
+        before, hits = await history_length(h), farm.hits.get(endpoint, 0)
+
+        async def probed_20_rounds() -> None:
+            assert farm.hits.get(endpoint, 0) >= hits + 20
+
+        await assert_eventually(probed_20_rounds, timeout=30)
+        # 20 rounds of the workflow's own probing would have written ~220 events.
+        assert await history_length(h) == before
+        await h.signal(AgentLifecycle.shutdown)
+        await result_within(h.result())
+
+
+async def prober_host_of(h: WorkflowHandle[Any, Any]) -> str | None:
+    """The agent's ``FleetOpsProberHost`` search attribute."""
+    return (await h.describe()).typed_search_attributes.get(PROBER_HOST_KEY)
+
+
+async def test_two_hosts_share_a_fleet_and_a_dead_hosts_agents_move(dev_env, farm) -> None:
+    """Two prober hosts (one in a child process) share six agents, each probed by exactly one;
+    kill -9 of the child moves its agents to the survivor within the lease heartbeat timeout
+    (3 s here) plus a check, and the survivor detects a failure on a moved agent."""
+    platform = FarmPlatform(farm)
+    w = new_worker(
+        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
+    )
+    address = dev_env.client.service_client.config.target_host
+    doomed = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.prober_worker_main", address, w.task_queue,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert doomed.stdout is not None
+        line = (await asyncio.wait_for(doomed.stdout.readline(), 30)).decode().split()
+        assert line[0] == "polling", line
+        doomed_id = line[1]
+        async with w:
+            specs = [probed_spec(interval_seconds=1.0) for _ in range(6)]
+            hs = [await start(dev_env, w.task_queue, s) for s in specs[:3]]
+            for h in hs:  # the doomed host is the only one yet: it probes these three
+                await wait_state(h, S.READY)
+            async with prober_worker(dev_env.client, w.task_queue) as survivor:
+                hs += [await start(dev_env, w.task_queue, s) for s in specs[3:]]
+                for h in hs[3:]:
+                    await wait_state(h, S.READY)
+                hosts = [await prober_host_of(h) for h in hs]
+                assert hosts[:3] == [doomed_id] * 3, hosts
+                assert set(hosts) <= {doomed_id, survivor.host_id}, hosts
+                await moved_on_death(dev_env, farm, platform, specs, hs, hosts, doomed, survivor)
+    finally:
+        if doomed.returncode is None:
+            doomed.kill()
+            await doomed.wait()
+
+
+async def moved_on_death(
+    dev_env: WorkflowEnvironment,
+    farm: HealthFarm,
+    platform: FarmPlatform,
+    specs: list[AgentSpec],
+    hs: list[WorkflowHandle[Any, Any]],
+    hosts: list[str | None],
+    doomed: asyncio.subprocess.Process,
+    survivor: ProberHost,
+) -> None:
+    """Each agent probed once per round; kill the doomed host; its agents move and detect."""
+    doomed_id = hosts[0]
+    assert doomed_id is not None
+    endpoints = [platform.endpoint(s.agent_id, "blue", i) for s in specs for i in (0, 1)]
+    before = {e: farm.hits.get(e, 0) for e in endpoints}
+    await asyncio.sleep(4.0)  # a measuring window: four rounds of 1 s
+    rates = [farm.hits.get(e, 0) - before[e] for e in endpoints]
+    assert all(2 <= n <= 6 for n in rates), rates  # once per round, not twice
+
+    moved = [h for h, host in zip(hs, hosts, strict=True) if host == doomed_id]
+    doomed.kill()
+    await doomed.wait()
+    killed = time.monotonic()
+
+    async def all_on_survivor() -> None:
+        for h in moved:
+            assert await prober_host_of(h) == survivor.host_id
+
+    await assert_eventually(all_on_survivor, timeout=20)
+    print(f"moved {len(moved)} agents in {time.monotonic() - killed:.1f} s")
+    spec = specs[hs.index(moved[0])]
+    endpoint = platform.endpoint(spec.agent_id, "blue", 0)
+    farm.broken.add(endpoint)
+    await wait_state(moved[0], S.DEGRADED, timeout=15)
+    lease = dev_env.client.get_workflow_handle(lease_workflow_id(doomed_id))
+    status = await lease.query(ProberLease.status)
+    assert status.lost and status.released >= len(moved), status
+    for h in hs:
+        await h.signal(AgentLifecycle.shutdown)
+        await result_within(h.result())
+
+
+async def test_a_restarted_worker_takes_its_agents_back(dev_env, farm) -> None:
+    """A graceful worker restart: its watches end with the worker, the agents ask again, and
+    the new host probes them (and detects) without any operator step."""
+    platform = FarmPlatform(farm)
+    w = new_worker(
+        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
+    )
+    async with w:
+        async with prober_worker(dev_env.client, w.task_queue) as first:
+            s = probed_spec(interval_seconds=1.0)
+            h = await start(dev_env, w.task_queue, s)
+            await wait_state(h, S.READY)
+            assert await prober_host_of(h) == first.host_id
+        async with prober_worker(dev_env.client, w.task_queue) as second:
+
+            async def moved() -> None:
+                assert await prober_host_of(h) == second.host_id
+                assert second.probers.watched == 1
+
+            await assert_eventually(moved, timeout=20)
+            farm.broken.add(platform.endpoint(s.agent_id, "blue", 1))
+            st = await wait_state(h, S.DEGRADED, timeout=15)
+            assert "replicas [1] failed" in st.transitions[-1].reason
+            await h.signal(AgentLifecycle.shutdown)
+            await result_within(h.result())
+
+
+async def test_a_forged_prober_lost_moves_nothing(dev_env, farm) -> None:
+    """``prober_lost`` from a client: the agent asks ``host_lost``, its host is alive, it stays."""
+    platform = FarmPlatform(farm)
+    w = new_worker(
+        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
+    )
+    async with w, prober_worker(dev_env.client, w.task_queue) as host:
+        h = await start(dev_env, w.task_queue, probed_spec())
+        await wait_state(h, S.READY)
+        assert await prober_host_of(h) == host.host_id
+        for payload in ({"host_id": host.host_id}, "binary", None):
+            await h.signal("prober_lost", payload)
+
+        async def checked() -> None:
+            events = [e async for e in h.fetch_history_events()]
+            done = [e for e in events if e.HasField("activity_task_completed_event_attributes")]
+            scheduled = "activity_task_scheduled_event_attributes"
+            kinds = [getattr(e, scheduled).activity_type.name
+                     for e in events if e.HasField(scheduled)]  # fmt: skip
+            assert "host_lost" in kinds and done, kinds
+
+        await assert_eventually(checked, timeout=10)
+        endpoint = platform.endpoint(h.id.removeprefix("agent/"), "blue", 0)
+        hits = farm.hits.get(endpoint, 0)
+
+        async def still_probed() -> None:
+            assert farm.hits.get(endpoint, 0) >= hits + 3
+
+        await assert_eventually(still_probed, timeout=10)
+        st = await h.query(AgentLifecycle.status)
+        assert st.state == S.READY and host.probers.watched == 1
+        await h.signal(AgentLifecycle.shutdown)
+        await result_within(h.result())
+
+
+async def test_startup_deadline_then_recovery_from_error(dev_env, farm) -> None:
+    platform = FarmPlatform(farm)
+    w = new_worker(
+        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
+    )
+    async with w, prober_worker(dev_env.client, w.task_queue):
+        s = probed_spec(startup_timeout_seconds=2)
+        never = platform.endpoint(s.agent_id, "blue", 0)
+        farm.broken.add(never)
+        h = await start(dev_env, w.task_queue, s)
+        st = await wait_state(h, S.ERROR)
+        assert st.transitions[-1].reason == "replicas not healthy within startup_timeout_seconds"
+        assert farm.hits[never] >= 2  # it was probed, from the first attempt on
+        await h.signal(AgentLifecycle.resume)
+
+        async def provisioned_again() -> None:
+            assert [c for c, _ in platform.calls].count("provision_replicas") == 2
+
+        await assert_eventually(provisioned_again, timeout=10)  # resume brings it up anew
+        await wait_state(h, S.ERROR)
+        farm.broken.discard(never)
+        await wait_state(h, S.READY)  # the prober keeps watching in ERROR and reports recovery
+        await h.signal(AgentLifecycle.shutdown)
+        await result_within(h.result())

@@ -1,0 +1,74 @@
+"""``fleetops.prober.verdict``: the prober reports exactly the changes the workflow acts on; and
+``fleetops agent status`` shows how old the prober's last reported results are."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from fleetops.models import ProbeResult
+from fleetops.prober import WatchedReplica, WatchRequest, verdict
+
+
+def req(**kw: Any) -> WatchRequest:
+    base: dict[str, Any] = {
+        "agent_id": "a",
+        "replicas": [WatchedReplica(index=i, endpoint=f"http://r{i}") for i in range(2)],
+        "interval_seconds": 10,
+        "timeout_seconds": 2,
+        "failure_threshold": 3,
+        "serving": True,
+    }
+    return WatchRequest(**(base | kw))
+
+
+def results(*healthy: bool, in_flight: int = 0) -> list[ProbeResult]:
+    return [
+        ProbeResult(endpoint=f"http://r{i}", healthy=h, in_flight=in_flight if h else 0)
+        for i, h in enumerate(healthy)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("request_kw", "round_", "failures", "expected"),
+    [
+        ({}, results(True, True), {0: 0, 1: 0}, None),  # healthy, as believed: silence
+        ({}, results(True, False), {1: 2}, None),  # below the threshold: silence
+        ({}, results(True, False), {1: 3}, "failing"),  # at the threshold
+        ({"failing": [1], "serving": False}, results(True, False), {1: 4}, None),
+        ({"failing": [1], "serving": False}, results(True, False), {1: 0}, "recovered"),
+        ({"serving": False}, results(True, True), {}, "healthy"),  # DEGRADED/ERROR -> READY
+        ({}, results(True, True, in_flight=2), {}, "busy"),  # READY -> PROCESSING
+        ({"busy": True}, results(True, True), {}, "idle"),  # PROCESSING -> READY
+        ({"startup": True, "serving": False}, results(True, False), {}, None),
+        ({"startup": True, "serving": False}, results(True, True), {}, "healthy"),
+        ({}, [], {}, "empty"),
+    ],
+)
+def test_verdict(request_kw, round_, failures, expected) -> None:
+    assert verdict(req(**request_kw), round_, failures) == expected
+
+
+def test_status_view_shows_the_age_of_prober_results() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from rich.console import Console
+
+    from fleetops.models import AgentCounters, AgentState, AgentStatus, ReplicaHealth
+    from starters.cli_views import agent_view
+
+    at = datetime.now(UTC) - timedelta(seconds=42)
+    st = AgentStatus(
+        agent_id="a", version="v1", state=AgentState.READY, desired_replicas=1,
+        min_replicas=1, max_replicas=2, transitions=[], counters=AgentCounters(),
+        replicas=[ReplicaHealth(index=0, endpoint="http://r0", pid=None, healthy=True,
+                                consecutive_failures=0, probed_at=at)],
+    )  # fmt: skip
+    console = Console(record=True, width=200)
+    console.print(agent_view(st))
+    text = console.export_text()
+    found = re.search(r"last reported by the prober: (\S+) \((\d+) s ago\)", text)
+    assert found is not None, text
+    assert found[1] == f"{at:%H:%M:%S}" and 42 <= int(found[2]) <= 44
