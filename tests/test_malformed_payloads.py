@@ -231,8 +231,19 @@ async def open_incident(w: World) -> WorkflowHandle:
     return h
 
 
+async def held_lease(w: World) -> WorkflowHandle:
+    """A prober host's lease whose host queue nobody polls (its hold never starts)."""
+    host = uuid.uuid4().hex[:12]
+    lease = {"host_id": host, "task_queue": f"nobody-{host}", "release_queue": f"nobody-{host}",
+             "heartbeat_seconds": 300}  # fmt: skip
+    return await w.env.client.start_workflow(
+        "ProberLease", lease, id=f"prober-host/{host}", task_queue=w.worker.task_queue
+    )
+
+
 STARTERS: dict[str, Callable[[World], Awaitable[WorkflowHandle]]] = {
     "AgentLifecycle": ready_agent,
+    "ProberLease": held_lease,
     "BlueGreenDeployment": waiting_deployment,
     "Maintenance": waiting_maintenance,
     "IncidentResponse": open_incident,
@@ -369,6 +380,11 @@ BAD_STARTS = [
      [{"agent_id": "a1", "key": "k", "title": "t", "carry": {"status": {}}}], "carry"),
     ("IncidentResponse", "bad agent id", [{"agent_id": "A!", "key": "k", "title": "t"}],
      "agent_id"),
+    ("ProberLease", "no input", [], "lease"),
+    ("ProberLease", "binary/plain", [b"hello"], "<root>"),
+    ("ProberLease", "heartbeat 1e12 s",
+     [{"host_id": "h1", "task_queue": "q", "release_queue": "r", "heartbeat_seconds": 1e12}],
+     "heartbeat_seconds"),
 ]  # fmt: skip
 
 
