@@ -7,10 +7,12 @@ cleanly: polling stops, running activities finish or are cancelled after the gra
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
@@ -164,7 +166,7 @@ async def fleetops_worker(
             graceful_shutdown_timeout=timedelta(seconds=10),
             max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         )
-        async with worker, prober_workers(client, settings, probes, worker.task_queue):
+        async with worker, prober_host(client, settings, probes, worker.task_queue):
             yield worker
 
 
@@ -210,6 +212,128 @@ async def prober_workers(
     )
     async with own, shared:
         yield host
+
+
+@contextlib.asynccontextmanager
+async def prober_host(
+    client: Client, settings: Settings, probes: ProbeActivities, task_queue: str
+) -> AsyncIterator[None]:
+    """This worker's prober host: in this process, or in a supervised child process when
+    ``prober_process`` is set (:func:`prober_process`)."""
+    if settings.prober_process:
+        async with prober_process(client, settings, task_queue):
+            yield
+    else:
+        async with prober_workers(client, settings, probes, task_queue):
+            yield
+
+
+PROBER_READY = "prober host polling"
+"""The line a child prober host prints once its workers poll."""
+
+
+@contextlib.asynccontextmanager
+async def prober_process(
+    client: Client, settings: Settings, task_queue: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Run the prober host in a child process (``python -m worker prober-host``), restarted
+    1 s after it exits, stopped (SIGTERM, then SIGKILL after 10 s) when the block ends.
+
+    The child connects like the worker (settings from the environment: TLS, API key,
+    encryption) to the address and namespace of ``client``; the prober settings go on its
+    command line. A restarted child is a new host: its old lease expires and its agents move.
+
+    Yields:
+        The first child process (its ``pid``), once it polls.
+
+    Raises:
+        RuntimeError: the first child did not start polling within 60 s.
+    """
+    cmd = [
+        sys.executable, "-m", "worker", "prober-host",
+        "--address", client.service_client.config.target_host,
+        "--namespace", client.namespace,
+        "--task-queue", task_queue,
+        "--heartbeat-seconds", str(settings.prober_heartbeat_seconds),
+        "--max-concurrent-probes", str(settings.max_concurrent_probes),
+        "--max-concurrent-probers", str(settings.max_concurrent_probers),
+    ]  # fmt: skip
+    stopping = False
+    current: list[asyncio.subprocess.Process] = []
+
+    async def spawn() -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
+        current[:] = [proc]
+        assert proc.stdout is not None
+        while True:
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            if not line:
+                raise RuntimeError(f"prober host exited with {await proc.wait()} before polling")
+            if line.decode().startswith(PROBER_READY):
+                return proc
+
+    async def supervise() -> None:
+        while not stopping:
+            await current[0].wait()
+            if stopping:
+                return
+            log.warning("prober host exited with %s; starting another", current[0].returncode)
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(Exception):
+                await spawn()
+
+    first = await spawn()
+    watcher = asyncio.create_task(supervise())
+    try:
+        yield first
+    finally:
+        stopping = True
+        watcher.cancel()
+        proc = current[0]
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def run_prober_host(argv: Sequence[str]) -> None:
+    """Entry point of a child prober host (``python -m worker prober-host ...``): run
+    :func:`prober_workers` until SIGTERM/SIGINT; print :data:`PROBER_READY` once polling."""
+    p = argparse.ArgumentParser(prog="worker prober-host")
+    p.add_argument("--address", required=True)
+    p.add_argument("--namespace", required=True)
+    p.add_argument("--task-queue", required=True)
+    p.add_argument("--heartbeat-seconds", type=float, required=True)
+    p.add_argument("--max-concurrent-probes", type=int, required=True)
+    p.add_argument("--max-concurrent-probers", type=int, required=True)
+    args = p.parse_args(argv)
+    base = get_settings()
+    settings = base.model_copy(
+        update={
+            "temporal": base.temporal.model_copy(
+                update={"address": args.address, "namespace": args.namespace}
+            ),
+            "prober_heartbeat_seconds": args.heartbeat_seconds,
+            "max_concurrent_probes": args.max_concurrent_probes,
+            "max_concurrent_probers": args.max_concurrent_probers,
+        }
+    )
+    client = await connect(settings)
+    stop = _stop_on_signals()
+    limits = httpx.Limits(
+        max_connections=settings.max_concurrent_probes,
+        max_keepalive_connections=settings.max_concurrent_probes,
+    )
+    transport = httpx.AsyncHTTPTransport(retries=0, limits=limits)
+    async with (
+        httpx.AsyncClient(transport=transport) as http,
+        prober_workers(client, settings, ProbeActivities(http), args.task_queue) as host,
+    ):
+        print(f"{PROBER_READY} {host.host_id} on {host.task_queue}", flush=True)
+        await stop.wait()
 
 
 def agent_control_activities(a: AgentControlActivities) -> list[object]:
@@ -284,8 +408,12 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 def main() -> None:
-    """Entry point of ``python worker.py``: run the worker with settings from the environment."""
+    """Entry point of ``python worker.py``: run the worker with settings from the environment
+    (``python -m worker prober-host ...``: a child prober host, see :func:`prober_process`)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if sys.argv[1:2] == ["prober-host"]:
+        asyncio.run(run_prober_host(sys.argv[2:]))
+        return
     asyncio.run(run_worker(get_settings()))
 
 

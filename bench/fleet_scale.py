@@ -139,6 +139,27 @@ def cpu_seconds(pid: int | str = "self") -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def prober_children() -> list[int]:
+    """Pids of this process's child prober hosts (``python -m worker prober-host``)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (d / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"prober-host" in cmd:
+            found.append(int(d.name))
+    return found
+
+
+def worker_cpu(probers: list[int]) -> float:
+    """CPU seconds of the worker: this process and its prober host children."""
+    return cpu_seconds() + sum(cpu_seconds(p) for p in probers)
+
+
 async def stats(http: httpx.AsyncClient, base: str) -> dict[str, int]:
     r = await http.get(base + "/stats")
     return dict(r.json())
@@ -162,6 +183,7 @@ async def run_temporal(args: argparse.Namespace, base: str, http: httpx.AsyncCli
         prober_heartbeat_seconds=args.heartbeat_seconds or 10.0,
         max_cached_workflows=args.cache if args.cache is not None else args.agents + 100,
         max_concurrent_workflow_tasks=args.workflow_tasks,
+        prober_process=not args.in_process,
     )
     tq = "fleet-scale"
     ids = [f"fs-{i:05d}" for i in range(args.agents)]
@@ -192,16 +214,18 @@ async def run_temporal(args: argparse.Namespace, base: str, http: httpx.AsyncCli
             await asyncio.sleep(INTERVAL * 2)  # steady state: every prober past its offset
             sample = handles[: min(len(handles), 200)]
             ev0 = await bounded(sample, history_length)
-            s0, w0, d0 = await stats(http, base), cpu_seconds(), cpu_seconds(server)
+            probers = prober_children()
+            s0, w0, d0 = await stats(http, base), worker_cpu(probers), cpu_seconds(server)
             t1 = time.monotonic()
             await asyncio.sleep(args.seconds)
             wall = time.monotonic() - t1
-            s1, w1, d1 = await stats(http, base), cpu_seconds(), cpu_seconds(server)
+            s1, w1, d1 = await stats(http, base), worker_cpu(probers), cpu_seconds(server)
             ev1 = await bounded(sample, history_length)
             out.update(figures(args, s0, s1, wall))
             out["worker_cpu"] = (w1 - w0) / wall
             out["server_cpu"] = (d1 - d0) / wall
-            out["worker_rss_mib"] = (rss_kib() or 0) / 1024
+            out["prober_rss_mib"] = sum(rss_kib(p) or 0 for p in probers) / 1024
+            out["worker_rss_mib"] = (rss_kib() or 0) / 1024 + out["prober_rss_mib"]
             out["server_rss_mib"] = (rss_kib(server) or 0) / 1024
             grown = sum(b - a for a, b in zip(ev0, ev1, strict=True)) / len(sample)
             out["events_window_per_agent_hour"] = grown * 3600 / wall
@@ -333,6 +357,7 @@ def report(args: argparse.Namespace, t: dict, b: dict) -> None:
     print(
         f"agents={args.agents} seconds={args.seconds} interval={INTERVAL:g}s heartbeat={hb:g}s"
         f" workflow cache={cache} workflow tasks={args.workflow_tasks}"
+        f" prober host {'in process' if args.in_process else 'in a child process'}"
     )
     print(f"ramp to settled: {t['ramp_s']:.0f}s, ERROR at start: {t['error_at_start']}")
     for name, d in (("prober", t), ("bare", b)):
@@ -342,7 +367,8 @@ def report(args: argparse.Namespace, t: dict, b: dict) -> None:
         )
     print(
         f"prober: worker CPU {t['worker_cpu']:.2f} cores, dev server CPU {t['server_cpu']:.2f}"
-        f" cores, worker RSS {t['worker_rss_mib']:.0f} MiB, server RSS"
+        f" cores, worker RSS {t['worker_rss_mib']:.0f} MiB (prober host"
+        f" {t['prober_rss_mib']:.0f} MiB), server RSS"
         f" {t['server_rss_mib']:.0f} MiB"
     )
     print(f"bare: CPU {b['cpu']:.2f} cores, RSS {b['rss_mib']:.0f} MiB")
@@ -387,6 +413,11 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=2,
         help="FLEETOPS_MAX_CONCURRENT_WORKFLOW_TASKS of the worker (default 2)",
+    )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="the prober host in the worker's process (default: FLEETOPS_PROBER_PROCESS=true)",
     )
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -526,6 +526,14 @@ class Settings(BaseSettings):
             " a long watch activity on the host's queue `<task_queue>-probers-<host_id>`."
         ),
     )
+    prober_process: bool = Field(
+        False,
+        description=(
+            "Run the worker's prober host in a child process of its own (its own interpreter"
+            " and core), restarted if it dies; for fleets of thousands of data-plane agents,"
+            " whose probes would otherwise compete with workflow tasks in one process."
+        ),
+    )
     prober_heartbeat_seconds: float = Field(
         10.0,
         ge=1,

@@ -11,6 +11,8 @@ the lease heartbeat timeout; a graceful restart hands the agents to the new host
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 import time
 import uuid
@@ -25,9 +27,11 @@ from activities.prober_host import ProberHost
 from fleetops.constants import PROBER_HOST_KEY
 from fleetops.models import AgentLifecycleInput, AgentSpec, AgentState, AgentStatus
 from fleetops.prober import lease_workflow_id
+from fleetops.settings import Settings
 from tests.conftest import assert_eventually, new_worker
 from tests.helpers import result_within
-from tests.prober_support import FarmPlatform, HealthFarm, prober_worker
+from tests.prober_support import HEARTBEAT_SECONDS, FarmPlatform, HealthFarm, prober_worker
+from worker import prober_process
 from workflows.agent_lifecycle import AgentLifecycle
 from workflows.prober_lease import ProberLease
 
@@ -251,6 +255,33 @@ async def test_a_restarted_worker_takes_its_agents_back(dev_env, farm) -> None:
             assert "replicas [1] failed" in st.transitions[-1].reason
             await h.signal(AgentLifecycle.shutdown)
             await result_within(h.result())
+
+
+async def test_a_prober_process_is_supervised(dev_env, farm) -> None:
+    """``prober_process``: the host runs in a child process; kill -9 of it starts another, which
+    (a new host) takes the agent over once the old lease expires."""
+    platform = FarmPlatform(farm)
+    w = new_worker(
+        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
+    )
+    settings = Settings(prober_process=True, prober_heartbeat_seconds=HEARTBEAT_SECONDS)
+    async with w, prober_process(dev_env.client, settings, w.task_queue) as child:
+        s = probed_spec(interval_seconds=1.0)
+        h = await start(dev_env, w.task_queue, s)
+        await wait_state(h, S.READY)
+        first = await prober_host_of(h)
+        assert first is not None
+        os.kill(child.pid, signal.SIGKILL)
+
+        async def moved() -> None:
+            host = await prober_host_of(h)
+            assert host is not None and host != first, host
+
+        await assert_eventually(moved, timeout=30)
+        farm.broken.add(platform.endpoint(s.agent_id, "blue", 0))
+        await wait_state(h, S.DEGRADED, timeout=15)
+        await h.signal(AgentLifecycle.shutdown)
+        await result_within(h.result())
 
 
 async def test_a_forged_prober_lost_moves_nothing(dev_env, farm) -> None:
