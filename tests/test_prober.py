@@ -140,8 +140,10 @@ async def test_idle_healthy_agent_writes_no_history_while_probed(dev_env, farm) 
             assert farm.hits.get(endpoint, 0) >= hits + 20
 
         await assert_eventually(probed_20_rounds, timeout=30)
-        # 20 rounds of the workflow's own probing would have written ~220 events.
-        assert await history_length(h) == before
+        # 20 rounds of the workflow's own probing would have written ~220 events; the issue's
+        # bound is 10 an hour (a workflow task in flight when `before` was read may add 2-3).
+        grown = await history_length(h) - before
+        assert grown <= 10, grown
         await h.signal(AgentLifecycle.shutdown)
         await result_within(h.result())
 
