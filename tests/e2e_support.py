@@ -72,10 +72,42 @@ def tag() -> Iterator[str]:
     kill_tagged(tag)
 
 
+_PORTS_LOW, _PORTS_HIGH = 20000, 32000  # below the Linux ephemeral range (32768-60999)
+_next_port: int | None = None
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def port_block(size: int = 20) -> tuple[int, int]:
-    """A random block of ``size`` ports below the Linux ephemeral range, for replicas."""
-    start = random.randrange(20000, 32000, size)
-    return start, start + size - 1
+    """A block of ``size`` ports below the Linux ephemeral range, for replicas and gateways.
+
+    Each pytest-xdist worker (``PYTEST_XDIST_WORKER=gwN``) hands out blocks from its own slice of
+    20000-31999 in turn, so two tests running at once never share a port, and a block whose
+    ports are not all free right now (a replica of an earlier test still exiting) is skipped.
+    Returns ``(first, last)``, inclusive.
+    """
+    global _next_port
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker) if worker.isdigit() else 0
+    width = (_PORTS_HIGH - _PORTS_LOW) // max(count, 1)
+    low = _PORTS_LOW + index * width
+    high = low + width
+    if _next_port is None or not low <= _next_port < high:
+        _next_port = low + random.randrange(0, width // 2)  # not the same ports every run
+    for _ in range(width // size + 1):
+        start = _next_port if _next_port + size <= high else low
+        _next_port = start + size
+        if all(_bindable(port) for port in range(start, start + size)):
+            return start, start + size - 1
+    raise RuntimeError(f"no free block of {size} ports in {low}-{high - 1}")
 
 
 def free_port() -> int:

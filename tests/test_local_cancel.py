@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import time
 from datetime import timedelta
@@ -87,8 +86,7 @@ def platform_over(state_dir: Path, ports: tuple[int, int]) -> LocalPlatform:
 async def test_provisioning_stops_within_a_second_and_dead_records_reserve_no_ports(
     dev_env: WorkflowEnvironment, tmp_path: Path, tag: str, how: str
 ) -> None:
-    first = random.randrange(20000, 32000 - MANY, 100)
-    ports = (first, first + MANY + 19)
+    ports = port_block(MANY + 20)
     platform = platform_over(tmp_path, ports)
     s = spec(tag, "a")
     task_queue = f"cancel-{tag}"
@@ -136,7 +134,7 @@ async def test_provisioning_stops_within_a_second_and_dead_records_reserve_no_po
     assert not any(alive(pid) for pid in seen)
     assert StateStore(tmp_path / "agents").load(s.agent_id)
     # A new agent can use every port of the range: dead records reserve none.
-    small = platform_over(tmp_path, (first, first + 19))
+    small = platform_over(tmp_path, (ports[0], ports[0] + 19))
     replicas = await small.ensure(spec(tag, "b"), 20)
     assert len(replicas) == 20 and all(r.running for r in replicas)
     for r in replicas:

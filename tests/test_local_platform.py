@@ -10,7 +10,6 @@ import asyncio
 import inspect
 import json
 import os
-import random
 import signal
 import socket
 import sys
@@ -28,7 +27,7 @@ from activities.platform import LocalPlatform, PlatformActivities, PlatformError
 from activities.platform.local import process as _process
 from fleetops.models import AgentSpec, DeprovisionRequest, ProvisionRequest, RestartRequest
 from fleetops.settings import LocalPlatformSettings, Settings
-from tests.e2e_support import TAG_VAR, tag, tagged_pids
+from tests.e2e_support import TAG_VAR, port_block, tag, tagged_pids
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
 
@@ -82,7 +81,7 @@ async def answers_health(endpoint: str, *, version: str | None = None) -> bool:
 
 @pytest.fixture
 def settings() -> LocalPlatformSettings:
-    start = random.randrange(20000, 32000, 20)  # below the Linux ephemeral range
+    start, _ = port_block()
     return LocalPlatformSettings(
         host="127.0.0.1", port_range_start=start, port_range_end=start + 19, stop_grace_seconds=5.0
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import random
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from fleetops import errors
 from fleetops.models import AgentSpec, ProvisionRequest
 from fleetops.secrets import SecretRotation
 from fleetops.settings import KubernetesSettings, LocalPlatformSettings
-from tests.e2e_support import TAG_VAR, tag
+from tests.e2e_support import TAG_VAR, port_block, tag
 
 __all__ = ["tag"]
 
@@ -49,7 +48,7 @@ def store(tmp_path: Path) -> LocalStore:
 
 @pytest.fixture
 def local(tmp_path: Path, store: LocalStore) -> LocalPlatform:
-    start = random.randrange(20000, 32000, 20)
+    start, _ = port_block()
     settings = LocalPlatformSettings(port_range_start=start, port_range_end=start + 19)
     return LocalPlatform(settings, tmp_path, secrets=SecretResolver(store))
 
