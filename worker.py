@@ -24,6 +24,7 @@ from temporalio.worker import Interceptor, Worker
 from activities.agent_control import AgentControlActivities
 from activities.containment import ContainmentActivities
 from activities.deployments import DeploymentActivities
+from activities.http_probe import http_probe
 from activities.incident_evidence import EvidenceActivities
 from activities.incident_intake import IncidentIntakeActivities
 from activities.incident_review import IncidentActivities
@@ -166,65 +167,64 @@ async def fleetops_worker(
             graceful_shutdown_timeout=timedelta(seconds=10),
             max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         )
-        async with worker, prober_host(client, settings, probes, worker.task_queue):
+        async with worker, prober_host(client, settings, worker.task_queue):
             yield worker
 
 
 @contextlib.asynccontextmanager
 async def prober_workers(
-    client: Client, settings: Settings, probes: ProbeActivities, task_queue: str
+    client: Client, settings: Settings, task_queue: str
 ) -> AsyncIterator[ProberHost]:
     """Run this process's prober host: its shared-queue and own-queue workers.
 
     The shared queue ``<task_queue>-probers`` carries assignments and releases; the host's own
     queue ``<task_queue>-probers-<host_id>`` its agents' watches and its lease heartbeat
     (:mod:`activities.prober_host`). Separate from the main worker, so long watches never take
-    the activity slots provisioning needs.
+    the activity slots provisioning needs. The watches probe over one keep-alive aiohttp
+    session (:mod:`activities.http_probe`) of ``max_concurrent_probes`` connections.
 
     Args:
         client: a connected client.
         settings: ``max_concurrent_probers``, ``max_concurrent_probes``,
             ``prober_heartbeat_seconds``.
-        probes: the probe activities whose keep-alive HTTP client the watches use.
         task_queue: the workflows' task queue.
 
     Yields:
         The running host (``host_id``, ``task_queue``).
     """
-    host = ProberHost(
-        client,
-        ProberActivities(probes, max_concurrent_probes=settings.max_concurrent_probes),
-        task_queue,
-        heartbeat_seconds=settings.prober_heartbeat_seconds,
-    )
-    shared = Worker(
-        client,
-        task_queue=host.shared_queue,
-        activities=host.shared_activities(),
-        graceful_shutdown_timeout=timedelta(seconds=2),
-    )
-    own = Worker(
-        client,
-        task_queue=host.task_queue,
-        activities=host.host_activities(),
-        max_concurrent_activities=settings.max_concurrent_probers + 1,  # + the lease
-        graceful_shutdown_timeout=timedelta(seconds=2),
-    )
-    async with own, shared:
-        yield host
+    async with http_probe(settings.max_concurrent_probes) as probe:
+        host = ProberHost(
+            client,
+            ProberActivities(probe, max_concurrent_probes=settings.max_concurrent_probes),
+            task_queue,
+            heartbeat_seconds=settings.prober_heartbeat_seconds,
+        )
+        shared = Worker(
+            client,
+            task_queue=host.shared_queue,
+            activities=host.shared_activities(),
+            graceful_shutdown_timeout=timedelta(seconds=2),
+        )
+        own = Worker(
+            client,
+            task_queue=host.task_queue,
+            activities=host.host_activities(),
+            max_concurrent_activities=settings.max_concurrent_probers + 1,  # + the lease
+            graceful_shutdown_timeout=timedelta(seconds=2),
+        )
+        async with own, shared:
+            yield host
 
 
 @contextlib.asynccontextmanager
-async def prober_host(
-    client: Client, settings: Settings, probes: ProbeActivities, task_queue: str
-) -> AsyncIterator[None]:
+async def prober_host(client: Client, settings: Settings, task_queue: str) -> AsyncIterator[None]:
     """This worker's prober host: in this process, or in a supervised child process when
     ``prober_process`` is set (:func:`prober_process`)."""
     if settings.prober_process:
         async with prober_process(client, settings, task_queue):
             yield
     else:
-        async with prober_workers(client, settings, probes, task_queue):
+        async with prober_workers(client, settings, task_queue):
             yield
 
 
@@ -323,15 +323,7 @@ async def run_prober_host(argv: Sequence[str]) -> None:
     )
     client = await connect(settings)
     stop = _stop_on_signals()
-    limits = httpx.Limits(
-        max_connections=settings.max_concurrent_probes,
-        max_keepalive_connections=settings.max_concurrent_probes,
-    )
-    transport = httpx.AsyncHTTPTransport(retries=0, limits=limits)
-    async with (
-        httpx.AsyncClient(transport=transport) as http,
-        prober_workers(client, settings, ProbeActivities(http), args.task_queue) as host,
-    ):
+    async with prober_workers(client, settings, args.task_queue) as host:
         print(f"{PROBER_READY} {host.host_id} on {host.task_queue}", flush=True)
         await stop.wait()
 

@@ -18,12 +18,11 @@ import asyncio
 import random
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.probes import ProbeActivities
 from fleetops.models import ProbeResult
 from fleetops.prober import WatchedReplica, WatchReport, WatchRequest, verdict
 
@@ -35,16 +34,25 @@ SUPERSEDED = "ProberSuperseded"
 """Error type of a watch ended because a newer watch of the same agent began on this host."""
 
 
+class Probe(Protocol):
+    """What probes one replica: :class:`activities.http_probe.HttpProbe` in production
+    (:class:`activities.probes.ProbeActivities` has the same method)."""
+
+    async def probe_one(self, endpoint: str, path: str, timeout: float) -> ProbeResult:
+        """``GET <endpoint><path>`` within ``timeout`` seconds; failures are results."""
+        ...
+
+
 class ProberActivities:
-    """Long-running watches over the probe code of :class:`ProbeActivities`.
+    """Long-running watches of many agents over one probe client.
 
     Args:
-        probes: the probe activities (their keep-alive ``httpx.AsyncClient``).
+        probes: the probe client (its keep-alive session).
         max_concurrent_probes: probes in flight at once in this process (start throttling).
     """
 
     def __init__(
-        self, probes: ProbeActivities, *, max_concurrent_probes: int = DEFAULT_MAX_CONCURRENT_PROBES
+        self, probes: Probe, *, max_concurrent_probes: int = DEFAULT_MAX_CONCURRENT_PROBES
     ) -> None:
         self._probes = probes
         self._gate = asyncio.Semaphore(max_concurrent_probes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -22,16 +23,47 @@ def _short(text: str) -> str:
     return shorten(text, _MAX_ERROR_CHARS)
 
 
-def _in_flight(response: httpx.Response) -> int:
+def _in_flight(body: bytes) -> int:
     """``in_flight`` from a JSON body like ``{"status": "ok", "in_flight": 2}``; 0 if absent."""
     try:
-        body: Any = response.json()
+        doc: Any = json.loads(body)
     except ValueError:
         return 0
-    value = body.get("in_flight") if isinstance(body, dict) else None
+    value = doc.get("in_flight") if isinstance(doc, dict) else None
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     return 0
+
+
+def answered(
+    endpoint: str, status_code: int, body: bytes, text: str, latency: float
+) -> ProbeResult:
+    """The result of a probe that got an HTTP answer: healthy iff 2xx.
+
+    Args:
+        endpoint: the replica's base URL.
+        status_code: the HTTP status.
+        body: the response body (``in_flight`` is read from its JSON).
+        text: the body decoded (the start of it is the error of a non-2xx answer).
+        latency: seconds from the request to the answer.
+    """
+    healthy = 200 <= status_code < 300
+    return ProbeResult(
+        endpoint=endpoint,
+        healthy=healthy,
+        status_code=status_code,
+        latency_seconds=latency,
+        in_flight=_in_flight(body),
+        error=None if healthy else _short(f"HTTP {status_code}: {text}"),
+    )
+
+
+def unanswered(endpoint: str, error: str, latency: float) -> ProbeResult:
+    """The result of a probe that got no HTTP answer (timeout, refused, bad URL): unhealthy,
+    ``error`` cut to 200 characters."""
+    return ProbeResult(
+        endpoint=endpoint, healthy=False, latency_seconds=latency, in_flight=0, error=_short(error)
+    )
 
 
 class ProbeActivities:
@@ -82,22 +114,10 @@ class ProbeActivities:
             error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         else:
             latency = time.perf_counter() - started
-            healthy = response.is_success
-            return ProbeResult(
-                endpoint=endpoint,
-                healthy=healthy,
-                status_code=response.status_code,
-                latency_seconds=latency,
-                in_flight=_in_flight(response),
-                error=None if healthy else _short(f"HTTP {response.status_code}: {response.text}"),
+            return answered(
+                endpoint, response.status_code, response.content, response.text, latency
             )
-        return ProbeResult(
-            endpoint=endpoint,
-            healthy=False,
-            latency_seconds=time.perf_counter() - started,
-            in_flight=0,
-            error=_short(error),
-        )
+        return unanswered(endpoint, error, time.perf_counter() - started)
 
     @activity.defn(name="wait_healthy")
     async def wait_healthy(self, req: WaitHealthyRequest) -> list[ProbeResult]:

@@ -2,7 +2,7 @@
 
 Each replica endpoint is ``http://127.0.0.1:<port>/<agent>-<colour>-<index>``; its health path
 answers 200 ``{"in_flight": n}`` or, for an endpoint in ``broken``, 503. Real HTTP, so the
-data-plane prober runs its production code (``ProbeActivities.probe_one`` over httpx).
+data-plane prober runs its production code (``HttpProbe.probe_one`` over aiohttp).
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 
-import httpx
 from temporalio.client import Client
 
 from activities.prober_host import ProberHost
-from activities.probes import ProbeActivities
 from fleetops.settings import Settings
 from tests.standins import ColorPlatform
 from worker import prober_workers
@@ -76,8 +74,5 @@ async def prober_worker(client: Client, task_queue: str) -> AsyncIterator[Prober
     """A prober host for the workflows of ``task_queue``, built as the production worker
     builds it (:func:`worker.prober_workers`), with a 3 s lease heartbeat timeout."""
     settings = Settings(prober_heartbeat_seconds=HEARTBEAT_SECONDS)
-    async with (
-        httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=0)) as http,
-        prober_workers(client, settings, ProbeActivities(http), task_queue) as host,
-    ):
+    async with prober_workers(client, settings, task_queue) as host:
         yield host
