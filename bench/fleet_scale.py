@@ -18,12 +18,14 @@ Measured over S seconds after all agents are READY (or ERROR, counted):
 - detection latency: 50 replicas made unhealthy (HTTP 503) -> their agent DEGRADED (the
   transition's time), p50/p95.
 
-Then, with the agents terminated and the worker stopped, the baseline: a plain asyncio loop
-probing the same N endpoints every 10 s over one keep-alive client (no Temporal), the same
-figures (detection: 3 consecutive failures seen). ``vs_bare_cpu`` = (worker + server cores) /
-bare cores. The bare loop's client is the prober's (aiohttp, :mod:`activities.http_probe`), the
-physical limit of this design; ``--bare-client httpx`` runs it over httpx instead (on 2 cores it
-reaches about 325 probes/s at a full core, a third of what 10,000 agents demand).
+Before Temporal starts, the baseline: a plain asyncio loop probing the same N endpoints every
+10 s over one keep-alive client (no Temporal), the same figures (detection: 3 consecutive
+failures seen). ``vs_bare_cpu`` = (worker + server cores) / bare cores. The figures are printed
+before the agents are terminated and the worker stopped (that takes a while at 10,000 agents;
+its duration is printed after). The bare loop's client is the prober's (aiohttp,
+:mod:`activities.http_probe`), the physical limit of this design; ``--bare-client httpx`` runs
+it over httpx instead (on 2 cores it reaches about 325 probes/s at a full core, a third of what
+10,000 agents demand).
 """
 
 from __future__ import annotations
@@ -183,7 +185,11 @@ def pct(values: list[float], q: float) -> float:
 # --- the Temporal run -----------------------------------------------------------------------
 
 
-async def run_temporal(args: argparse.Namespace, base: str, http: httpx.AsyncClient) -> dict:
+async def run_temporal(
+    args: argparse.Namespace, base: str, http: httpx.AsyncClient, bare: dict
+) -> None:
+    """Start the agents, measure them, print the report (:func:`report`, with ``bare``'s
+    figures), then terminate them and stop the worker and the dev server (timed: printed)."""
     env = await start_dev_server()
     server = dev_server_pid()
     assert server is not None, "dev server process not found"
@@ -239,10 +245,13 @@ async def run_temporal(args: argparse.Namespace, base: str, http: httpx.AsyncCli
             out["events_window_per_agent_hour"] = grown * 3600 / wall
             out["events_per_agent_hour"] = grown * 3600 / wall + LEASE_EVENTS * 3600 / LEASE_SECONDS
             out["detect"] = await detect_temporal(handles[-DETECT_SAMPLE:], base, http)
+            report(args, out, bare)  # before the shutdown: its figures are the run's
+            stopping = time.monotonic()
             await terminate_all(handles)
     finally:
         await env.shutdown()
-    return out
+    if "detect" in out:
+        print(f"terminated, worker and dev server stopped in {time.monotonic() - stopping:.0f}s")
 
 
 async def history_length(h: Any) -> int:
@@ -358,12 +367,11 @@ async def run(args: argparse.Namespace) -> None:
         assert proc.stdout is not None
         base = f"http://127.0.0.1:{int(await proc.stdout.readline())}"
         async with httpx.AsyncClient() as http:
-            t = await run_temporal(args, base, http)
-            b = await run_bare(args, base, http)
+            bare = await run_bare(args, base, http)
+            await run_temporal(args, base, http, bare)
     finally:
         proc.kill()
         await proc.wait()
-    report(args, t, b)
 
 
 def report(args: argparse.Namespace, t: dict, b: dict) -> None:
