@@ -21,7 +21,7 @@ Measured over S seconds after all agents are READY (or ERROR, counted):
 Before Temporal starts, the baseline: a plain asyncio loop probing the same N endpoints every
 10 s over one keep-alive client (no Temporal), the same figures (detection: 3 consecutive
 failures seen). ``vs_bare_cpu`` = (worker + server cores) / bare cores. The figures are printed
-before the agents are terminated and the worker stopped (that takes a while at 10,000 agents;
+before the agents are terminated and the worker stopped (over 10 minutes at 1,000 agents;
 its duration is printed after). The bare loop's client is the prober's (aiohttp,
 :mod:`activities.http_probe`), the physical limit of this design; ``--bare-client httpx`` runs
 it over httpx instead (on 2 cores it reaches about 325 probes/s at a full core, a third of what
