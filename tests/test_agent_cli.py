@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from fleetops.models import AgentSpec, AgentState, AgentStatus, ProvisionRequest, Replica
-from tests.conftest import BIN, assert_eventually, new_worker
+from tests.cli_support import Run, cli_env, run_fleetops
+from tests.conftest import assert_eventually, new_worker
 from tests.test_agent_lifecycle import FakePlatform
 from workflows.agent_lifecycle import AgentLifecycle
 
@@ -40,13 +39,6 @@ class RecordingPlatform(FakePlatform):
         return await super().provision(req)
 
 
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-
 @pytest.fixture
 def platform() -> RecordingPlatform:
     return RecordingPlatform()
@@ -64,30 +56,11 @@ async def worker(
 @pytest.fixture
 def cli(dev_env: WorkflowEnvironment, worker: Worker, tmp_path: Path):
     """Run ``fleetops agent <args>`` against the dev server and the test's task queue."""
-    base = {
-        **os.environ,
-        "FLEETOPS_TEMPORAL__ADDRESS": dev_env.client.service_client.config.target_host,
-        "FLEETOPS_TEMPORAL__TASK_QUEUE": worker.task_queue,
-        "FLEETOPS_TELEMETRY__METRICS_BIND_ADDRESS": "",
-        "COLUMNS": "200",  # rich tables: no truncated cells
-    }
+    base = cli_env(dev_env.client, worker.task_queue)
 
     async def run(*args: str, address: str | None = None) -> Run:
-        env = dict(base)
-        if address is not None:
-            env["FLEETOPS_TEMPORAL__ADDRESS"] = address
-        proc = await asyncio.create_subprocess_exec(
-            str(BIN / "fleetops"),
-            "agent",
-            *args,
-            cwd=tmp_path,  # no stray .env from the working tree
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-        assert proc.returncode is not None
-        return Run(proc.returncode, out.decode(), err.decode())
+        env = base | ({"FLEETOPS_TEMPORAL__ADDRESS": address} if address else {})
+        return await run_fleetops("agent", *args, env=env, cwd=tmp_path)
 
     return run
 

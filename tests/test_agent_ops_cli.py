@@ -3,9 +3,7 @@ against a dev server, with the real workflow and the stand-in platform of tests/
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,9 +12,10 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from tests.conftest import BIN, assert_eventually, new_worker
+from tests.cli_support import Run, cli_env, run_fleetops
+from tests.conftest import assert_eventually, new_worker
 from tests.standins import ColorPlatform
-from tests.test_agent_cli import UNREACHABLE, Run
+from tests.test_agent_cli import UNREACHABLE
 from worker import INTERCEPTORS, WORKFLOWS
 
 
@@ -39,23 +38,12 @@ async def worker(dev_env: WorkflowEnvironment, platform: ColorPlatform) -> Async
 
 @pytest.fixture
 def cli(dev_env: WorkflowEnvironment, worker: Worker, tmp_path: Path):
-    base = {
-        **os.environ,
-        "FLEETOPS_TEMPORAL__ADDRESS": dev_env.client.service_client.config.target_host,
-        "FLEETOPS_TEMPORAL__TASK_QUEUE": worker.task_queue,
-        "FLEETOPS_TELEMETRY__METRICS_BIND_ADDRESS": "",
-        "COLUMNS": "200",
-    }
+    """Run ``fleetops agent <args>`` against the dev server and the test's task queue."""
+    base = cli_env(dev_env.client, worker.task_queue)
 
     async def run(*args: str, address: str | None = None) -> Run:
         env = base | ({"FLEETOPS_TEMPORAL__ADDRESS": address} if address else {})
-        proc = await asyncio.create_subprocess_exec(
-            str(BIN / "fleetops"), "agent", *args, cwd=tmp_path, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-        assert proc.returncode is not None
-        return Run(proc.returncode, out.decode(), err.decode())
+        return await run_fleetops("agent", *args, env=env, cwd=tmp_path)
 
     return run
 

@@ -21,17 +21,16 @@ from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():  # the sandbox re-imports this module
     from activities.containment import ContainmentActivities
-    from activities.deployments import DeploymentActivities
     from activities.notify import NotifyActivities
     from fleetops.deploy import DeploymentRequest
     from fleetops.incidents import ContainmentAction, ContainmentRequest, ContainmentResult
     from fleetops.models import AgentLifecycleInput, AgentSpec, AgentState, AgentStatus
     from fleetops.settings import ApprovalSettings
-    from tests.conftest import assert_eventually, new_worker
+    from tests.cli_support import deployment_worker
+    from tests.conftest import assert_eventually
     from tests.standins import ColorPlatform
     from tests.test_approval import Receiver, receiver
     from workflows.agent_lifecycle import AgentLifecycle
-    from workflows.blue_green import BlueGreenDeployment
 
 __all__ = ["receiver"]  # the fixture
 A = ContainmentAction
@@ -41,21 +40,8 @@ S = AgentState
 @pytest.fixture
 async def world(dev_env: WorkflowEnvironment) -> AsyncIterator[tuple[Worker, ColorPlatform]]:
     platform = ColorPlatform()
-    async with httpx.AsyncClient() as http:
-        notify = NotifyActivities(http, ApprovalSettings())
-        w = new_worker(
-            dev_env.client,
-            workflows=[AgentLifecycle, BlueGreenDeployment],
-            activities=[
-                *platform.activities(),
-                DeploymentActivities(dev_env.client).describe_deployment,
-                notify.send_notification,
-                notify.approval_policy,
-                notify.approver_roles,
-            ],
-        )
-        async with w:
-            yield w, platform
+    async with deployment_worker(dev_env.client, platform) as w:
+        yield w, platform
 
 
 async def start_agent(client: Client, w: Worker, **spec: Any) -> WorkflowHandle[Any, Any]:

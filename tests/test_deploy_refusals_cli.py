@@ -7,25 +7,20 @@ the agent reconciled to.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.deployments import DeploymentActivities
-from activities.notify import NotifyActivities
 from fleetops.models import AgentLifecycleInput, AgentSpec
-from fleetops.settings import ApprovalSettings
-from tests.conftest import BIN, assert_eventually, new_worker
+from tests.cli_support import cli_env, deployment_worker, run_fleetops
+from tests.conftest import assert_eventually
 from tests.standins import ColorPlatform
 from workflows.agent_lifecycle import AgentLifecycle
 from workflows.blue_green import BlueGreenDeployment
@@ -33,42 +28,16 @@ from workflows.blue_green import BlueGreenDeployment
 
 @pytest.fixture
 async def worker(dev_env: WorkflowEnvironment) -> AsyncIterator[Worker]:
-    platform = ColorPlatform()
-    async with httpx.AsyncClient() as http:
-        notify = NotifyActivities(http, ApprovalSettings())
-        w = new_worker(
-            dev_env.client,
-            workflows=[AgentLifecycle, BlueGreenDeployment],
-            activities=[
-                *platform.activities(),
-                DeploymentActivities(dev_env.client).describe_deployment,
-                notify.send_notification,
-                notify.approval_policy,
-                notify.approver_roles,
-            ],
-        )
-        async with w:
-            yield w
+    async with deployment_worker(dev_env.client, ColorPlatform()) as w:
+        yield w
 
 
 async def fleetops(dev_env: WorkflowEnvironment, cwd: Path, *args: str) -> tuple[int, str]:
-    env = {
-        **os.environ,
-        "FLEETOPS_TEMPORAL__ADDRESS": dev_env.client.service_client.config.target_host,
-        "FLEETOPS_TELEMETRY__METRICS_BIND_ADDRESS": "",
-        "COLUMNS": "200",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        str(BIN / "fleetops"),
-        *args,
-        cwd=cwd,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+    """``fleetops <args>`` in ``cwd``: its exit code and its output (stdout and stderr)."""
+    run = await run_fleetops(
+        *args, env=cli_env(dev_env.client), cwd=cwd, timeout=60, merge_stderr=True
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
+    return run.code, run.stdout
 
 
 async def test_deploy_of_an_agent_that_does_not_run_exits_at_once(

@@ -8,36 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.deployments import DeploymentActivities
-from activities.notify import NotifyActivities
 from fleetops.models import AgentState
-from fleetops.settings import ApprovalSettings
 from starters import agents, deployments
-from tests.conftest import BIN, assert_eventually, new_worker
+from tests.cli_support import Run, cli_env, deployment_worker, run_fleetops
+from tests.conftest import BIN, assert_eventually
 from tests.standins import ColorPlatform
-from workflows.agent_lifecycle import AgentLifecycle
-from workflows.blue_green import BlueGreenDeployment
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
 
 
 @pytest.fixture
@@ -47,47 +33,17 @@ def platform() -> ColorPlatform:
 
 @pytest.fixture
 async def worker(dev_env: WorkflowEnvironment, platform: ColorPlatform) -> AsyncIterator[Worker]:
-    async with httpx.AsyncClient() as http:
-        notify = NotifyActivities(http, ApprovalSettings())
-        w = new_worker(
-            dev_env.client,
-            workflows=[AgentLifecycle, BlueGreenDeployment],
-            activities=[
-                *platform.activities(),
-                DeploymentActivities(dev_env.client).describe_deployment,
-                notify.send_notification,
-                notify.approval_policy,
-                notify.approver_roles,
-            ],
-        )
-        async with w:
-            yield w
+    async with deployment_worker(dev_env.client, platform) as w:
+        yield w
 
 
 @pytest.fixture
 def cli(dev_env: WorkflowEnvironment, worker: Worker, tmp_path: Path):
     """Run ``fleetops <args>`` against the dev server and the test's task queue."""
-    base = {
-        **os.environ,
-        "FLEETOPS_TEMPORAL__ADDRESS": dev_env.client.service_client.config.target_host,
-        "FLEETOPS_TEMPORAL__TASK_QUEUE": worker.task_queue,
-        "FLEETOPS_TELEMETRY__METRICS_BIND_ADDRESS": "",
-        "COLUMNS": "200",
-        "FLEETOPS_TEST_CWD": str(tmp_path),
-    }
+    base = cli_env(dev_env.client, worker.task_queue, FLEETOPS_TEST_CWD=str(tmp_path))
 
     async def run(*args: str, timeout: float = 120) -> Run:
-        proc = await asyncio.create_subprocess_exec(
-            str(BIN / "fleetops"),
-            *args,
-            cwd=tmp_path,
-            env=base,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
-        assert proc.returncode is not None
-        return Run(proc.returncode, out.decode(), err.decode())
+        return await run_fleetops(*args, env=base, cwd=tmp_path, timeout=timeout)
 
     run.env = base  # type: ignore[attr-defined]
     return run
