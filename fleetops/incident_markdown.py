@@ -25,6 +25,12 @@ def _seconds(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.0f} s"
 
 
+def _section(title: str, items: list[str], empty: str) -> list[str]:
+    """The lines of a ``## title`` section: a blank line, the heading, a blank line, then
+    ``items`` (``empty`` alone when there are none)."""
+    return ["", f"## {title}", "", *(items or [empty])]
+
+
 def render_review(r: ReviewReport) -> str:
     """Markdown of a review.
 
@@ -51,44 +57,56 @@ def render_review(r: ReviewReport) -> str:
         "## Impact",
         "",
         _text(r.impact),
-        "",
-        "## Timeline",
-        "",
     ]
-    lines += [
-        f"- {e.at:%H:%M:%S} {e.kind}"
-        + (f" ({_text(e.actor)})" if e.actor else "")
-        + f": {_text(e.detail)}"
-        for e in r.timeline
-    ] or ["- (empty)"]
-    lines += ["", "## Key findings", ""]
-    lines += [
-        f"- {_text(f.text)}" + (f" [{', '.join(f.evidence_refs)}]" if f.evidence_refs else "")
-        for f in r.key_findings
-    ] or ["- none"]
-    lines += ["", "## Likely causes", ""]
-    lines += [
-        f"- {_text(c.cause)} (confidence {c.confidence:.0%})"
-        + (f" [{', '.join(_text(x) for x in c.evidence_refs)}]" if c.evidence_refs else "")
-        for c in r.likely_causes
-    ] or ["- not determined"]
-    lines += ["", "## Actions taken", ""]
-    lines += [
-        f"- `{a.action.value}` ({a.risk} risk, proposed by {a.proposed_by}, {a.mode}): "
-        f"{a.outcome}"
-        + (f", approver {_text(a.approver)}" if a.approver else "")
-        + (f": {_text(a.detail)}" if a.detail else "")
-        for a in r.actions
-    ] or ["- none"]
-    lines += ["", "## Paging", ""]
-    lines += [
-        f"- {p.at:%H:%M:%S} {'page' if p.level == 0 else f'escalation {p.level}'} "
-        f"({p.severity.value}): {'sent' if p.sent else 'not sent'}"
-        + (f": {_text(p.detail)}" if p.detail else "")
-        for p in r.pages
-    ] or ["- nobody was paged"]
-    lines += ["", "## Follow-ups", ""]
-    lines += [f"- [ ] {_text(f)}" for f in r.follow_ups] or ["- none"]
+    lines += _section(
+        "Timeline",
+        [
+            f"- {e.at:%H:%M:%S} {e.kind}"
+            + (f" ({_text(e.actor)})" if e.actor else "")
+            + f": {_text(e.detail)}"
+            for e in r.timeline
+        ],
+        "- (empty)",
+    )
+    lines += _section(
+        "Key findings",
+        [
+            f"- {_text(f.text)}" + (f" [{', '.join(f.evidence_refs)}]" if f.evidence_refs else "")
+            for f in r.key_findings
+        ],
+        "- none",
+    )
+    lines += _section(
+        "Likely causes",
+        [
+            f"- {_text(c.cause)} (confidence {c.confidence:.0%})"
+            + (f" [{', '.join(_text(x) for x in c.evidence_refs)}]" if c.evidence_refs else "")
+            for c in r.likely_causes
+        ],
+        "- not determined",
+    )
+    lines += _section(
+        "Actions taken",
+        [
+            f"- `{a.action.value}` ({a.risk} risk, proposed by {a.proposed_by}, {a.mode}): "
+            f"{a.outcome}"
+            + (f", approver {_text(a.approver)}" if a.approver else "")
+            + (f": {_text(a.detail)}" if a.detail else "")
+            for a in r.actions
+        ],
+        "- none",
+    )
+    lines += _section(
+        "Paging",
+        [
+            f"- {p.at:%H:%M:%S} {'page' if p.level == 0 else f'escalation {p.level}'} "
+            f"({p.severity.value}): {'sent' if p.sent else 'not sent'}"
+            + (f": {_text(p.detail)}" if p.detail else "")
+            for p in r.pages
+        ],
+        "- nobody was paged",
+    )
+    lines += _section("Follow-ups", [f"- [ ] {_text(f)}" for f in r.follow_ups], "- none")
     llm = r.llm
     lines += ["", "## LLM", ""]
     if not llm.configured:

@@ -7,7 +7,7 @@ incident, refused, closed; 2: bad input).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Group, RenderableType
@@ -126,6 +126,20 @@ def show(
     out.print(status_view(st))
 
 
+DONE = {"ack": "acknowledged", "resolve": "resolved"}
+"""What the CLI prints for each answer it sends."""
+
+
+def _answer(incident: str, action: Literal["ack", "resolve"], as_: str, note: str) -> str:
+    """Send ``action`` (with ``note``, as ``as_``) to the incident's update and print what it
+    answered; return the workflow id. Exits non-zero (via ``run``) when it is refused."""
+    wid = _wid(incident)
+    who = _who(as_)
+    result = run(lambda c: incidents.update(c, wid, action, who, note))
+    out.print(f"{DONE[action]} {escape(wid)}" + (f": {escape(str(result))}" if result else ""))
+    return wid
+
+
 @incident_app.command()
 def ack(
     incident: IncidentId,
@@ -133,10 +147,7 @@ def ack(
     as_: As = "",
 ) -> None:
     """Acknowledge an incident (stops escalation of its page)."""
-    wid = _wid(incident)
-    who = _who(as_)
-    result = run(lambda c: incidents.update(c, wid, "ack", who, comment))
-    out.print(f"acknowledged {escape(wid)}" + (f": {escape(str(result))}" if result else ""))
+    _answer(incident, "ack", as_, comment)
 
 
 @incident_app.command()
@@ -146,10 +157,7 @@ def resolve(
     as_: As = "",
 ) -> None:
     """Resolve an incident by hand (it then writes its review and closes)."""
-    wid = _wid(incident)
-    who = _who(as_)
-    result = run(lambda c: incidents.update(c, wid, "resolve", who, reason))
-    out.print(f"resolved {escape(wid)}" + (f": {escape(str(result))}" if result else ""))
+    wid = _answer(incident, "resolve", as_, reason)
     out.print(f"its review, once written: fleetops incident review {escape(wid)}")
 
 
