@@ -224,7 +224,9 @@ async def run_temporal(
             handles = await start_many(
                 env.client, AgentLifecycle.run, inputs, [f"agent/{a}" for a in ids], tq
             )
-            await wait_settled(env.client, tq, args.agents, deadline_s=1800, poll_s=2.0)
+            await wait_settled(
+                env.client, tq, args.agents, deadline_s=args.settle_seconds, poll_s=2.0
+            )
             out["ramp_s"] = time.monotonic() - t0
             out["error_at_start"] = await count_in(env.client, tq, AgentState.ERROR)
             print(f"all settled in {out['ramp_s']:.0f}s, {out['error_at_start']} ERROR", flush=True)
@@ -462,6 +464,13 @@ def main(argv: list[str] | None = None) -> None:
         choices=["aiohttp", "httpx"],
         default="aiohttp",
         help="the bare loop's HTTP client: the prober's (aiohttp, default) or httpx",
+    )
+    p.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=3600.0,
+        help="how long all agents may take to settle (READY or ERROR) before the run fails"
+        " (10,000 agents started at once take over 30 minutes on 2 cores)",
     )
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
