@@ -2,7 +2,8 @@
 
 Run it on its own against any Temporal cluster with ``python worker.py`` (or ``fleetops worker``);
 ``fleetops up`` runs the same worker next to an embedded dev server. SIGINT/SIGTERM stop it
-cleanly: polling stops, running activities finish or are cancelled after the graceful timeout.
+cleanly: polling stops, running activities finish or are cancelled after the graceful timeout;
+a shutdown that has not ended after ``STOP_SECONDS`` is given up (logged), so the process exits.
 """
 
 from __future__ import annotations
@@ -360,7 +361,9 @@ async def run_worker(
     client = client or await connect(settings, with_metrics=True)
     serve_app_metrics(settings.telemetry.app_metrics_bind_address)
     stop = stop or _stop_on_signals()
-    async with fleetops_worker(client, settings) as worker:
+    running = contextlib.AsyncExitStack()
+    worker = await running.enter_async_context(fleetops_worker(client, settings))
+    try:
         log.info(
             "worker polling task queue %r on %s (namespace %s)",
             worker.task_queue,
@@ -369,7 +372,37 @@ async def run_worker(
         )
         await stop.wait()
         log.info("stopping worker")
+    finally:
+        await stop_within(running, STOP_SECONDS)
+
+
+STOP_SECONDS = 60.0
+"""How long a stopping worker may take (seconds): the 10 s graceful timeout of its activities,
+the prober host's 10 s, and the SDK's own shutdown, with room to spare."""
+
+
+async def stop_within(running: contextlib.AsyncExitStack, seconds: float) -> bool:
+    """Close ``running`` (the worker's context) within ``seconds``; past that, log an error and
+    give up on it, so a stop request always ends the process.
+
+    Nothing is lost by giving up: Temporal re-dispatches what this worker held (workflow tasks
+    after their timeout, activities after their heartbeat timeout) to the next worker. A stuck
+    SDK shutdown has been seen when many agents were terminated just before the stop.
+
+    Returns:
+        True when the worker stopped in time.
+    """
+    try:
+        await asyncio.wait_for(running.aclose(), seconds)
+    except TimeoutError:
+        log.error(
+            "worker did not stop within %g s; exiting without it (Temporal hands its tasks"
+            " to the next worker)",
+            seconds,
+        )
+        return False
     log.info("worker stopped")
+    return True
 
 
 def serve_app_metrics(bind_address: str | None) -> None:
