@@ -24,10 +24,11 @@ def _short(text: str) -> str:
 
 
 def _in_flight(body: bytes) -> int:
-    """``in_flight`` from a JSON body like ``{"status": "ok", "in_flight": 2}``; 0 if absent."""
+    """``in_flight`` from a JSON body like ``{"status": "ok", "in_flight": 2}``; 0 if absent or
+    not JSON (also a body nested too deep to decode: ``json`` raises RecursionError)."""
     try:
         doc: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return 0
     value = doc.get("in_flight") if isinstance(doc, dict) else None
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:

@@ -82,6 +82,8 @@ async def test_healthy_with_in_flight(server: Scripted, probe: HttpProbe) -> Non
         (b"ok", 0),
         (b"\xff\xfe", 0),
         (b"", 0),
+        (b"[" * 5000, 0),  # nested past the decoder's recursion limit
+        (b'{"a":' * 5000, 0),
     ],
 )
 async def test_odd_bodies_are_healthy_with_no_in_flight(
@@ -92,6 +94,17 @@ async def test_odd_bodies_are_healthy_with_no_in_flight(
     r = await probe.probe_one(server.base, "/health", 2.0)
 
     assert r.healthy and r.in_flight == in_flight
+
+
+async def test_a_deeply_nested_error_body_is_an_unhealthy_result(
+    server: Scripted, probe: HttpProbe
+) -> None:
+    server.status = "503 Unavailable"
+    server.body = b"[" * 5000
+
+    r = await probe.probe_one(server.base, "/health", 2.0)
+
+    assert not r.healthy and r.status_code == 503
 
 
 async def test_gzip_body_is_read(server: Scripted, probe: HttpProbe) -> None:

@@ -82,6 +82,16 @@ async def test_transport_errors(exc: Exception, error: str) -> None:
     assert r.latency_seconds is not None and 0.02 <= r.latency_seconds < 1
 
 
+async def test_a_deeply_nested_body_is_a_result_not_an_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503 if "r0" in str(request.url) else 200, content=b"[" * 5000)
+
+    results = await run(
+        handler, "probe_replicas", ProbeRequest(endpoints=["http://r0", "http://r1"])
+    )
+    assert [(r.healthy, r.in_flight) for r in results] == [(False, 0), (True, 0)]
+
+
 async def test_busy_replica_reports_in_flight() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(
