@@ -24,6 +24,7 @@ from datetime import timedelta
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.prober import ProberActivities
@@ -81,6 +82,10 @@ class ProberHost:
         )
         self._workflow_queue = task_queue
         self._leased = False
+        self.holds = 0
+        """``hold_host`` attempts started here; the latest is the lease."""
+        self.holding = 0
+        """``hold_host`` attempts running here now."""
         self._leasing = asyncio.Lock()
         self._lost: dict[str, float] = {}  # host id -> monotonic time its loss was confirmed
 
@@ -111,6 +116,8 @@ class ProberHost:
                         id=lease_workflow_id(self.host_id),
                         task_queue=self._workflow_queue,
                     )
+                except WorkflowAlreadyStartedError:
+                    pass  # the lease runs (e.g. a reset run, or one still releasing): held
                 except RPCError as err:
                     if err.status != RPCStatusCode.ALREADY_EXISTS:
                         raise
@@ -121,13 +128,31 @@ class ProberHost:
     async def hold_host(self, lease: LeaseInput) -> None:
         """Heartbeat for this host every quarter of the heartbeat timeout, ``hold_seconds`` long.
 
+        Only this host's own lease holds it: a ``hold_host`` scheduled on this queue by any
+        other workflow (a client can start a ``ProberLease`` naming any queue) fails at once and
+        changes nothing.
+
         Raises:
+            ApplicationError: non-retryable, ``lease`` or the calling workflow is not this
+                host's lease (``prober-host/<host_id>``).
             asyncio.CancelledError: the worker is shutting down, or the server no longer
                 knows this attempt (its heartbeat timed out: the lease was lost and its agents
-                released); then every watch of this host is dropped, so no agent is probed by
-                two hosts, and the next assignment starts a new lease.
+                released); then, unless a newer hold of this host runs (a reset lease run),
+                every watch of this host is dropped, so no agent is probed by two hosts, and
+                the next assignment starts a new lease.
         """
-        timeout = activity.info().heartbeat_timeout or timedelta(seconds=lease.heartbeat_seconds)
+        info = activity.info()
+        if lease.host_id != self.host_id or info.workflow_id != lease_workflow_id(self.host_id):
+            raise ApplicationError(
+                f"hold_host from {info.workflow_id!r} for host {lease.host_id!r}: only"
+                f" {lease_workflow_id(self.host_id)!r} holds this host",
+                type="NotThisHost",
+                non_retryable=True,
+            )
+        self.holds += 1
+        self.holding += 1
+        mine = self.holds
+        timeout = info.heartbeat_timeout or timedelta(seconds=lease.heartbeat_seconds)
         every = timeout.total_seconds() / 4
         end = time.monotonic() + lease.hold_seconds
         try:
@@ -135,9 +160,12 @@ class ProberHost:
                 activity.heartbeat(self.probers.watched)
                 await asyncio.sleep(min(every, max(0.0, end - time.monotonic())))
         except asyncio.CancelledError:
-            self._leased = False
-            self.probers.drop_all()
+            if mine == self.holds:  # the latest hold: the lease is gone
+                self._leased = False
+                self.probers.drop_all()
             raise
+        finally:
+            self.holding -= 1
 
     @activity.defn(name="release_host")
     async def release_host(self, host_id: str) -> int:

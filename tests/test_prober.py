@@ -20,6 +20,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
@@ -325,6 +328,91 @@ async def test_a_forged_prober_lost_moves_nothing(dev_env, farm) -> None:
         await assert_eventually(still_probed, timeout=10)
         st = await h.query(AgentLifecycle.status)
         assert st.state == S.READY and host.probers.watched == 1
+        await h.signal(AgentLifecycle.shutdown)
+        await result_within(h.result())
+
+
+async def probed_on(farm: HealthFarm, endpoint: str, more: int = 3) -> None:
+    """Wait until ``endpoint`` has been probed ``more`` more times."""
+    hits = farm.hits.get(endpoint, 0)
+
+    async def probed() -> None:
+        assert farm.hits.get(endpoint, 0) >= hits + more
+
+    await assert_eventually(probed, timeout=15)
+
+
+async def test_a_forged_lease_on_a_hosts_queue_changes_nothing(dev_env, farm) -> None:
+    """A client starts a ``ProberLease`` naming a real host's queue, then terminates it: its
+    ``hold_host`` is refused at once, and the host keeps its lease and its watches."""
+    platform = FarmPlatform(farm)
+    w = new_worker(
+        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
+    )
+    async with w, prober_worker(dev_env.client, w.task_queue) as host:
+        h = await start(dev_env, w.task_queue, probed_spec())
+        await wait_state(h, S.READY)
+        for host_id in ("evil", host.host_id):
+            forged = await dev_env.client.start_workflow(
+                "ProberLease",
+                {"host_id": host_id, "task_queue": host.task_queue,
+                 "release_queue": "nowhere", "heartbeat_seconds": 10},
+                id=f"evil-{uuid.uuid4()}",
+                task_queue=w.task_queue,
+            )  # fmt: skip
+
+            async def refused(f: WorkflowHandle[Any, Any] = forged) -> None:
+                events = [e async for e in f.fetch_history_events()]
+                failed = [e for e in events if e.HasField("activity_task_failed_event_attributes")]
+                assert failed, "hold_host not refused yet"
+                assert "NotThisHost" in str(failed[0].activity_task_failed_event_attributes)
+
+            await assert_eventually(refused, timeout=15)
+            await forged.terminate("forged")
+        endpoint = platform.endpoint(h.id.removeprefix("agent/"), "blue", 0)
+        await probed_on(farm, endpoint)
+        assert host.probers.watched == 1 and await prober_host_of(h) == host.host_id
+        lease = await dev_env.client.get_workflow_handle(lease_workflow_id(host.host_id)).describe()
+        assert lease.status is not None and lease.status.name == "RUNNING"
+        await h.signal(AgentLifecycle.shutdown)
+        await result_within(h.result())
+
+
+async def test_a_reset_lease_keeps_its_agents_probed(dev_env, farm) -> None:
+    """``temporal workflow reset`` of a running lease: the old run's hold ends, the host leases
+    again (the lease already runs), and its agents are probed and judged as before."""
+    platform = FarmPlatform(farm)
+    w = new_worker(
+        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
+    )
+    async with w, prober_worker(dev_env.client, w.task_queue) as host:
+        h = await start(dev_env, w.task_queue, probed_spec())
+        await wait_state(h, S.READY)
+        lease = dev_env.client.get_workflow_handle(lease_workflow_id(host.host_id))
+        completed = [
+            e.event_id
+            async for e in lease.fetch_history_events()
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+        ]
+        await dev_env.client.workflow_service.reset_workflow_execution(
+            ResetWorkflowExecutionRequest(
+                namespace=dev_env.client.namespace,
+                workflow_execution=WorkflowExecution(workflow_id=lease.id),
+                reason="hostile reset",
+                workflow_task_finish_event_id=completed[0],
+                request_id=str(uuid.uuid4()),
+            )
+        )
+
+        async def old_hold_ended() -> None:  # the new run holds; the old run's hold is over
+            assert host.holds >= 2 and host.holding == 1, (host.holds, host.holding)
+
+        await assert_eventually(old_hold_ended, timeout=15)
+        endpoint = platform.endpoint(h.id.removeprefix("agent/"), "blue", 0)
+        await probed_on(farm, endpoint)
+        farm.broken.add(endpoint)
+        await wait_state(h, S.DEGRADED, timeout=15)
+        farm.broken.discard(endpoint)
         await h.signal(AgentLifecycle.shutdown)
         await result_within(h.result())
 
