@@ -31,8 +31,11 @@ from fleetops.errors import INVALID_INPUT
 __all__ = ["INVALID_INPUT", "FleetOpsPayloadConverter", "data_converter", "invalid_input"]
 
 
-_UNTYPED_ENCODINGS = frozenset({b"binary/null", b"binary/plain"})
-"""Encodings the SDK decodes without the type hint (to None and to bytes)."""
+_UNTYPED_ENCODINGS = frozenset(
+    {b"binary/null", b"binary/plain", b"json/protobuf", b"binary/protobuf"}
+)
+"""Encodings the SDK decodes without the type hint (to None, to bytes, to the protobuf message
+the payload's ``messageType`` names)."""
 
 
 def describe_validation_error(err: pydantic.ValidationError) -> str:
@@ -111,7 +114,8 @@ class FleetOpsPayloadConverter(PydanticPayloadConverter):
 
     @staticmethod
     def _check_untyped(value: Any, hint: type, encoding: str) -> None:
-        """Refuse a ``binary/*`` value that is not of the expected type (e.g. bytes for a model)."""
+        """Refuse a value decoded without the hint (``binary/*``, ``*/protobuf``) that is not of
+        the expected type (e.g. bytes, or a protobuf message, for a model)."""
         if hint is temporalio.common.RawValue:
             return
         try:

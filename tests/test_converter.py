@@ -17,7 +17,7 @@ from fleetops.converter import (
     describe_validation_error,
     invalid_input,
 )
-from fleetops.models import AgentSpec, ScaleRequest
+from fleetops.models import AgentSpec, OperatorRequest, ScaleRequest
 
 
 class Pair(BaseModel):
@@ -148,6 +148,22 @@ def test_binary_payload_of_the_wrong_type_is_invalid_input(
     err = refusal(payload, hint)
     assert err.message == message
     assert err.details == ({"field": "<root>"},)
+
+
+@pytest.mark.parametrize("encoding", [b"json/protobuf", b"binary/protobuf"])
+def test_protobuf_payload_for_a_model_is_invalid_input(encoding: bytes) -> None:
+    """``--input-meta encoding=json/protobuf --input-meta messageType=...`` decodes to a protobuf
+    message whatever the hint; for a model it is refused, never handed to the handler."""
+    message = temporalio.api.common.v1.Payloads()
+    data = b"{}" if encoding == b"json/protobuf" else message.SerializeToString()
+    payload = temporalio.api.common.v1.Payload(
+        metadata={"encoding": encoding, "messageType": b"temporal.api.common.v1.Payloads"},
+        data=data,
+    )
+    err = refusal(payload, OperatorRequest)
+    assert err.message == (
+        f"a {encoding.decode()} payload is not a valid OperatorRequest: {SEND_JSON}"
+    )
 
 
 def test_binary_payload_of_the_expected_type_is_accepted() -> None:

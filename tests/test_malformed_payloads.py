@@ -53,9 +53,12 @@ INCIDENT_STANDINS = Standins()
 """Stand-ins of the LLM, evidence, containment and recovery activities an incident calls."""
 
 
-def _raw(encoding: bytes, data: bytes) -> RawValue:
-    return RawValue(Payload(metadata={"encoding": encoding}, data=data))
+def _raw(encoding: bytes, data: bytes, **meta: bytes) -> RawValue:
+    return RawValue(Payload(metadata={"encoding": encoding, **meta}, data=data))
 
+
+PAYLOADS_MESSAGE = b"temporal.api.common.v1.Payloads"
+"""A protobuf message type the SDK decodes a ``json/protobuf`` payload to, whatever the hint."""
 
 MALFORMED: list[tuple[str, list[Any]]] = [
     ("binary/plain", [b"hello"]),
@@ -69,6 +72,10 @@ MALFORMED: list[tuple[str, list[Any]]] = [
     ("invalid json", [_raw(b"json/plain", b"{not json")]),
     ("unknown encoding", [_raw(b"x-unknown/none", b"x")]),
     ("protobuf", [_raw(b"json/protobuf", b"{}")]),
+    (
+        "protobuf message",
+        [_raw(b"json/protobuf", b'{"payloads": []}', messageType=PAYLOADS_MESSAGE)],
+    ),
     ("unknown field", [{"no_such_field": 1}]),
     ("bool for a count", [{"replicas": True}]),
     ("bool for a count in an action", [{"action": "scale", "replicas": True}]),
