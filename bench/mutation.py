@@ -70,7 +70,7 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         "timeout=None)",
         _ASYNC_BOUND,
     ),
-    "activities.probes.xǁProbeActivitiesǁ_probe__mutmut_10": ("timeout=None)", _ASYNC_BOUND),
+    "activities.probes.xǁProbeActivitiesǁprobe_one__mutmut_10": ("timeout=None)", _ASYNC_BOUND),
     "activities.probes.xǁProbeActivitiesǁ_smoke__mutmut_11": ("timeout=None", _ASYNC_BOUND),
     "activities.metrics.xǁMetricsActivitiesǁ_scrape__mutmut_11": (
         ">= 0:",
@@ -86,15 +86,15 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "activities.notify.xǁNotifyActivitiesǁ_check__mutmut_11": ('get("RETRY-AFTER")', _HEADER_CASE),
     "activities.notify.xǁNotifyActivitiesǁ_post__mutmut_10": ('"idempotency-key"', _HEADER_CASE),
     "activities.notify.xǁNotifyActivitiesǁ_post__mutmut_11": ('"IDEMPOTENCY-KEY"', _HEADER_CASE),
-    "activities.probes.x__in_flight__mutmut_12": (
+    "activities.probes.x__in_flight__mutmut_13": (
         "value > 0",
         "the only value it changes is 0, which both versions return",
     ),
-    "activities.probes.x__in_flight__mutmut_13": (
+    "activities.probes.x__in_flight__mutmut_14": (
         "value >= 1",
         "the only value it changes is 0, which both versions return",
     ),
-    "activities.probes.xǁProbeActivitiesǁ_probe__mutmut_47": (
+    "activities.probes.x_unanswered__mutmut_9": (
         "",
         "ProbeResult.in_flight defaults to 0: dropping in_flight=0 is the same",
     ),

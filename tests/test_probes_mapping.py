@@ -16,7 +16,7 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.probes import ProbeActivities
+from activities.probes import ProbeActivities, answered
 from fleetops.checks import SmokeRequest, SmokeResult, SmokeTest, WaitHealthyRequest
 from fleetops.models import ProbeRequest, ProbeResult
 
@@ -90,6 +90,13 @@ async def test_a_deeply_nested_body_is_a_result_not_an_error() -> None:
         handler, "probe_replicas", ProbeRequest(endpoints=["http://r0", "http://r1"])
     )
     assert [(r.healthy, r.in_flight) for r in results] == [(False, 0), (True, 0)]
+
+
+@pytest.mark.parametrize(
+    ("status", "healthy"), [(199, False), (200, True), (299, True), (300, False)]
+)
+def test_healthy_iff_2xx(status: int, healthy: bool) -> None:
+    assert answered("http://r0", status, b"", "", 0.01).healthy is healthy
 
 
 async def test_busy_replica_reports_in_flight() -> None:
