@@ -40,7 +40,7 @@ from activities.notify import NotifyActivities
 from activities.quota import ReplicaQuota
 from fleetops.converter import data_converter
 from fleetops.settings import ApprovalSettings, IncidentSettings, LlmSettings
-from tests.conftest import BIN, assert_eventually, new_worker, register_search_attributes
+from tests.conftest import assert_eventually, new_worker, start_time_skipping
 from tests.incident_standins import Standins, alert, start_and_batch
 from tests.maintenance_standins import Fleet
 from tests.standins import ColorPlatform
@@ -133,11 +133,7 @@ class World:
 
 @pytest.fixture(scope="module")
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=data_converter(),
-        test_server_existing_path=str(BIN / "temporal-test-server"),
-    )
-    await register_search_attributes(env.client)
+    env = await start_time_skipping()
     platform = ColorPlatform()
     quota = ReplicaQuota(platform.provision, max_replicas_per_agent=QUOTA)
     incident = IncidentActivities(IncidentSettings(), LlmSettings(), tmp_path_factory.mktemp("s"))

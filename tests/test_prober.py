@@ -25,6 +25,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from activities.prober_host import ProberHost
 from fleetops.constants import PROBER_HOST_KEY
@@ -69,6 +70,13 @@ def probed_spec(**health: Any) -> AgentSpec:
     )
 
 
+def agent_worker(env: WorkflowEnvironment, platform: FarmPlatform) -> Worker:
+    """A worker (fresh task queue) for agents and prober leases on ``platform``."""
+    return new_worker(
+        env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
+    )
+
+
 async def start(env: WorkflowEnvironment, tq: str, s: AgentSpec) -> WorkflowHandle[Any, Any]:
     return await env.client.start_workflow(
         AgentLifecycle.run,
@@ -93,9 +101,7 @@ async def history_length(h: WorkflowHandle[Any, Any]) -> int:
 
 async def test_prober_degrades_heals_and_follows_in_flight(dev_env, farm) -> None:
     platform = FarmPlatform(farm)
-    w = new_worker(
-        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
-    )
+    w = agent_worker(dev_env, platform)
     async with w, prober_worker(dev_env.client, w.task_queue):
         s = probed_spec()
         h = await start(dev_env, w.task_queue, s)
@@ -129,9 +135,7 @@ async def test_prober_degrades_heals_and_follows_in_flight(dev_env, farm) -> Non
 
 async def test_idle_healthy_agent_writes_no_history_while_probed(dev_env, farm) -> None:
     platform = FarmPlatform(farm)
-    w = new_worker(
-        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
-    )
+    w = agent_worker(dev_env, platform)
     async with w, prober_worker(dev_env.client, w.task_queue):
         s = probed_spec()
         h = await start(dev_env, w.task_queue, s)
@@ -161,9 +165,7 @@ async def test_two_hosts_share_a_fleet_and_a_dead_hosts_agents_move(dev_env, far
     kill -9 of the child moves its agents to the survivor within the lease heartbeat timeout
     (3 s here) plus a check, and the survivor detects a failure on a moved agent."""
     platform = FarmPlatform(farm)
-    w = new_worker(
-        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
-    )
+    w = agent_worker(dev_env, platform)
     address = dev_env.client.service_client.config.target_host
     doomed = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.prober_worker_main", address, w.task_queue,
@@ -247,9 +249,7 @@ async def test_a_restarted_worker_takes_its_agents_back(dev_env, farm) -> None:
     """A graceful worker restart: its watches end with the worker, the agents ask again, and
     the new host probes them (and detects) without any operator step."""
     platform = FarmPlatform(farm)
-    w = new_worker(
-        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
-    )
+    w = agent_worker(dev_env, platform)
     async with w:
         async with prober_worker(dev_env.client, w.task_queue) as first:
             s = probed_spec(interval_seconds=1.0)
@@ -274,9 +274,7 @@ async def test_a_prober_process_is_supervised(dev_env, farm) -> None:
     """``prober_process``: the host runs in a child process; kill -9 of it starts another, which
     (a new host) takes the agent over once the old lease expires."""
     platform = FarmPlatform(farm)
-    w = new_worker(
-        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
-    )
+    w = agent_worker(dev_env, platform)
     settings = Settings(prober_process=True, prober_heartbeat_seconds=HEARTBEAT_SECONDS)
     async with w, prober_process(dev_env.client, settings, w.task_queue) as child:
         s = probed_spec(interval_seconds=1.0)
@@ -300,9 +298,7 @@ async def test_a_prober_process_is_supervised(dev_env, farm) -> None:
 async def test_a_forged_prober_lost_moves_nothing(dev_env, farm) -> None:
     """``prober_lost`` from a client: the agent asks ``host_lost``, its host is alive, it stays."""
     platform = FarmPlatform(farm)
-    w = new_worker(
-        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
-    )
+    w = agent_worker(dev_env, platform)
     async with w, prober_worker(dev_env.client, w.task_queue) as host:
         h = await start(dev_env, w.task_queue, probed_spec())
         await wait_state(h, S.READY)
@@ -319,13 +315,7 @@ async def test_a_forged_prober_lost_moves_nothing(dev_env, farm) -> None:
             assert "host_lost" in kinds and done, kinds
 
         await assert_eventually(checked, timeout=10)
-        endpoint = platform.endpoint(h.id.removeprefix("agent/"), "blue", 0)
-        hits = farm.hits.get(endpoint, 0)
-
-        async def still_probed() -> None:
-            assert farm.hits.get(endpoint, 0) >= hits + 3
-
-        await assert_eventually(still_probed, timeout=10)
+        await probed_on(farm, platform.endpoint(h.id.removeprefix("agent/"), "blue", 0))
         st = await h.query(AgentLifecycle.status)
         assert st.state == S.READY and host.probers.watched == 1
         await h.signal(AgentLifecycle.shutdown)
@@ -346,9 +336,7 @@ async def test_a_forged_lease_on_a_hosts_queue_changes_nothing(dev_env, farm) ->
     """A client starts a ``ProberLease`` naming a real host's queue, then terminates it: its
     ``hold_host`` is refused at once, and the host keeps its lease and its watches."""
     platform = FarmPlatform(farm)
-    w = new_worker(
-        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
-    )
+    w = agent_worker(dev_env, platform)
     async with w, prober_worker(dev_env.client, w.task_queue) as host:
         h = await start(dev_env, w.task_queue, probed_spec())
         await wait_state(h, S.READY)
@@ -382,9 +370,7 @@ async def test_a_reset_lease_keeps_its_agents_probed(dev_env, farm) -> None:
     """``temporal workflow reset`` of a running lease: the old run's hold ends, the host leases
     again (the lease already runs), and its agents are probed and judged as before."""
     platform = FarmPlatform(farm)
-    w = new_worker(
-        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
-    )
+    w = agent_worker(dev_env, platform)
     async with w, prober_worker(dev_env.client, w.task_queue) as host:
         h = await start(dev_env, w.task_queue, probed_spec())
         await wait_state(h, S.READY)
@@ -419,9 +405,7 @@ async def test_a_reset_lease_keeps_its_agents_probed(dev_env, farm) -> None:
 
 async def test_startup_deadline_then_recovery_from_error(dev_env, farm) -> None:
     platform = FarmPlatform(farm)
-    w = new_worker(
-        dev_env.client, workflows=[AgentLifecycle, ProberLease], activities=platform.activities()
-    )
+    w = agent_worker(dev_env, platform)
     async with w, prober_worker(dev_env.client, w.task_queue):
         s = probed_spec(startup_timeout_seconds=2)
         never = platform.endpoint(s.agent_id, "blue", 0)
