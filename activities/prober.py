@@ -57,6 +57,7 @@ class ProberActivities:
         self._probes = probes
         self._gate = asyncio.Semaphore(max_concurrent_probes)
         self._running: dict[str, asyncio.Task[Any]] = {}  # agent id -> its watch on this host
+        self._states: dict[str, _State] = {}  # agent id -> the counts of that watch
 
     @property
     def watched(self) -> int:
@@ -71,6 +72,11 @@ class ProberActivities:
     @activity.defn(name="watch_replicas")
     async def watch_replicas(self, req: WatchRequest) -> WatchReport:
         """Probe every replica each ``interval_seconds`` until the verdict changes.
+
+        A steady-state watch waits for ``req.next_round_at`` (or a random offset) before its
+        first round. A startup watch that supersedes another startup watch of the agent (a
+        scale or pause during bring-up) keeps its startup clock: ``startup_timeout_seconds``
+        counts from the first probe attempt of the bring-up on this host.
 
         Args:
             req: replicas, health rule, baseline and lease (seconds).
@@ -87,11 +93,17 @@ class ProberActivities:
         task = asyncio.current_task()
         assert task is not None
         older = self._running.get(req.agent_id)
+        state = _State(req)
         if older is not None:
             older.cancel(SUPERSEDED)
+            before = self._states.get(req.agent_id)
+            if req.startup and before is not None and before.startup:
+                # Bring-up goes on (a scale or pause during it): its clock keeps running.
+                state.first_probe_at = before.first_probe_at
         self._running[req.agent_id] = task
+        self._states[req.agent_id] = state
         try:
-            return await self._watch(req, _State(req))
+            return await self._watch(req, state)
         except asyncio.CancelledError as err:
             if SUPERSEDED in err.args:
                 raise ApplicationError(
@@ -103,12 +115,12 @@ class ProberActivities:
         finally:
             if self._running.get(req.agent_id) is task:
                 del self._running[req.agent_id]
+                del self._states[req.agent_id]
 
     async def _watch(self, req: WatchRequest, state: _State) -> WatchReport:
         leased = time.monotonic() + req.lease_seconds
         if not req.startup:
-            # Spread steady-state rounds of many agents over the interval.
-            await asyncio.sleep(random.uniform(0, req.interval_seconds))
+            await asyncio.sleep(first_delay(req, datetime.now(UTC)))
         while True:
             started = time.monotonic()
             if state.first_probe_at is None:
@@ -134,10 +146,23 @@ class ProberActivities:
             return await self._probes.probe_one(r.endpoint, req.path, req.timeout_seconds)
 
 
+def first_delay(req: WatchRequest, now: datetime) -> float:
+    """Seconds a steady-state watch waits before its first round, in ``[0, interval]``.
+
+    Until ``req.next_round_at`` (the agent's probe phase, carried from its last round), or a
+    random offset within one interval when there is none (spreads many agents' rounds).
+    """
+    if req.next_round_at is None:
+        return random.uniform(0, req.interval_seconds)
+    wait = (req.next_round_at - now).total_seconds()
+    return min(max(wait, 0.0), req.interval_seconds)
+
+
 class _State:
     """Counts of one watch: consecutive failures, startup grace, rounds."""
 
     def __init__(self, req: WatchRequest) -> None:
+        self.startup = req.startup
         self.failures = dict(req.failures)
         self.starting = dict(req.starting)
         self.rounds = 0

@@ -100,6 +100,13 @@ class WatchRequest(FrozenModel):
     lease_seconds: float = Field(
         3600.0, gt=0, description="Report anyway after this long (status freshness, run bound)."
     )
+    next_round_at: datetime | None = Field(
+        None,
+        description="When the first round is due (UTC): one interval after the round the"
+        " workflow last recorded, so a new watch keeps the agent's probe phase (no round is"
+        " skipped when a lease is renewed). None: a random offset within one interval, which"
+        " spreads the rounds of many agents. Either way the wait is at most one interval.",
+    )
 
 
 class WatchReport(FrozenModel):

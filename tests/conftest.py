@@ -129,6 +129,17 @@ async def register_search_attributes(client: Client) -> None:
     )
 
 
+@pytest.fixture
+async def farm() -> AsyncIterator[Any]:
+    """A started :class:`tests.prober_support.HealthFarm` (loopback health endpoints)."""
+    from tests.prober_support import HealthFarm
+
+    f = HealthFarm()
+    await f.start()
+    yield f
+    await f.stop()
+
+
 @pytest.fixture(scope="session")
 async def env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironment]:
     kind = request.config.getoption("--workflow-environment")

@@ -11,15 +11,15 @@ the lease heartbeat timeout; a graceful restart hands the agents to the new host
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 
-import pytest
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
@@ -41,14 +41,6 @@ from workflows.prober_lease import ProberLease
 
 S = AgentState
 INTERVAL = 0.5
-
-
-@pytest.fixture
-async def farm() -> AsyncIterator[HealthFarm]:
-    f = HealthFarm()
-    await f.start()
-    yield f
-    await f.stop()
 
 
 def probed_spec(**health: Any) -> AgentSpec:
@@ -151,6 +143,41 @@ async def test_idle_healthy_agent_writes_no_history_while_probed(dev_env, farm) 
         # bound is 10 an hour (a workflow task in flight when `before` was read may add 2-3).
         grown = await history_length(h) - before
         assert grown <= 10, grown
+        await h.signal(AgentLifecycle.shutdown)
+        await result_within(h.result())
+
+
+async def test_the_watch_after_bring_up_keeps_the_probe_phase(dev_env, farm) -> None:
+    """The next watch is due one interval after the round its agent last recorded (a lease
+    renewal or a decision skips no round), not at a random offset."""
+    platform = FarmPlatform(farm)
+    w = agent_worker(dev_env, platform)
+    async with w, prober_worker(dev_env.client, w.task_queue):
+        h = await start(dev_env, w.task_queue, probed_spec())
+        await wait_state(h, S.READY)
+        watches: list[Any] = []
+
+        async def steady_watch_scheduled() -> None:
+            watches.clear()
+            ids: set[int] = set()
+            async for e in h.fetch_history_events():
+                if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                    a = e.activity_task_scheduled_event_attributes
+                    if a.activity_type.name == "watch_replicas":
+                        ids.add(e.event_id)
+                        watches.append(("scheduled", json.loads(a.input.payloads[0].data)))
+                elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+                    done = e.activity_task_completed_event_attributes
+                    if done.scheduled_event_id in ids:
+                        watches.append(("report", json.loads(done.result.payloads[0].data)))
+            assert [k for k, _ in watches][:3] == ["scheduled", "report", "scheduled"]
+
+        await assert_eventually(steady_watch_scheduled, timeout=10)
+        (_, startup), (_, report), (_, steady) = watches[:3]
+        assert startup["startup"] and startup["next_round_at"] is None
+        probed = datetime.fromisoformat(report["probed_at"])
+        due = datetime.fromisoformat(steady["next_round_at"])
+        assert due - probed == timedelta(seconds=INTERVAL)
         await h.signal(AgentLifecycle.shutdown)
         await result_within(h.result())
 

@@ -165,7 +165,17 @@ class ProbedLifecycle:
             startup=startup,
             startup_timeout_seconds=h.startup_timeout_seconds,
             lease_seconds=LEASE_SECONDS,
+            next_round_at=None if startup else self._next_round_at(),
         )
+
+    def _next_round_at(self) -> datetime | None:
+        """One interval after the last recorded round (the agent's probe phase), or None."""
+        if self._probed_at is None:
+            return None
+        try:
+            return self._probed_at + timedelta(seconds=self._spec.health.interval_seconds)
+        except OverflowError:  # a report's time near datetime.max: no phase to keep
+            return None
 
     def _sync_watch(self, startup: bool) -> None:
         """Keep exactly one prober running with the request the agent needs now."""

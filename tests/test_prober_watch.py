@@ -1,0 +1,73 @@
+"""One host's watches (``activities.prober.ProberActivities``) over real HTTP: a new watch keeps
+the agent's probe phase, and a bring-up keeps its startup clock when a newer watch supersedes
+the one that began it (a scale or pause during bring-up)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from activities.http_probe import http_probe
+from activities.prober import SUPERSEDED, ProberActivities, first_delay
+from fleetops.prober import WatchedReplica, WatchRequest
+from tests.prober_support import HealthFarm
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+
+
+def request(endpoint: str = "http://127.0.0.1:9/a", **kw: Any) -> WatchRequest:
+    base: dict[str, Any] = {
+        "agent_id": "a",
+        "replicas": [WatchedReplica(index=0, endpoint=endpoint)],
+        "interval_seconds": 10,
+        "timeout_seconds": 1,
+        "failure_threshold": 3,
+        "serving": True,
+    }
+    return WatchRequest(**(base | kw))
+
+
+@pytest.mark.parametrize(
+    ("due_in", "expected"),
+    [(4.0, 4.0), (0.0, 0.0), (-30.0, 0.0), (10.0, 10.0), (3600.0, 10.0)],
+)
+def test_a_new_watch_waits_for_the_agents_next_round(due_in: float, expected: float) -> None:
+    req = request(next_round_at=NOW + timedelta(seconds=due_in))
+    assert first_delay(req, NOW) == pytest.approx(expected)
+
+
+def test_without_a_phase_the_first_round_is_spread_over_one_interval() -> None:
+    delays = {first_delay(request(), NOW) for _ in range(200)}
+    assert all(0 <= d <= 10 for d in delays)
+    assert max(delays) - min(delays) > 5  # spread, not one fixed offset
+
+
+async def test_a_superseding_startup_watch_keeps_the_startup_clock(farm: HealthFarm) -> None:
+    endpoint = farm.base + "/never-healthy"
+    farm.broken.add(endpoint)
+    startup = {"startup": True, "serving": False, "interval_seconds": 0.1}
+    async with http_probe(10) as probe:
+        watches = ProberActivities(probe)
+        first = asyncio.create_task(
+            watches.watch_replicas(request(endpoint, startup_timeout_seconds=60, **startup))
+        )
+        while farm.hits.get(endpoint, 0) < 2:  # the bring-up has begun probing
+            await asyncio.sleep(0.01)
+        began = datetime.now(UTC)
+        # The agent was scaled during bring-up: its new watch (1.5 s budget) supersedes the first.
+        t0 = time.monotonic()
+        report = await asyncio.wait_for(
+            watches.watch_replicas(request(endpoint, startup_timeout_seconds=1.5, **startup)), 10
+        )
+        with pytest.raises(ApplicationError) as err:
+            await first
+        assert err.value.type == SUPERSEDED
+    assert report.reason == "startup_timeout"
+    assert report.first_probe_at is not None and report.first_probe_at < began
+    assert time.monotonic() - t0 < 1.5  # counted from the bring-up's first probe, not its own
+    assert watches.watched == 0
