@@ -520,6 +520,10 @@ class LifecycleCarry(FrozenModel):
     config_versions: list[ConfigVersion] = Field(default_factory=list)
     prober_host: str | None = Field(None, description="The data-plane prober host, if any.")
     prober_queue: str | None = Field(None, description="That host's task queue.")
+    probes: dict[int, ProbeResult] = Field(
+        default_factory=dict, description="Replica index -> its last recorded probe result."
+    )
+    probed_at: datetime | None = Field(None, description="When the prober last reported them.")
 
 
 class AgentLifecycleInput(AgentSpec):

@@ -59,7 +59,15 @@ class LeaseStatus(FrozenModel):
 
 
 ReportReason = Literal[
-    "failing", "recovered", "healthy", "busy", "idle", "startup_timeout", "lease", "empty"
+    "failing",
+    "recovered",
+    "healthy",
+    "busy",
+    "idle",
+    "probed",
+    "startup_timeout",
+    "lease",
+    "empty",
 ]
 
 
@@ -91,6 +99,11 @@ class WatchRequest(FrozenModel):
         description="Replica index -> end of its startup grace (failures do not count before).",
     )
     failing: list[int] = Field(default_factory=list, description="Replicas the workflow failed.")
+    unprobed: list[int] = Field(
+        default_factory=list,
+        description="Replicas the workflow has no result for (scaled up, a colour switch):"
+        " reported after the first round, so ``status`` shows their health.",
+    )
     serving: bool = Field(False, description="The workflow is READY or PROCESSING.")
     busy: bool = Field(False, description="The workflow is PROCESSING.")
     startup: bool = Field(
@@ -129,7 +142,8 @@ def verdict(
 
     Mirrors the decisions of ``AgentLifecycle._health_round``: the set of replicas at
     ``failure_threshold`` (self-heal, DEGRADED), all healthy while not serving (READY again),
-    and, while serving, ``in_flight`` crossing zero (READY <-> PROCESSING).
+    and, while serving, ``in_flight`` crossing zero (READY <-> PROCESSING). Last, ``probed``:
+    the first results of replicas the workflow has none for (``req.unprobed``), evidence only.
 
     Args:
         req: the request with the baseline.
@@ -149,4 +163,6 @@ def verdict(
         return "healthy"
     if healthy and busy != req.busy:
         return "busy" if busy else "idle"
+    if req.unprobed:
+        return "probed"
     return None

@@ -182,6 +182,38 @@ async def test_the_watch_after_bring_up_keeps_the_probe_phase(dev_env, farm) -> 
         await result_within(h.result())
 
 
+async def test_status_shows_new_replicas_and_keeps_health_across_runs(dev_env, farm) -> None:
+    """A scaled-up replica's first result reaches ``status`` (one ``probed`` report), and the
+    last results survive continue-as-new (here after two reports)."""
+    platform = FarmPlatform(farm)
+    w = agent_worker(dev_env, platform)
+    async with w, prober_worker(dev_env.client, w.task_queue):
+        s = probed_spec().model_copy(update={"health_rounds_per_run": 2})
+        h = await start(dev_env, w.task_queue, s)
+        await wait_state(h, S.READY)
+        await h.signal(AgentLifecycle.scale, {"replicas": 3})
+
+        async def three_healthy_in_a_new_run() -> None:
+            st: AgentStatus = await h.query(AgentLifecycle.status)
+            assert st.counters.continued_as_new >= 1
+            assert [(r.index, r.healthy) for r in st.replicas] == [(0, True), (1, True), (2, True)]
+            assert all(r.probed_at is not None for r in st.replicas)
+
+        await assert_eventually(three_healthy_in_a_new_run, timeout=20)
+        # The new run started with the results: its first watch asks for nothing new.
+        first = None
+        async for e in dev_env.client.get_workflow_handle(h.id).fetch_history_events():
+            a = e.activity_task_scheduled_event_attributes
+            if e.HasField("activity_task_scheduled_event_attributes") and (
+                a.activity_type.name == "watch_replicas"
+            ):
+                first = json.loads(a.input.payloads[0].data)
+                break
+        assert first is not None and first["unprobed"] == [] and first["next_round_at"]
+        await h.signal(AgentLifecycle.shutdown)
+        await result_within(h.result())
+
+
 async def prober_host_of(h: WorkflowHandle[Any, Any]) -> str | None:
     """The agent's ``FleetOpsProberHost`` search attribute."""
     return (await h.describe()).typed_search_attributes.get(PROBER_HOST_KEY)

@@ -45,6 +45,11 @@ def results(*healthy: bool, in_flight: int = 0) -> list[ProbeResult]:
         ({"startup": True, "serving": False}, results(True, False), {}, None),
         ({"startup": True, "serving": False}, results(True, True), {}, "healthy"),
         ({}, [], {}, "empty"),
+        ({"unprobed": [1]}, results(True, True), {}, "probed"),  # scaled up: first results
+        ({"unprobed": [1]}, results(True, False), {1: 1}, "probed"),  # unhealthy ones too
+        ({"unprobed": [1]}, results(True, False), {1: 3}, "failing"),  # a decision first
+        ({"unprobed": [1], "serving": False}, results(True, True), {}, "healthy"),
+        ({"unprobed": [0], "startup": True, "serving": False}, results(True, False), {}, None),
     ],
 )
 def test_verdict(request_kw, round_, failures, expected) -> None:

@@ -141,6 +141,8 @@ class AgentLifecycle(DeploymentOwner, AgentOperations, ProbedLifecycle):
         self._check_at: datetime | None = None  # next check on a child of an earlier run
         self._follow_requested = False
         self._init_prober(carry.prober_host, carry.prober_queue)  # health.probing: data-plane
+        self._probes = dict(carry.probes)  # status keeps showing replica health across runs
+        self._probed_at = carry.probed_at
         self._init_config(carry.config_versions, carry.config_version)
         self._incident_reason: str | None = None  # ERROR entered, its incident not opened yet
 
@@ -766,6 +768,8 @@ class AgentLifecycle(DeploymentOwner, AgentOperations, ProbedLifecycle):
             config_versions=self._config_versions,
             prober_host=self._host.host_id if self._host else None,
             prober_queue=self._host.task_queue if self._host else None,
+            probes=self._probes,
+            probed_at=self._probed_at,
         )
 
     def _report(self) -> AgentReport:

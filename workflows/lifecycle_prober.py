@@ -160,6 +160,9 @@ class ProbedLifecycle:
             failures={} if startup else dict(self._failures),
             starting={} if startup else dict(self._starting),
             failing=sorted(i for i, n in self._failures.items() if n >= threshold),
+            unprobed=[]
+            if startup
+            else [r.index for r in self._replicas if r.index not in self._probes],
             serving=self._state in (S.READY, S.PROCESSING),
             busy=self._state == S.PROCESSING,
             startup=startup,
