@@ -9,7 +9,10 @@ READY) and starts the next prober with the new baseline.
 Watches do not heartbeat (10,000 heartbeating activities would cost the server more than the
 probes): the liveness of their host is one heartbeat, the host's lease
 (:mod:`activities.prober_host`). A watch for an agent supersedes the one this host already runs
-for it, so a spec change never leaves two probers on one agent.
+for it, so a spec change never leaves two probers on one agent; the watch of an agent run that
+closed (terminate, timeout) is stopped by its host's sweep
+(:meth:`activities.prober_host.ProberHost.sweep_closed`), since a closed run's cancel never
+reaches a watch.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class ProberActivities:
         self._gate = asyncio.Semaphore(max_concurrent_probes)
         self._running: dict[str, asyncio.Task[Any]] = {}  # agent id -> its watch on this host
         self._states: dict[str, _State] = {}  # agent id -> the counts of that watch
+        self._runs: dict[str, tuple[str, str]] = {}  # agent id -> (workflow id, run id)
 
     @property
     def watched(self) -> int:
@@ -68,6 +72,19 @@ class ProberActivities:
         """Cancel every watch (the host lost its lease): their agents find another host."""
         for task in list(self._running.values()):
             task.cancel()
+
+    def drop_closed(self, workflow_id: str, run_id: str) -> bool:
+        """Cancel the watch started by that agent run, which has closed (terminated, timed out,
+        completed): a closed run's cancel never reaches a watch, which does not heartbeat.
+
+        Returns:
+            Whether such a watch ran here.
+        """
+        for agent, run in list(self._runs.items()):
+            if run == (workflow_id, run_id) and agent in self._running:
+                self._running[agent].cancel()
+                return True
+        return False
 
     @activity.defn(name="watch_replicas")
     async def watch_replicas(self, req: WatchRequest) -> WatchReport:
@@ -102,6 +119,9 @@ class ProberActivities:
                 state.first_probe_at = before.first_probe_at
         self._running[req.agent_id] = task
         self._states[req.agent_id] = state
+        if activity.in_activity():
+            info = activity.info()
+            self._runs[req.agent_id] = (info.workflow_id or "", info.workflow_run_id or "")
         try:
             return await self._watch(req, state)
         except asyncio.CancelledError as err:
@@ -116,6 +136,7 @@ class ProberActivities:
             if self._running.get(req.agent_id) is task:
                 del self._running[req.agent_id]
                 del self._states[req.agent_id]
+                self._runs.pop(req.agent_id, None)
 
     async def _watch(self, req: WatchRequest, state: _State) -> WatchReport:
         leased = time.monotonic() + req.lease_seconds

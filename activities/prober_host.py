@@ -18,9 +18,10 @@ traffic per probe, and one completed watch per agent per lease (an hour) when no
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -38,6 +39,8 @@ from fleetops.prober import (
     lease_workflow_id,
 )
 
+log = logging.getLogger("fleetops.prober")
+
 LEASE_WORKFLOW = "ProberLease"
 """Workflow type of a host's lease (:mod:`workflows.prober_lease`)."""
 DEFAULT_HEARTBEAT_SECONDS = 10.0
@@ -45,6 +48,11 @@ DEFAULT_HEARTBEAT_SECONDS = 10.0
 of the default agent health check)."""
 RELEASE_CONCURRENCY = 32
 """Signals :meth:`ProberHost.release_host` has in flight at once."""
+SWEEP_SECONDS = 30.0
+"""How often a host lists the agents it probes that closed (terminate, timeout) to stop their
+watches: one visibility query per host per sweep."""
+SWEEP_OVERLAP_SECONDS = 60.0
+"""Each sweep looks this far behind the previous one (visibility is eventually consistent)."""
 LOST_CACHE_SECONDS = 60.0
 """How long a confirmed loss is remembered (10,000 agents asking about one host ask once)."""
 
@@ -86,6 +94,8 @@ class ProberHost:
         """``hold_host`` attempts started here; the latest is the lease."""
         self.holding = 0
         """``hold_host`` attempts running here now."""
+        self.sweep_seconds = SWEEP_SECONDS
+        """Seconds between two sweeps for closed agents (:meth:`sweep_closed`)."""
         self._leasing = asyncio.Lock()
         self._lost: dict[str, float] = {}  # host id -> monotonic time its loss was confirmed
 
@@ -155,6 +165,7 @@ class ProberHost:
         timeout = info.heartbeat_timeout or timedelta(seconds=lease.heartbeat_seconds)
         every = timeout.total_seconds() / 4
         end = time.monotonic() + lease.hold_seconds
+        sweeping = asyncio.create_task(self._sweep_loop())
         try:
             while time.monotonic() < end:
                 activity.heartbeat(self.probers.watched)
@@ -166,6 +177,42 @@ class ProberHost:
             raise
         finally:
             self.holding -= 1
+            sweeping.cancel()
+
+    async def _sweep_loop(self) -> None:
+        since = datetime.now(UTC) - timedelta(seconds=SWEEP_OVERLAP_SECONDS)
+        while True:
+            await asyncio.sleep(self.sweep_seconds)
+            now = datetime.now(UTC)
+            try:
+                await self.sweep_closed(since)
+            except RPCError as err:  # the next sweep looks back over this one's window too
+                log.warning("prober host %s: sweep for closed agents failed: %s", self.host_id, err)
+                continue
+            since = now - timedelta(seconds=SWEEP_OVERLAP_SECONDS)
+
+    async def sweep_closed(self, since: datetime) -> int:
+        """Stop the watches of this host's agents whose run closed after ``since`` (UTC).
+
+        A closed run (terminated, timed out, failed) never ends its watch itself: watches do
+        not heartbeat, so the cancel of a closed run never reaches them, and without the sweep
+        a terminated agent would be probed until its lease (an hour).
+
+        Returns:
+            How many watches were stopped.
+
+        Raises:
+            RPCError: the visibility query failed.
+        """
+        query = (
+            f'WorkflowType = "AgentLifecycle" AND ExecutionStatus != "Running" '
+            f'AND {PROBER_HOST_KEY.name} = "{_quoted(self.host_id)}" '
+            f'AND CloseTime > "{since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}"'
+        )
+        stopped = 0
+        async for wf in self._client.list_workflows(query):
+            stopped += self.probers.drop_closed(wf.id, wf.run_id)
+        return stopped
 
     @activity.defn(name="release_host")
     async def release_host(self, host_id: str) -> int:

@@ -214,6 +214,30 @@ async def test_status_shows_new_replicas_and_keeps_health_across_runs(dev_env, f
         await result_within(h.result())
 
 
+async def test_a_terminated_agent_is_no_longer_probed(dev_env, farm) -> None:
+    """Its host's sweep for closed agents stops the watch that its cancel never reaches."""
+    platform = FarmPlatform(farm)
+    w = agent_worker(dev_env, platform)
+    async with w, prober_worker(dev_env.client, w.task_queue) as host:
+        host.sweep_seconds = 0.5
+        s, other = probed_spec(), probed_spec()
+        h, kept = await start(dev_env, w.task_queue, s), await start(dev_env, w.task_queue, other)
+        await wait_state(h, S.READY)
+        await wait_state(kept, S.READY)
+        await h.terminate("operator")
+
+        async def unwatched() -> None:
+            assert host.probers.watched == 1
+
+        await assert_eventually(unwatched, timeout=15)
+        gone = platform.endpoint(s.agent_id, "blue", 0)
+        hits = farm.hits[gone]
+        await probed_on(farm, platform.endpoint(other.agent_id, "blue", 0), more=4)
+        assert farm.hits[gone] == hits  # four rounds of the other agent, none of this one
+        await kept.signal(AgentLifecycle.shutdown)
+        await result_within(kept.result())
+
+
 async def prober_host_of(h: WorkflowHandle[Any, Any]) -> str | None:
     """The agent's ``FleetOpsProberHost`` search attribute."""
     return (await h.describe()).typed_search_attributes.get(PROBER_HOST_KEY)
