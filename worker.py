@@ -78,9 +78,11 @@ The sandbox re-imports every module that is not passed through once per workflow
 sandboxed, 0.15 MiB and 51 ms passed through. Temporal's sandbox guide asks for exactly this:
 pass through models and other modules "whose calls will be deterministic". The ``workflows``
 modules hold no mutable module state (their module-level tables are constants). The
-restriction checks (no ``datetime.now()``, no I/O) still run in the tests: they build their
-workers with the default, strict sandbox (``tests/conftest.py`` ``new_worker``), and the replay
-tests replay the stored histories under it."""
+restriction checks (no ``datetime.now()``, no I/O) still run in the tests on the modules that
+define workflows: the tests build their workers with the default, strict sandbox
+(``tests/conftest.py`` ``new_worker``), and the replay tests replay the stored histories under
+it. (Those modules import their helpers, the mixins and ``*_calls`` modules, passed through, so
+the helpers are not checked by the sandbox in either case.)"""
 INTERCEPTORS: Sequence[Interceptor] = (MessageGuard(),)
 """Worker interceptors: ``MessageGuard`` drops a signal whose payload count does not fit."""
 
