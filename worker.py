@@ -24,6 +24,7 @@ from temporalio.worker import Interceptor, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.agent_control import AgentControlActivities
+from activities.agent_secrets import AgentSecretValues
 from activities.containment import ContainmentActivities
 from activities.deployments import DeploymentActivities
 from activities.http_probe import http_probe
@@ -40,7 +41,7 @@ from activities.prober_host import ProberHost
 from activities.probes import ProbeActivities
 from activities.quota import ReplicaQuota
 from activities.recovery import RecoveryActivities
-from activities.secret_stores import build_secret_store
+from activities.secret_stores import SecretResolver, build_secret_store
 from activities.secrets import SecretActivities
 from fleetops.client import connect
 from fleetops.settings import Settings, get_settings
@@ -121,14 +122,19 @@ async def fleetops_worker(
         platform_activities = PlatformActivities(platform)
         notify = NotifyActivities(http, settings.approval)
         metrics = MetricsActivities(http, settings.metrics)
-        secret_activities = SecretActivities(build_secret_store(settings))
+        store = build_secret_store(settings)
+        secret_activities = SecretActivities(store)
         drain = NodeDrain(
             getattr(platform, "api_client", None)
             if settings.platform.kind == "kubernetes"
             else None,
             settings.platform.kubernetes.namespace,
         )
-        llm = LlmActivities(http, settings.llm)
+        llm = LlmActivities(
+            http,
+            settings.llm,
+            secret_values=AgentSecretValues(client, SecretResolver(store)),
+        )
         incident = IncidentActivities(settings.incidents, settings.llm, settings.state_dir)
         quota = ReplicaQuota(
             platform_activities.provision_replicas,

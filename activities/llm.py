@@ -23,6 +23,7 @@ Sources:
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -46,6 +47,9 @@ from fleetops.llm_guards import redact
 from fleetops.llm_prompt import estimate_tokens, new_fence
 from fleetops.settings import LlmSettings
 
+SecretValues = Callable[[str], Awaitable[list[str]]]
+"""``agent_id -> the agent's current secret values``, masked in every prompt about it
+(:class:`activities.agent_secrets.AgentSecretValues` in the worker)."""
 MAX_LLM_RETRY_AFTER_SECONDS = 300.0
 """Longest ``Retry-After`` honoured, in seconds (a longer one is capped)."""
 _BODY_CHARS = 300
@@ -59,6 +63,7 @@ class LlmActivities:
         settings: the ``llm`` settings (endpoint, model, guards, prices, budgets).
         tracer: where GenAI spans go (default: the global tracer provider's).
         registry: the Prometheus registry of the counters (default: the process registry).
+        secret_values: the agent's secret values to mask (default: only ``redact_values``).
     """
 
     def __init__(
@@ -68,9 +73,11 @@ class LlmActivities:
         *,
         tracer: trace.Tracer | None = None,
         registry: CollectorRegistry = REGISTRY,
+        secret_values: SecretValues | None = None,
     ) -> None:
         self._http = http
         self._settings = settings
+        self._secret_values = secret_values
         self._tracer = tracer or trace.get_tracer("fleetops.llm")
         self._metrics = llm_metrics(registry)
 
@@ -95,7 +102,9 @@ class LlmActivities:
         """Ask the model for a structured triage of one incident.
 
         Args:
-            request: facts and untrusted evidence; ``redact_values`` are masked before sending.
+            request: facts and untrusted evidence; ``redact_values``, and the agent's current
+                secret values (``secret_values``, looked up in the activity so they never enter
+                history), are masked before sending.
 
         Returns:
             The validated answer (names restored), or ``failure`` (``not_configured``,
@@ -104,11 +113,20 @@ class LlmActivities:
 
         Raises:
             ApplicationError: ``LlmUnavailable`` / ``LlmRateLimited`` (retryable) or
-                ``LlmRejected`` (non-retryable) when the first call fails over HTTP.
+                ``LlmRejected`` (non-retryable) when the first call fails over HTTP; the
+                secret store's errors (``SecretStoreUnavailable``, ...) when the agent's secret
+                values cannot be read: nothing is sent unmasked.
+            RPCError: the agent's ``status`` could not be read (retryable).
         """
         s = self._settings
         if s.base_url is None:
             return LlmOutcome(failure="not_configured")
+        if self._secret_values is not None:
+            # Looked up here, so the values never enter workflow history.
+            values = await self._secret_values(request.agent_id)
+            if values:
+                masked = [*request.redact_values, *values]
+                request = request.model_copy(update={"redact_values": masked})
         try:
             composed = compose(request, s, new_fence())
         except PromptRefused as refused:

@@ -481,6 +481,10 @@ class AgentStatus(FrozenModel):
         default_factory=list, description="Kept configuration versions, oldest first (<= 10)."
     )
     operation: str | None = Field(None, description="Restart or configure in progress, if any.")
+    secrets: list[SecretRef] = Field(
+        default_factory=list,
+        description="The spec's secret references (store path, key, env name; never a value).",
+    )
 
 
 class AgentReport(FrozenModel):

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -127,6 +128,13 @@ async def register_search_attributes(client: Client) -> None:
             search_attributes={n: kinds[t] for n, t in SEARCH_ATTRIBUTES.items()},
         )
     )
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client without retries (Temporal owns retries, as in the worker)."""
+    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=0)) as client:
+        yield client
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -46,12 +46,6 @@ def request(*items: EvidenceItem, **kw: object) -> TriageRequest:
 def fake() -> Iterator[FakeLlm]:
     with FakeLlm() as server:
         yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=0)) as client:
-        yield client
 
 
 class Harness:

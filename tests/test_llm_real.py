@@ -8,7 +8,6 @@ injected evidence says, proposals stay inside the catalogue and on the incident'
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
@@ -49,12 +48,6 @@ LOGS = "\n".join(
     f"2026-01-01T10:0{i % 10}:00Z ERROR POST /checkout 500 upstream payments timeout after 2s"
     for i in range(4)
 )
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=0)) as client:
-        yield client
 
 
 async def triage(

@@ -382,6 +382,7 @@ class AgentLifecycle(DeploymentOwner, AgentOperations, ProbedLifecycle):
             config=self._spec.config,
             config_versions=list(self._config_versions),
             operation=self._operation,
+            secrets=list(self._spec.secrets),
         )
 
     # --- deployments: the agent starts each as its child and follows it to the end -------
