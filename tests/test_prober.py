@@ -200,16 +200,20 @@ async def test_status_shows_new_replicas_and_keeps_health_across_runs(dev_env, f
             assert all(r.probed_at is not None for r in st.replicas)
 
         await assert_eventually(three_healthy_in_a_new_run, timeout=20)
+
         # The new run started with the results: its first watch asks for nothing new.
-        first = None
-        async for e in dev_env.client.get_workflow_handle(h.id).fetch_history_events():
-            a = e.activity_task_scheduled_event_attributes
-            if e.HasField("activity_task_scheduled_event_attributes") and (
-                a.activity_type.name == "watch_replicas"
-            ):
-                first = json.loads(a.input.payloads[0].data)
-                break
-        assert first is not None and first["unprobed"] == [] and first["next_round_at"]
+        async def new_runs_first_watch() -> None:
+            first = None
+            async for e in dev_env.client.get_workflow_handle(h.id).fetch_history_events():
+                a = e.activity_task_scheduled_event_attributes
+                if e.HasField("activity_task_scheduled_event_attributes") and (
+                    a.activity_type.name == "watch_replicas"
+                ):
+                    first = json.loads(a.input.payloads[0].data)
+                    break
+            assert first is not None and first["unprobed"] == [] and first["next_round_at"]
+
+        await assert_eventually(new_runs_first_watch, timeout=20)
         await h.signal(AgentLifecycle.shutdown)
         await result_within(h.result())
 
