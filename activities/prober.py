@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -59,9 +60,7 @@ class ProberActivities:
     ) -> None:
         self._probes = probes
         self._gate = asyncio.Semaphore(max_concurrent_probes)
-        self._running: dict[str, asyncio.Task[Any]] = {}  # agent id -> its watch on this host
-        self._states: dict[str, _State] = {}  # agent id -> the counts of that watch
-        self._runs: dict[str, tuple[str, str]] = {}  # agent id -> (workflow id, run id)
+        self._running: dict[str, _Watch] = {}  # agent id -> its watch on this host
 
     @property
     def watched(self) -> int:
@@ -70,8 +69,8 @@ class ProberActivities:
 
     def drop_all(self) -> None:
         """Cancel every watch (the host lost its lease): their agents find another host."""
-        for task in list(self._running.values()):
-            task.cancel()
+        for watch in list(self._running.values()):
+            watch.task.cancel()
 
     def drop_closed(self, workflow_id: str, run_id: str) -> bool:
         """Cancel the watch started by that agent run, which has closed (terminated, timed out,
@@ -80,9 +79,9 @@ class ProberActivities:
         Returns:
             Whether such a watch ran here.
         """
-        for agent, run in list(self._runs.items()):
-            if run == (workflow_id, run_id) and agent in self._running:
-                self._running[agent].cancel()
+        for watch in list(self._running.values()):
+            if watch.run == (workflow_id, run_id):
+                watch.task.cancel()
                 return True
         return False
 
@@ -112,16 +111,15 @@ class ProberActivities:
         older = self._running.get(req.agent_id)
         state = _State(req)
         if older is not None:
-            older.cancel(SUPERSEDED)
-            before = self._states.get(req.agent_id)
-            if req.startup and before is not None and before.startup:
+            older.task.cancel(SUPERSEDED)
+            if req.startup and older.state.startup:
                 # Bring-up goes on (a scale or pause during it): its clock keeps running.
-                state.first_probe_at = before.first_probe_at
-        self._running[req.agent_id] = task
-        self._states[req.agent_id] = state
+                state.first_probe_at = older.state.first_probe_at
+        run = ("", "")
         if activity.in_activity():
             info = activity.info()
-            self._runs[req.agent_id] = (info.workflow_id or "", info.workflow_run_id or "")
+            run = (info.workflow_id or "", info.workflow_run_id or "")
+        mine = self._running[req.agent_id] = _Watch(task, state, run)
         try:
             return await self._watch(req, state)
         except asyncio.CancelledError as err:
@@ -133,10 +131,8 @@ class ProberActivities:
                 ) from None
             raise
         finally:
-            if self._running.get(req.agent_id) is task:
+            if self._running.get(req.agent_id) is mine:
                 del self._running[req.agent_id]
-                del self._states[req.agent_id]
-                self._runs.pop(req.agent_id, None)
 
     async def _watch(self, req: WatchRequest, state: _State) -> WatchReport:
         leased = time.monotonic() + req.lease_seconds
@@ -177,6 +173,15 @@ def first_delay(req: WatchRequest, now: datetime) -> float:
         return random.uniform(0, req.interval_seconds)
     wait = (req.next_round_at - now).total_seconds()
     return min(max(wait, 0.0), req.interval_seconds)
+
+
+@dataclass(frozen=True)
+class _Watch:
+    """One running watch: its task, its counts and the agent run that started it."""
+
+    task: asyncio.Task[Any]
+    state: _State
+    run: tuple[str, str]  # (workflow id, run id); ("", "") outside an activity
 
 
 class _State:

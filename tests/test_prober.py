@@ -147,6 +147,24 @@ async def test_idle_healthy_agent_writes_no_history_while_probed(dev_env, farm) 
         await result_within(h.result())
 
 
+async def watch_events(h: WorkflowHandle[Any, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The run's ``watch_replicas`` in history order: ``("scheduled", request JSON)`` and
+    ``("report", report JSON)`` for each watch that completed."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    ids: set[int] = set()
+    async for e in h.fetch_history_events():
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            a = e.activity_task_scheduled_event_attributes
+            if a.activity_type.name == "watch_replicas":
+                ids.add(e.event_id)
+                found.append(("scheduled", json.loads(a.input.payloads[0].data)))
+        elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            done = e.activity_task_completed_event_attributes
+            if done.scheduled_event_id in ids:
+                found.append(("report", json.loads(done.result.payloads[0].data)))
+    return found
+
+
 async def test_the_watch_after_bring_up_keeps_the_probe_phase(dev_env, farm) -> None:
     """The next watch is due one interval after the round its agent last recorded (a lease
     renewal or a decision skips no round), not at a random offset."""
@@ -155,21 +173,10 @@ async def test_the_watch_after_bring_up_keeps_the_probe_phase(dev_env, farm) -> 
     async with w, prober_worker(dev_env.client, w.task_queue):
         h = await start(dev_env, w.task_queue, probed_spec())
         await wait_state(h, S.READY)
-        watches: list[Any] = []
+        watches: list[tuple[str, dict[str, Any]]] = []
 
         async def steady_watch_scheduled() -> None:
-            watches.clear()
-            ids: set[int] = set()
-            async for e in h.fetch_history_events():
-                if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-                    a = e.activity_task_scheduled_event_attributes
-                    if a.activity_type.name == "watch_replicas":
-                        ids.add(e.event_id)
-                        watches.append(("scheduled", json.loads(a.input.payloads[0].data)))
-                elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-                    done = e.activity_task_completed_event_attributes
-                    if done.scheduled_event_id in ids:
-                        watches.append(("report", json.loads(done.result.payloads[0].data)))
+            watches[:] = await watch_events(h)
             assert [k for k, _ in watches][:3] == ["scheduled", "report", "scheduled"]
 
         await assert_eventually(steady_watch_scheduled, timeout=10)
@@ -203,15 +210,10 @@ async def test_status_shows_new_replicas_and_keeps_health_across_runs(dev_env, f
 
         # The new run started with the results: its first watch asks for nothing new.
         async def new_runs_first_watch() -> None:
-            first = None
-            async for e in dev_env.client.get_workflow_handle(h.id).fetch_history_events():
-                a = e.activity_task_scheduled_event_attributes
-                if e.HasField("activity_task_scheduled_event_attributes") and (
-                    a.activity_type.name == "watch_replicas"
-                ):
-                    first = json.loads(a.input.payloads[0].data)
-                    break
-            assert first is not None and first["unprobed"] == [] and first["next_round_at"]
+            events = await watch_events(dev_env.client.get_workflow_handle(h.id))
+            assert events and events[0][0] == "scheduled"
+            first = events[0][1]
+            assert first["unprobed"] == [] and first["next_round_at"]
 
         await assert_eventually(new_runs_first_watch, timeout=20)
         await h.signal(AgentLifecycle.shutdown)

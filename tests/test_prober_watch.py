@@ -15,6 +15,7 @@ from temporalio.exceptions import ApplicationError
 from activities.http_probe import http_probe
 from activities.prober import SUPERSEDED, ProberActivities, first_delay
 from fleetops.prober import WatchedReplica, WatchRequest
+from tests.conftest import assert_eventually
 from tests.prober_support import HealthFarm
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -56,8 +57,11 @@ async def test_a_superseding_startup_watch_keeps_the_startup_clock(farm: HealthF
         first = asyncio.create_task(
             watches.watch_replicas(request(endpoint, startup_timeout_seconds=60, **startup))
         )
-        while farm.hits.get(endpoint, 0) < 2:  # the bring-up has begun probing
-            await asyncio.sleep(0.01)
+
+        async def begun() -> None:  # the bring-up has begun probing
+            assert farm.hits.get(endpoint, 0) >= 2
+
+        await assert_eventually(begun, timeout=10)
         began = datetime.now(UTC)
         # The agent was scaled during bring-up: its new watch (1.5 s budget) supersedes the first.
         t0 = time.monotonic()
