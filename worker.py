@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -282,6 +283,7 @@ async def prober_process(
         "--heartbeat-seconds", str(settings.prober_heartbeat_seconds),
         "--max-concurrent-probes", str(settings.max_concurrent_probes),
         "--max-concurrent-probers", str(settings.max_concurrent_probers),
+        "--gc-threshold", str(settings.gc_threshold),
     ]  # fmt: skip
     stopping = False
     current: list[asyncio.subprocess.Process] = []
@@ -295,6 +297,7 @@ async def prober_process(
             if not line:
                 raise RuntimeError(f"prober host exited with {await proc.wait()} before polling")
             if line.decode().startswith(PROBER_READY):
+                log.info("child %s: %s", proc.pid, line.decode().strip())
                 return proc
 
     async def supervise() -> None:
@@ -334,6 +337,7 @@ async def run_prober_host(argv: Sequence[str]) -> None:
     p.add_argument("--heartbeat-seconds", type=float, required=True)
     p.add_argument("--max-concurrent-probes", type=int, required=True)
     p.add_argument("--max-concurrent-probers", type=int, required=True)
+    p.add_argument("--gc-threshold", type=int, required=True)
     args = p.parse_args(argv)
     base = get_settings()
     settings = base.model_copy(
@@ -344,12 +348,18 @@ async def run_prober_host(argv: Sequence[str]) -> None:
             "prober_heartbeat_seconds": args.heartbeat_seconds,
             "max_concurrent_probes": args.max_concurrent_probes,
             "max_concurrent_probers": args.max_concurrent_probers,
+            "gc_threshold": args.gc_threshold,
         }
     )
+    tune_gc(settings)
     client = await connect(settings)
     stop = _stop_on_signals()
     async with prober_workers(client, settings, args.task_queue) as host:
-        print(f"{PROBER_READY} {host.host_id} on {host.task_queue}", flush=True)
+        print(
+            f"{PROBER_READY} {host.host_id} on {host.task_queue}"
+            f" (gc threshold {gc.get_threshold()[0]})",
+            flush=True,
+        )
         await stop.wait()
 
 
@@ -382,6 +392,7 @@ async def run_worker(
     Raises:
         RuntimeError: Temporal cannot be reached.
     """
+    tune_gc(settings)
     client = client or await connect(settings, with_metrics=True)
     serve_app_metrics(settings.telemetry.app_metrics_bind_address)
     stop = stop or _stop_on_signals()
@@ -398,6 +409,22 @@ async def run_worker(
         log.info("stopping worker")
     finally:
         await stop_within(running, STOP_SECONDS)
+
+
+def tune_gc(settings: Settings) -> None:
+    """Set this process's garbage-collector threshold to ``settings.gc_threshold`` (the
+    youngest generation's; the older two keep theirs). 0 disables automatic collection.
+
+    Why: the collector scans every tracked object of an old generation when it runs
+    (https://docs.python.org/3/library/gc.html#gc.set_threshold). A worker holds many
+    long-lived objects (cached runs, one watch per agent); at Python's 700, the in-flight
+    objects of each probe are promoted and trigger a full pass every few seconds: measured on
+    a prober host of 10,000 watches, 27 % of its time in the collector and event-loop stalls
+    up to 0.9 s (late probe rounds). At 50,000, no collection ran in 10 s. Cyclic garbage
+    waits longer, so memory grows by at most that many objects.
+    """
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(settings.gc_threshold, older, oldest)
 
 
 STOP_SECONDS = 60.0

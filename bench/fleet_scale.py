@@ -24,7 +24,8 @@ failures seen). ``vs_bare_cpu`` = (worker + server cores) / bare cores. The figu
 before the worker is stopped with its agents running (as an operator restarts a worker); how
 long that took is printed after, or that it did not end within ``STOP_SECONDS``. The bare
 loop's client is the prober's (aiohttp, :mod:`activities.http_probe`), the physical limit of
-this design; ``--bare-client httpx`` runs it over httpx instead (on 2 cores it reaches about
+this design, and both loops run with the worker's collector threshold (``worker.tune_gc``);
+``--bare-client httpx`` runs it over httpx instead (on 2 cores it reaches about
 325 probes/s at a full core, a third of what 10,000 agents demand).
 """
 
@@ -71,7 +72,7 @@ from fleetops.models import (  # noqa: E402
     Replica,
 )
 from fleetops.settings import Settings  # noqa: E402
-from worker import fleetops_worker  # noqa: E402
+from worker import fleetops_worker, tune_gc  # noqa: E402
 from workflows.agent_lifecycle import AgentLifecycle  # noqa: E402
 from workflows.lifecycle_prober import LEASE_SECONDS  # noqa: E402
 
@@ -374,6 +375,7 @@ async def run_bare(args: argparse.Namespace, base: str, http: httpx.AsyncClient)
 
 
 async def run(args: argparse.Namespace) -> None:
+    tune_gc(Settings())  # as `python worker.py` does (its child prober host too): both loops
     proc = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--serve", stdout=asyncio.subprocess.PIPE
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -359,13 +360,19 @@ async def test_a_restarted_worker_takes_its_agents_back(dev_env, farm) -> None:
             await result_within(h.result())
 
 
-async def test_a_prober_process_is_supervised(dev_env, farm) -> None:
-    """``prober_process``: the host runs in a child process; kill -9 of it starts another, which
-    (a new host) takes the agent over once the old lease expires."""
+async def test_a_prober_process_is_supervised(dev_env, farm, caplog) -> None:
+    """``prober_process``: the host runs in a child process with the worker's collector
+    threshold; kill -9 of it starts another, which (a new host) takes the agent over once the
+    old lease expires."""
+    caplog.set_level(logging.INFO, logger="fleetops.worker")
     platform = FarmPlatform(farm)
     w = agent_worker(dev_env, platform)
-    settings = Settings(prober_process=True, prober_heartbeat_seconds=HEARTBEAT_SECONDS)
+    settings = Settings(
+        prober_process=True, prober_heartbeat_seconds=HEARTBEAT_SECONDS, gc_threshold=12_345
+    )
     async with w, prober_process(dev_env.client, settings, w.task_queue) as child:
+        assert f"child {child.pid}: " in caplog.text
+        assert "(gc threshold 12345)" in caplog.text
         s = probed_spec(interval_seconds=1.0)
         h = await start(dev_env, w.task_queue, s)
         await wait_state(h, S.READY)
