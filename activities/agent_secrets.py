@@ -1,9 +1,11 @@
-"""An agent's current secret values, read where they are needed and nowhere else.
+"""An agent's secret values, read where they are needed and nowhere else.
 
 The LLM activity masks them in every prompt about the agent
-(:class:`activities.llm.LlmActivities`). The references come from the agent's ``status`` query
-(path, key, env name: no values live in workflow history); the values come from the secret
-store at call time, so a rotated secret is masked in its new version.
+(:class:`activities.llm.LlmActivities`), and the evidence activity in the replica logs it
+records (:class:`activities.incident_evidence.EvidenceActivities`). The references come from
+the agent's ``status`` query (path, key, env name: no values live in workflow history); the
+values come from the secret store at call time: the recent versions of each (a rotated secret's
+new value, and the old one its replicas may still run with).
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ class AgentSecretValues:
         self._resolver = resolver
 
     async def __call__(self, agent_id: str) -> list[str]:
-        """The values, in the order of the spec's ``secrets`` ([] for an unknown agent).
+        """The values of its references' recent and pinned versions
+        (:meth:`SecretResolver.mask_values`; [] for an unknown agent; a path that is gone
+        gives none).
 
         Raises:
             RPCError: the ``status`` query failed other than NOT_FOUND (retryable).
-            ApplicationError: the store's (``SecretNotFound``, ``SecretStoreUnavailable``, ...).
+            ApplicationError: the store's (``SecretForbidden``, ``SecretStoreUnavailable``, ...).
         """
         try:
             workflow_id = agent_workflow_id(agent_id)
@@ -46,5 +50,4 @@ class AgentSecretValues:
             if err.status == RPCStatusCode.NOT_FOUND:
                 return []  # not a FleetOps agent: nothing of its own to mask
             raise
-        values = await self._resolver.resolve(list(status.secrets))
-        return [values[ref.env] for ref in status.secrets if ref.env in values]
+        return await self._resolver.mask_values(list(status.secrets))

@@ -8,7 +8,8 @@ What is gathered, in this order, each as :class:`~fleetops.incidents.EvidenceIte
 3. ``metrics``: with ``metrics.prometheus_url``, range queries of the error rate, p95 latency and
    request rate over ``[since, until]``; without it, one direct scrape of every replica's
    ``/metrics`` (counters since each replica started);
-4. ``logs``: the last lines of each replica's log (the platform's ``replica_logs``).
+4. ``logs``: the last lines of each replica's log (the platform's ``replica_logs``), the
+   agent's secret values masked (left out, with a note, when they cannot be read).
 
 Each text is cut to ``max_chars_per_item`` characters (logs and series keep their end, the most
 recent part) and says so in ``truncated``. A source that fails becomes a ``note`` item saying
@@ -32,10 +33,12 @@ from activities.agent_metrics import (
     scrape_all,
     summarize,
 )
+from activities.llm import SecretValues
 from activities.platform.base import IncidentOps, Platform, PlatformError
 from fleetops.constants import agent_workflow_id
 from fleetops.converter import invalid_input
 from fleetops.incidents import MAX_EVIDENCE_WINDOW_SECONDS, EvidenceItem, EvidenceRequest
+from fleetops.llm_guards import Redactor
 from fleetops.models import AgentStatus
 from fleetops.settings import MetricsSettings
 
@@ -150,15 +153,25 @@ class EvidenceActivities:
         platform: the platform (replica logs need :class:`IncidentOps`).
         http: a client without retries for Prometheus and scrapes.
         settings: ``metrics`` settings (Prometheus URL, query timeout in seconds).
+        secret_values: the agent's secret values (:class:`activities.agent_secrets.
+            AgentSecretValues` in the worker), masked in its replica logs before they are
+            recorded; None: logs are recorded as read.
     """
 
     def __init__(
-        self, client: Client, platform: Platform, http: httpx.AsyncClient, settings: MetricsSettings
+        self,
+        client: Client,
+        platform: Platform,
+        http: httpx.AsyncClient,
+        settings: MetricsSettings,
+        *,
+        secret_values: SecretValues | None = None,
     ) -> None:
         self._client = client
         self._platform = platform
         self._http = http
         self._settings = settings
+        self._secret_values = secret_values
 
     @activity.defn(name="gather_evidence")
     async def gather_evidence(self, req: EvidenceRequest) -> list[EvidenceItem]:
@@ -233,6 +246,14 @@ class EvidenceActivities:
         if not isinstance(self._platform, IncidentOps):
             add("note", "logs", f"replica logs are not readable on {type(self._platform).__name__}")
             return
+        mask = Redactor(patterns=False)
+        if self._secret_values is not None:
+            try:
+                mask = Redactor(await self._secret_values(req.agent_id), patterns=False)
+            except Exception as e:  # never record logs that might hold unmasked secrets
+                add("note", "logs", f"replica logs left out: the agent's secrets to mask in"
+                                    f" them could not be read: {e}")  # fmt: skip
+                return
         try:
             tails = await self._platform.replica_logs(
                 req.agent_id, lines=req.log_lines, max_bytes=req.max_chars_per_item * 4
@@ -244,7 +265,7 @@ class EvidenceActivities:
             add("note", "logs", "no replica log files")
         for t in tails:
             cut = f"earlier output left out (last {req.log_lines} lines)" if t.cut else None
-            add("logs", t.source, f"replica {t.replica}:\n{t.text}", keep="end", cut=cut)
+            add("logs", t.source, f"replica {t.replica}:\n{mask(t.text)}", keep="end", cut=cut)
 
 
 def _check_window(req: EvidenceRequest) -> None:

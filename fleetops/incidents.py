@@ -256,7 +256,8 @@ class TriageRequest(_Strict):
     max_output_tokens: int = Field(512, ge=16, le=8192)
     redact_values: list[str] = Field(
         default_factory=list,
-        description="Values to mask before anything is sent (the agent's env values, tokens).",
+        description="Values to mask before anything is sent, besides the agent's secret values"
+        " (which the LLM activity looks up itself, so they never enter history).",
     )
     names: list[str] = Field(
         default_factory=list,

@@ -70,10 +70,13 @@ class Redactor:
     Args:
         values: exact values to mask wherever they appear (the agent's env values, tokens);
             values shorter than :data:`MIN_REDACT_VALUE_CHARS` are ignored.
+        patterns: also mask what looks like a secret (``password=...``, bearer tokens, keys);
+            False: only ``values``.
     """
 
     values: list[str] = field(default_factory=list)
     count: int = 0
+    patterns: bool = True
 
     def __post_init__(self) -> None:
         kept = {v for v in self.values if len(v.strip()) >= MIN_REDACT_VALUE_CHARS}
@@ -87,7 +90,7 @@ class Redactor:
             if n:
                 self.count += n
                 text = text.replace(value, REDACTED)
-        for pattern, replacement in _PATTERNS:
+        for pattern, replacement in _PATTERNS if self.patterns else ():
             text, n = pattern.subn(replacement, text)
             self.count += n
         return text

@@ -23,6 +23,7 @@ from activities.incident_evidence import EvidenceActivities, bounded
 from activities.platform import LocalPlatform
 from activities.recovery import RecoveryActivities
 from fleetops.incidents import EvidenceItem, EvidenceRequest, RecoveryCheck, RecoveryStatus
+from fleetops.llm_guards import REDACTED
 from fleetops.models import AgentLifecycleInput, AgentSpec, AgentStatus
 from fleetops.settings import MetricsSettings
 from tests.conftest import assert_eventually
@@ -156,6 +157,40 @@ async def test_evidence_and_recovery_without_prometheus(running: Running) -> Non
         assert not unknown.healthy and "metrics not read" in unknown.detail
         ghost = await gather(r, http, MetricsSettings(), evidence_request(r, agent_id="nosuch"))
         assert ghost[0].kind == "note" and "could not be read" in ghost[0].text
+
+
+async def test_the_agents_secret_values_are_masked_in_its_logs(running: Running) -> None:
+    """Logs enter the incident's history: the agent's secret values (here the newest line of
+    each replica's log, as if it printed a secret) are masked first; when they cannot be read,
+    the logs are left out."""
+    r = running
+    async with httpx.AsyncClient() as http:
+        plain = await gather(r, http, MetricsSettings(), evidence_request(r))
+    secrets = [i.text.strip().splitlines()[-1] for i in plain if i.kind == "logs"]
+    assert len(secrets) == 2 and all(len(s) > 10 for s in secrets)
+    asked: list[str] = []
+
+    async def values(agent_id: str) -> list[str]:
+        asked.append(agent_id)
+        return secrets
+
+    async def unreadable(agent_id: str) -> list[str]:
+        raise ApplicationError("vault sealed", type="SecretStoreUnavailable")
+
+    async with httpx.AsyncClient() as http:
+        acts = EvidenceActivities(r.env.client, r.platform, http, MetricsSettings(),
+                                  secret_values=values)  # fmt: skip
+        items = await ActivityEnvironment().run(acts.gather_evidence, evidence_request(r))
+        logs = [i for i in items if i.kind == "logs"]
+        assert asked == [r.agent_id] and len(logs) == 2
+        assert all(REDACTED in i.text for i in logs)
+        assert not [s for s in secrets for i in logs if s in i.text]
+        acts = EvidenceActivities(r.env.client, r.platform, http, MetricsSettings(),
+                                  secret_values=unreadable)  # fmt: skip
+        items = await ActivityEnvironment().run(acts.gather_evidence, evidence_request(r))
+    assert not [i for i in items if i.kind == "logs"]
+    [note] = [i for i in items if i.kind == "note" and i.source == "logs"]
+    assert "left out" in note.text and "vault sealed" in note.text
 
 
 async def test_bad_windows_are_refused(running: Running) -> None:

@@ -16,8 +16,9 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.agent_secrets import AgentSecretValues
 from activities.llm import LlmActivities
-from activities.secret_stores import LocalStore, SecretResolver
+from activities.secret_stores import LocalStore, SecretResolver, ops
 from fleetops.models import AgentLifecycleInput, AgentState, AgentStatus
+from fleetops.secrets import SecretRef, SecretRotation
 from fleetops.settings import LlmSettings
 from tests.conftest import assert_eventually, new_worker
 from tests.fakes.llm import FakeLlm
@@ -75,8 +76,28 @@ async def run_agent(dev_env, task_queue: str, agent: str, store: LocalStore, fak
     [sent] = fake.requests
     body = json.dumps(sent.body)
     assert ROTATED not in body and "auth failed with key" in body
-    assert FIRST in body  # only current values are looked up: the old one is no secret now
-    assert "redacted 1 secret(s)" in outcome.prompt_notes
+    assert FIRST not in body  # the replicas started with it may still run with it
+    assert "redacted 2 secret(s)" in outcome.prompt_notes
     history = json.dumps([str(e) async for e in h.fetch_history_events()])
     assert ROTATED not in history and FIRST not in history
     await h.signal(AgentLifecycle.shutdown)
+
+
+def test_masked_values_are_the_recent_and_pinned_versions(store: LocalStore) -> None:
+    """Each referenced key's value in pinned versions (a rotation's rollback target) and in the
+    last ten readable versions (the store keeps ten, as Vault KV v2 does by default), also
+    without surrounding whitespace; a deleted version or a path that is gone gives nothing (no
+    failure: there is nothing to mask)."""
+    store.write("agents/demo", {"openai": "second-value\n", "other": "not-referenced"}, cas=1)
+    rotated = ops.rotate(store, SecretRotation(path="agents/demo", key="openai"), "r1")
+    random_value = store.read("agents/demo", rotated.version).data["openai"]
+    for n in range(4):  # versions 4-7
+        store.write("agents/demo", {"openai": f"later-{n}"}, cas=rotated.version + n)
+    ops.delete_versions(store, "agents/demo", [7])
+    refs = [SecretRef(**REF), SecretRef(env="GONE", path="agents/gone", key="k")]
+    masked = ops.mask_values(store, refs)
+    # The pinned version 2 first, then the readable ones newest first: 6 down to 1.
+    assert masked == [
+        "second-value\n", "second-value", "later-2", "later-1", "later-0", random_value, FIRST
+    ]  # fmt: skip
+    assert "later-3" not in masked and "not-referenced" not in masked

@@ -57,6 +57,20 @@ class SecretResolver:
         except SecretStoreError as e:
             raise to_application_error(e) from None
 
+    async def mask_values(self, refs: list[SecretRef]) -> list[str]:
+        """The values ``refs`` may have had lately (recent and pinned versions), to mask in
+        text about their agent; a path that is gone gives none ([] without refs).
+
+        Raises:
+            ApplicationError: ``SecretForbidden``, retryable ``SecretStoreUnavailable``, ...
+        """
+        if not refs:
+            return []
+        try:
+            return await asyncio.to_thread(ops.mask_values, self.store, list(refs))
+        except SecretStoreError as e:
+            raise to_application_error(e) from None
+
 
 def no_secrets_error(agent_id: str) -> ApplicationError:
     """The error a platform built without a resolver raises for a spec with ``secrets``."""

@@ -290,3 +290,42 @@ def resolve(store: SecretStore, refs: list[SecretRef]) -> dict[str, str]:
                 )
             env[ref.env] = data[ref.key]
     return env
+
+
+MASKED_VERSIONS = 10
+"""Versions of a secret whose values are masked: Vault KV v2's default ``max_versions``. Running
+replicas may still use an older version than the current one (a rotation's pinned previous
+version, or a plain write whose replicas were not restarted)."""
+
+
+def mask_values(store: SecretStore, refs: list[SecretRef]) -> list[str]:
+    """Every value ``refs`` may have had lately, to mask in text about the agent.
+
+    For each path, its readable versions, newest first (at most :data:`MASKED_VERSIONS`, the
+    current and pinned ones included), and of each the referenced keys' values, each also
+    without surrounding whitespace (a value written with a newline is logged without it). A
+    path or version that is gone (deleted, destroyed) gives nothing: there is no value to read.
+
+    Raises:
+        SecretStoreError: a store failure other than ``SecretNotFound`` (unavailable, forbidden).
+    """
+    by_path: dict[str, set[str]] = defaultdict(set)
+    for ref in refs:
+        by_path[ref.path].add(ref.key)
+    out: dict[str, None] = {}  # ordered and unique
+    for path, keys in by_path.items():
+        try:
+            meta = store.metadata(path)
+        except SecretNotFound:
+            continue
+        kept = set(pins(meta)) | {meta.current_version}
+        readable = sorted((v for v, m in meta.versions.items() if m.readable), reverse=True)
+        versions = [v for v in readable if v in kept] + readable[:MASKED_VERSIONS]
+        for version in dict.fromkeys(versions):
+            try:
+                data = store.read(path, version).data
+            except SecretNotFound:
+                continue
+            for key in sorted(keys & data.keys()):
+                out.update(dict.fromkeys(v for v in (data[key], data[key].strip()) if v))
+    return list(out)
