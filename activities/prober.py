@@ -61,11 +61,17 @@ class ProberActivities:
         self._probes = probes
         self._gate = asyncio.Semaphore(max_concurrent_probes)
         self._running: dict[str, _Watch] = {}  # agent id -> its watch on this host
+        self._by_run: dict[tuple[str, str], _Watch] = {}  # (workflow id, run id) -> its watch
 
     @property
     def watched(self) -> int:
         """Agents this host probes now."""
         return len(self._running)
+
+    @property
+    def agents(self) -> frozenset[str]:
+        """Ids of the agents this host probes now."""
+        return frozenset(self._running)
 
     def drop_all(self) -> None:
         """Cancel every watch (the host lost its lease): their agents find another host."""
@@ -79,20 +85,21 @@ class ProberActivities:
         Returns:
             Whether such a watch ran here.
         """
-        for watch in list(self._running.values()):
-            if watch.run == (workflow_id, run_id):
-                watch.task.cancel()
-                return True
-        return False
+        watch = self._by_run.get((workflow_id, run_id))
+        if watch is None:
+            return False
+        watch.task.cancel()
+        return True
 
     @activity.defn(name="watch_replicas")
     async def watch_replicas(self, req: WatchRequest) -> WatchReport:
         """Probe every replica each ``interval_seconds`` until the verdict changes.
 
-        A steady-state watch waits for ``req.next_round_at`` (or a random offset) before its
-        first round. A startup watch that supersedes another startup watch of the agent (a
-        scale or pause during bring-up) keeps its startup clock: ``startup_timeout_seconds``
-        counts from the first probe attempt of the bring-up on this host.
+        A steady-state watch waits for its agent's next round (:func:`first_delay`) before
+        its first. A startup watch that supersedes one of the same bring-up
+        (``req.bringup``: a scale during bring-up) keeps its startup clock:
+        ``startup_timeout_seconds`` counts from the first probe attempt of the bring-up on
+        this host; another bring-up of the agent (a pause and resume) starts its own.
 
         Args:
             req: replicas, health rule, baseline and lease (seconds).
@@ -112,14 +119,14 @@ class ProberActivities:
         state = _State(req)
         if older is not None:
             older.task.cancel(SUPERSEDED)
-            if req.startup and older.state.startup:
-                # Bring-up goes on (a scale or pause during it): its clock keeps running.
+            if req.startup and req.bringup and older.state.bringup == req.bringup:
+                # The same bring-up goes on (a scale during it): its clock keeps running.
                 state.first_probe_at = older.state.first_probe_at
         run = ("", "")
         if activity.in_activity():
             info = activity.info()
             run = (info.workflow_id or "", info.workflow_run_id or "")
-        mine = self._running[req.agent_id] = _Watch(task, state, run)
+        mine = self._running[req.agent_id] = self._by_run[run] = _Watch(task, state, run)
         try:
             return await self._watch(req, state)
         except asyncio.CancelledError as err:
@@ -133,6 +140,8 @@ class ProberActivities:
         finally:
             if self._running.get(req.agent_id) is mine:
                 del self._running[req.agent_id]
+            if self._by_run.get(run) is mine:
+                del self._by_run[run]
 
     async def _watch(self, req: WatchRequest, state: _State) -> WatchReport:
         leased = time.monotonic() + req.lease_seconds
@@ -144,7 +153,7 @@ class ProberActivities:
                 state.first_probe_at = datetime.now(UTC)
             results = await self._round(req)
             state.count(req, results)
-            reason = verdict(req, results, state.failures)
+            reason = verdict(req, results, state.failures, state.starting)
             if reason is None and req.startup:
                 elapsed = (datetime.now(UTC) - state.first_probe_at).total_seconds()
                 if elapsed >= req.startup_timeout_seconds:
@@ -166,13 +175,16 @@ class ProberActivities:
 def first_delay(req: WatchRequest, now: datetime) -> float:
     """Seconds a steady-state watch waits before its first round, in ``[0, interval]``.
 
-    Until ``req.next_round_at`` (the agent's probe phase, carried from its last round), or a
-    random offset within one interval when there is none (spreads many agents' rounds).
+    Until ``req.next_round_at`` (the agent's probe phase, carried from its last round); a time
+    already past is moved on by whole intervals, so the agents of a dead host, whose last
+    rounds are up to an hour old, keep their spread phases instead of all probing at once.
+    A random offset within one interval when there is no phase (spreads many agents' rounds).
     """
+    interval = req.interval_seconds
     if req.next_round_at is None:
-        return random.uniform(0, req.interval_seconds)
+        return random.uniform(0, interval)
     wait = (req.next_round_at - now).total_seconds()
-    return min(max(wait, 0.0), req.interval_seconds)
+    return min(wait % interval if wait < 0 else wait, interval)
 
 
 @dataclass(frozen=True)
@@ -189,6 +201,7 @@ class _State:
 
     def __init__(self, req: WatchRequest) -> None:
         self.startup = req.startup
+        self.bringup = req.bringup if req.startup else ""
         self.failures = dict(req.failures)
         self.starting = dict(req.starting)
         self.rounds = 0

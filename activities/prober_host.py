@@ -165,7 +165,7 @@ class ProberHost:
         timeout = info.heartbeat_timeout or timedelta(seconds=lease.heartbeat_seconds)
         every = timeout.total_seconds() / 4
         end = time.monotonic() + lease.hold_seconds
-        sweeping = asyncio.create_task(self._sweep_loop())
+        sweeping = asyncio.create_task(self._sweep_loop(mine))
         try:
             while time.monotonic() < end:
                 activity.heartbeat(self.probers.watched)
@@ -179,15 +179,19 @@ class ProberHost:
             self.holding -= 1
             sweeping.cancel()
 
-    async def _sweep_loop(self) -> None:
+    async def _sweep_loop(self, hold: int) -> None:
+        """Sweep every ``sweep_seconds`` while ``hold`` is the latest hold of this host (an
+        overlapping older hold, of a reset lease run, leaves the sweeping to the newer)."""
         since = datetime.now(UTC) - timedelta(seconds=SWEEP_OVERLAP_SECONDS)
         while True:
             await asyncio.sleep(self.sweep_seconds)
+            if hold != self.holds:
+                continue
             now = datetime.now(UTC)
             try:
                 await self.sweep_closed(since)
-            except RPCError as err:  # the next sweep looks back over this one's window too
-                log.warning("prober host %s: sweep for closed agents failed: %s", self.host_id, err)
+            except Exception:  # the next sweep looks back over this one's window too
+                log.exception("prober host %s: sweep for closed agents failed", self.host_id)
                 continue
             since = now - timedelta(seconds=SWEEP_OVERLAP_SECONDS)
 

@@ -24,7 +24,9 @@ failures seen). ``vs_bare_cpu`` = (worker + server cores) / bare cores. The figu
 before the worker is stopped with its agents running (as an operator restarts a worker); how
 long that took is printed after, or that it did not end within ``STOP_SECONDS``. The bare
 loop's client is the prober's (aiohttp, :mod:`activities.http_probe`), the physical limit of
-this design, and both loops run with the worker's collector threshold (``worker.tune_gc``);
+this design, and both loops probe with the prober host's collector threshold
+(``worker.tune_gc``: the bare loop in this process, the prober host in its child process, this
+process keeping Python's default for the worker as ``python worker.py`` does);
 ``--bare-client httpx`` runs it over httpx instead (on 2 cores it reaches about
 325 probes/s at a full core, a third of what 10,000 agents demand).
 """
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import sys
@@ -375,7 +378,8 @@ async def run_bare(args: argparse.Namespace, base: str, http: httpx.AsyncClient)
 
 
 async def run(args: argparse.Namespace) -> None:
-    tune_gc(Settings())  # as `python worker.py` does (its child prober host too): both loops
+    default_gc = gc.get_threshold()
+    tune_gc(Settings())  # the bare loop runs as the prober host does (worker.tune_gc)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--serve", stdout=asyncio.subprocess.PIPE
     )
@@ -384,6 +388,8 @@ async def run(args: argparse.Namespace) -> None:
         base = f"http://127.0.0.1:{int(await proc.stdout.readline())}"
         async with httpx.AsyncClient() as http:
             bare = await run_bare(args, base, http)
+            if not args.in_process:  # the worker keeps the default; its child prober host tunes
+                gc.set_threshold(*default_gc)
             await run_temporal(args, base, http, bare)
     finally:
         proc.kill()

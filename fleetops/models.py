@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from fleetops.agent_config import (
     CONFIG_ENV,
@@ -500,16 +500,20 @@ class AgentReport(FrozenModel):
 
 
 class LifecycleCarry(FrozenModel):
-    """What ``AgentLifecycle`` hands to its next run on continue-as-new."""
+    """What ``AgentLifecycle`` hands to its next run on continue-as-new.
+
+    Its times are timezone-aware (UTC, as the workflow writes them): a naive one, given by
+    hand, is refused at start instead of failing a later comparison with ``workflow.now()``.
+    """
 
     state: AgentState
     desired_replicas: int
-    started_at: datetime
+    started_at: AwareDatetime
     replicas: list[Replica]
     failures: dict[int, int] = Field(default_factory=dict)
-    degraded_since: datetime | None = None
-    starting: dict[int, datetime] = Field(default_factory=dict)
-    phase_deadline: datetime | None = None
+    degraded_since: AwareDatetime | None = None
+    starting: dict[int, AwareDatetime] = Field(default_factory=dict)
+    phase_deadline: AwareDatetime | None = None
     transitions: list[Transition]
     counters: AgentCounters
     last_rejection: str | None = None
@@ -519,7 +523,7 @@ class LifecycleCarry(FrozenModel):
     deployment: DeploymentRecord | None = None
     last_deployment: DeploymentEnded | None = None
     cleanup_color: Color | None = Field(None, description="Colour to scale down at cleanup_at.")
-    cleanup_at: datetime | None = None
+    cleanup_at: AwareDatetime | None = None
     config_version: int | None = Field(None, description="None: carried by older code.")
     config_versions: list[ConfigVersion] = Field(default_factory=list)
     prober_host: str | None = Field(None, description="The data-plane prober host, if any.")
@@ -527,7 +531,7 @@ class LifecycleCarry(FrozenModel):
     probes: dict[int, ProbeResult] = Field(
         default_factory=dict, description="Replica index -> its last recorded probe result."
     )
-    probed_at: datetime | None = Field(None, description="When the prober last reported them.")
+    probed_at: AwareDatetime | None = Field(None, description="When the prober last reported them.")
 
 
 class AgentLifecycleInput(AgentSpec):

@@ -7,6 +7,7 @@ workflow nothing between leases. The workflow keeps every decision; these models
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Literal
 
@@ -110,6 +111,13 @@ class WatchRequest(FrozenModel):
         False, description="Bring-up: report once all are healthy, or startup_timeout_seconds."
     )
     startup_timeout_seconds: float = Field(120.0, gt=0)
+    bringup: str = Field(
+        "",
+        max_length=200,
+        description="Which bring-up a startup watch serves (the agent run and the transition"
+        " that began it): a newer startup watch of the same bring-up keeps its startup clock,"
+        " one of another bring-up (after a pause and resume) starts its own.",
+    )
     lease_seconds: float = Field(
         3600.0, gt=0, description="Report anyway after this long (status freshness, run bound)."
     )
@@ -117,8 +125,9 @@ class WatchRequest(FrozenModel):
         None,
         description="When the first round is due (UTC): one interval after the round the"
         " workflow last recorded, so a new watch keeps the agent's probe phase (no round is"
-        " skipped when a lease is renewed). None: a random offset within one interval, which"
-        " spreads the rounds of many agents. Either way the wait is at most one interval.",
+        " skipped when a lease is renewed; a time already past is moved on by whole"
+        " intervals). None: a random offset within one interval, which spreads the rounds of"
+        " many agents. Either way the wait is at most one interval.",
     )
 
 
@@ -136,19 +145,26 @@ class WatchReport(FrozenModel):
 
 
 def verdict(
-    req: WatchRequest, results: list[ProbeResult], failures: dict[int, int]
+    req: WatchRequest,
+    results: list[ProbeResult],
+    failures: dict[int, int],
+    starting: Mapping[int, datetime] | None = None,
 ) -> ReportReason | None:
     """What changed against the workflow's baseline after one round, or None (keep probing).
 
     Mirrors the decisions of ``AgentLifecycle._health_round``: the set of replicas at
     ``failure_threshold`` (self-heal, DEGRADED), all healthy while not serving (READY again),
     and, while serving, ``in_flight`` crossing zero (READY <-> PROCESSING). Last, ``probed``:
-    the first results of replicas the workflow has none for (``req.unprobed``), evidence only.
+    the first results of replicas the workflow has none for (``req.unprobed``), evidence only,
+    once none of them is still in its startup grace (a scaled-up replica still starting
+    would otherwise show unhealthy in ``status`` until the next report, up to an hour).
 
     Args:
         req: the request with the baseline.
         results: this round's results, in the order of ``req.replicas``.
         failures: consecutive failures per replica index after this round.
+        starting: replica index -> end of its startup grace, for those still in it after
+            this round (neither healthy yet nor past it).
     """
     if not results:
         return "empty"
@@ -163,6 +179,6 @@ def verdict(
         return "healthy"
     if healthy and busy != req.busy:
         return "busy" if busy else "idle"
-    if req.unprobed:
+    if req.unprobed and not set(req.unprobed) & set(starting or ()):
         return "probed"
     return None

@@ -553,12 +553,13 @@ class Settings(BaseSettings):
     )
     gc_threshold: int = Field(
         50_000,
-        ge=0,
-        le=10_000_000,
+        ge=700,
+        le=1_000_000,
         description=(
             "Net allocations of container objects between two youngest-generation passes of"
-            " Python's garbage collector in the worker and its prober host (the first value of"
-            " gc.set_threshold; Python's default is 700, 0 disables the collector). At 700 a"
+            " Python's garbage collector in the process of the prober host: its child process"
+            " with prober_process (the worker then keeps Python's default), else the worker"
+            " (the first value of gc.set_threshold; 700, Python's default, to 1,000,000). At 700 a"
             " host of 10,000 watches spends about a quarter of its time in full collections"
             " that stall its event loop up to 0.9 s (see the fleet_scale benchmark)."
         ),

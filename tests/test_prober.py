@@ -234,7 +234,7 @@ async def test_a_terminated_agent_is_no_longer_probed(dev_env, farm) -> None:
         await h.terminate("operator")
 
         async def unwatched() -> None:
-            assert host.probers.watched == 1
+            assert host.probers.agents == {other.agent_id}
 
         await assert_eventually(unwatched, timeout=15)
         gone = platform.endpoint(s.agent_id, "blue", 0)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -56,8 +57,28 @@ def test_verdict(request_kw, round_, failures, expected) -> None:
     assert verdict(req(**request_kw), round_, failures) == expected
 
 
+START_GRACE_END = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("round_", "starting", "expected"),
+    [
+        (results(True, False), {1: START_GRACE_END}, None),  # still starting: wait for it
+        (results(True, True), {}, "probed"),  # healthy (its grace is over)
+        (results(True, False), {}, "probed"),  # past its grace and unhealthy: that is news
+        (results(True, True), {0: START_GRACE_END}, "probed"),  # another replica starting
+    ],
+)
+def test_a_new_replica_is_reported_once_it_is_no_longer_starting(
+    round_, starting, expected
+) -> None:
+    """A scaled-up replica is still starting at its first rounds: reporting those would show it
+    unhealthy in ``status`` until the next report (up to an hour)."""
+    assert verdict(req(unprobed=[1]), round_, {1: 0}, starting) == expected
+
+
 def test_status_view_shows_the_age_of_prober_results() -> None:
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
     from rich.console import Console
 

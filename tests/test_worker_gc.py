@@ -7,6 +7,7 @@ import gc
 from collections.abc import Iterator
 
 import pytest
+from pydantic import ValidationError
 from temporalio.testing import WorkflowEnvironment
 
 from fleetops.settings import Settings
@@ -31,12 +32,24 @@ async def test_run_worker_sets_the_youngest_threshold(
     assert gc.get_threshold() == (4321, *saved_threshold[1:])
 
 
-async def test_zero_turns_automatic_collection_off(
+async def test_with_a_child_prober_host_the_worker_keeps_its_threshold(
     dev_env: WorkflowEnvironment, saved_threshold: tuple[int, int, int]
 ) -> None:
+    """The child process sets it (``tests/test_prober.py`` checks its ready line); the worker
+    process of many cached runs keeps Python's default (a higher one grew it by half)."""
     stop = asyncio.Event()
     stop.set()
-    await asyncio.wait_for(
-        run_worker(Settings(gc_threshold=0), client=dev_env.client, stop=stop), 60
-    )
-    assert gc.get_threshold()[0] == 0
+    settings = Settings(gc_threshold=4321, prober_process=True)
+    await asyncio.wait_for(run_worker(settings, client=dev_env.client, stop=stop), 60)
+    assert gc.get_threshold() == saved_threshold
+
+
+@pytest.mark.parametrize("value", ["0", "5", "699", "1000001", "1e400", "fifty"])
+def test_a_threshold_outside_700_to_a_million_is_refused(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0 would turn the collector off (cyclic garbage never freed); under 700 it runs more
+    often than Python's default: both are refused when the settings are read."""
+    monkeypatch.setenv("FLEETOPS_GC_THRESHOLD", value)
+    with pytest.raises(ValidationError, match="gc_threshold"):
+        Settings()

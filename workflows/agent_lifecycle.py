@@ -232,6 +232,7 @@ class AgentLifecycle(DeploymentOwner, AgentOperations, ProbedLifecycle):
                 if not await self._provision():
                     continue
                 brought_up = self._counters.transitions
+                self._bringup = f"{workflow.info().run_id}/{brought_up}"
             if self._state in PROBED_STATES or self._state == S.INITIALIZING:
                 self._sync_watch(startup=self._state == S.INITIALIZING)
             else:

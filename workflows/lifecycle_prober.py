@@ -73,6 +73,7 @@ class ProbedLifecycle:
     _assign: workflow.ActivityHandle[HostLease] | None
     _host_check: workflow.ActivityHandle[bool] | None
     _host_suspect: bool
+    _bringup: str
 
     def _init_prober(self, host_id: str | None, host_queue: str | None) -> None:
         """Prober state; the host carried over continue-as-new is kept (its watch is
@@ -80,6 +81,7 @@ class ProbedLifecycle:
         self._watch = None
         self._watch_req = None
         self._probed_at = None
+        self._bringup = ""  # which bring-up startup watches serve (set at provisioning)
         self._host = (  # the prober host, once assigned
             HostLease(host_id=host_id, task_queue=host_queue) if host_id and host_queue else None
         )
@@ -167,6 +169,7 @@ class ProbedLifecycle:
             busy=self._state == S.PROCESSING,
             startup=startup,
             startup_timeout_seconds=h.startup_timeout_seconds,
+            bringup=self._bringup if startup else "",
             lease_seconds=LEASE_SECONDS,
             next_round_at=None if startup else self._next_round_at(),
         )
