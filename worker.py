@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -283,6 +284,7 @@ async def prober_process(
         "--max-concurrent-probes", str(settings.max_concurrent_probes),
         "--max-concurrent-probers", str(settings.max_concurrent_probers),
         "--gc-threshold", str(settings.gc_threshold),
+        "--parent-pid", str(os.getpid()),
     ]  # fmt: skip
     stopping = False
     current: list[asyncio.subprocess.Process] = []
@@ -328,7 +330,8 @@ async def prober_process(
 
 async def run_prober_host(argv: Sequence[str]) -> None:
     """Entry point of a child prober host (``python -m worker prober-host ...``): run
-    :func:`prober_workers` until SIGTERM/SIGINT; print :data:`PROBER_READY` once polling."""
+    :func:`prober_workers` until SIGTERM/SIGINT, or until its worker (``--parent-pid``) is
+    gone; print :data:`PROBER_READY` once polling."""
     p = argparse.ArgumentParser(prog="worker prober-host")
     p.add_argument("--address", required=True)
     p.add_argument("--namespace", required=True)
@@ -337,6 +340,7 @@ async def run_prober_host(argv: Sequence[str]) -> None:
     p.add_argument("--max-concurrent-probes", type=int, required=True)
     p.add_argument("--max-concurrent-probers", type=int, required=True)
     p.add_argument("--gc-threshold", type=int, required=True)
+    p.add_argument("--parent-pid", type=int, default=None)
     args = p.parse_args(argv)
     base = get_settings().model_dump()
     base["temporal"] |= {"address": args.address, "namespace": args.namespace}
@@ -352,7 +356,11 @@ async def run_prober_host(argv: Sequence[str]) -> None:
     tune_gc(settings)
     client = await connect(settings)
     stop = _stop_on_signals()
-    async with prober_workers(client, settings, args.task_queue) as host:
+    watching = contextlib.AsyncExitStack()
+    if args.parent_pid is not None:  # stop if the worker dies
+        orphaned = asyncio.create_task(_stop_when_orphaned(args.parent_pid, stop))
+        watching.callback(orphaned.cancel)
+    async with watching, prober_workers(client, settings, args.task_queue) as host:
         print(
             f"{PROBER_READY} {host.host_id} on {host.task_queue}"
             f" (gc threshold {gc.get_threshold()[0]})",
@@ -475,6 +483,20 @@ def serve_app_metrics(bind_address: str | None) -> None:
         raise ValueError(f"telemetry.app_metrics_bind_address {bind_address!r} is not host:port")
     prometheus_client.start_http_server(int(port), addr=host)
     log.info("FleetOps metrics at http://%s/metrics", bind_address)
+
+
+ORPHAN_CHECK_SECONDS = 1.0
+"""How often a child prober host checks that its worker still runs."""
+
+
+async def _stop_when_orphaned(parent_pid: int, stop: asyncio.Event) -> None:
+    """Set ``stop`` once this process's parent is no longer ``parent_pid`` (the worker died,
+    even by SIGKILL, which runs none of its clean-up): an orphaned host would keep its lease
+    and its agents, so they would never move to the restarted worker's host."""
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(ORPHAN_CHECK_SECONDS)
+    log.warning("prober host: worker %s is gone; stopping", parent_pid)
+    stop.set()
 
 
 def _stop_on_signals() -> asyncio.Event:

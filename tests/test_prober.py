@@ -391,6 +391,54 @@ async def test_a_prober_process_is_supervised(dev_env, farm, caplog) -> None:
         await result_within(h.result())
 
 
+PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-m", "worker", "prober-host", *sys.argv[1:],
+                          "--parent-pid", str(__import__("os").getpid())], stdout=subprocess.PIPE)
+print(child.pid, flush=True)
+print(child.stdout.readline().decode().strip(), flush=True)
+time.sleep(600)
+"""
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_a_prober_process_stops_when_its_worker_is_killed(dev_env) -> None:
+    """kill -9 of the worker runs none of its clean-up: its child prober host notices its
+    parent is gone and stops, so its lease expires and its agents move (an orphan kept them)."""
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PARENT,
+        "--address", dev_env.client.service_client.config.target_host,
+        "--namespace", dev_env.client.namespace, "--task-queue", f"tq-{uuid.uuid4()}",
+        "--heartbeat-seconds", "3", "--max-concurrent-probes", "10",
+        "--max-concurrent-probers", "10", "--gc-threshold", "50000",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert parent.stdout is not None
+    child = int(await asyncio.wait_for(parent.stdout.readline(), 60))
+    try:
+        ready = await asyncio.wait_for(parent.stdout.readline(), 60)
+        assert ready.decode().startswith("prober host"), ready
+        assert running(child)
+        parent.kill()
+        await parent.wait()
+
+        async def stopped() -> None:
+            assert not running(child)
+
+        await assert_eventually(stopped, timeout=30)
+    finally:
+        if running(child):
+            os.kill(child, signal.SIGKILL)
+
+
 async def test_a_forged_prober_lost_moves_nothing(dev_env, farm) -> None:
     """``prober_lost`` from a client: the agent asks ``host_lost``, its host is alive, it stays."""
     platform = FarmPlatform(farm)
