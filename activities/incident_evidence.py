@@ -9,7 +9,8 @@ What is gathered, in this order, each as :class:`~fleetops.incidents.EvidenceIte
    request rate over ``[since, until]``; without it, one direct scrape of every replica's
    ``/metrics`` (counters since each replica started);
 4. ``logs``: the last lines of each replica's log (the platform's ``replica_logs``), the
-   agent's secret values masked (left out, with a note, when they cannot be read).
+   agent's secret values and what looks like a secret masked (left out, with a note, when the
+   values cannot be read).
 
 Each text is cut to ``max_chars_per_item`` characters (logs and series keep their end, the most
 recent part) and says so in ``truncated``. A source that fails becomes a ``note`` item saying
@@ -155,7 +156,8 @@ class EvidenceActivities:
         settings: ``metrics`` settings (Prometheus URL, query timeout in seconds).
         secret_values: the agent's secret values (:class:`activities.agent_secrets.
             AgentSecretValues` in the worker), masked in its replica logs before they are
-            recorded; None: logs are recorded as read.
+            recorded, with whatever looks like a secret (:class:`fleetops.llm_guards.Redactor`
+            patterns: a deleted version's value cannot be read, so only they catch it).
     """
 
     def __init__(
@@ -246,10 +248,10 @@ class EvidenceActivities:
         if not isinstance(self._platform, IncidentOps):
             add("note", "logs", f"replica logs are not readable on {type(self._platform).__name__}")
             return
-        mask = Redactor(patterns=False)
+        mask = Redactor()  # what looks like a secret, even a value the store no longer has
         if self._secret_values is not None:
             try:
-                mask = Redactor(await self._secret_values(req.agent_id), patterns=False)
+                mask = Redactor(await self._secret_values(req.agent_id))
             except Exception as e:  # never record logs that might hold unmasked secrets
                 add("note", "logs", f"replica logs left out: the agent's secrets to mask in"
                                     f" them could not be read: {e}")  # fmt: skip

@@ -168,6 +168,11 @@ async def test_the_agents_secret_values_are_masked_in_its_logs(running: Running)
         plain = await gather(r, http, MetricsSettings(), evidence_request(r))
     secrets = [i.text.strip().splitlines()[-1] for i in plain if i.kind == "logs"]
     assert len(secrets) == 2 and all(len(s) > 10 for s in secrets)
+    # A value the store no longer has (a deleted version) is caught by the secret patterns.
+    key = "sk-" + uuid.uuid4().hex
+    for log in r.platform._store.agent_dir(r.agent_id).glob("replica-*.log"):
+        with log.open("a") as f:
+            f.write(f"calling the model with api key {key}\n")
     asked: list[str] = []
 
     async def values(agent_id: str) -> list[str]:
@@ -183,8 +188,8 @@ async def test_the_agents_secret_values_are_masked_in_its_logs(running: Running)
         items = await ActivityEnvironment().run(acts.gather_evidence, evidence_request(r))
         logs = [i for i in items if i.kind == "logs"]
         assert asked == [r.agent_id] and len(logs) == 2
-        assert all(REDACTED in i.text for i in logs)
-        assert not [s for s in secrets for i in logs if s in i.text]
+        assert all(REDACTED in i.text and "calling the model" in i.text for i in logs)
+        assert not [s for s in [*secrets, key] for i in logs if s in i.text]
         acts = EvidenceActivities(r.env.client, r.platform, http, MetricsSettings(),
                                   secret_values=unreadable)  # fmt: skip
         items = await ActivityEnvironment().run(acts.gather_evidence, evidence_request(r))
