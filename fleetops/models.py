@@ -503,14 +503,15 @@ class LifecycleCarry(FrozenModel):
     """What ``AgentLifecycle`` hands to its next run on continue-as-new.
 
     Its times are timezone-aware (UTC, as the workflow writes them): a naive one, given by
-    hand, is refused at start instead of failing a later comparison with ``workflow.now()``.
+    hand, is refused at start instead of failing a later comparison with ``workflow.now()``;
+    so is a replica count out of the spec's bounds (0 to ``MAX_REPLICAS``).
     """
 
     state: AgentState
-    desired_replicas: int
+    desired_replicas: Count = Field(ge=0, le=MAX_REPLICAS)
     started_at: AwareDatetime
-    replicas: list[Replica]
-    failures: dict[int, int] = Field(default_factory=dict)
+    replicas: list[Replica] = Field(max_length=2 * MAX_REPLICAS)  # both colours in a switch
+    failures: dict[int, Count] = Field(default_factory=dict)
     degraded_since: AwareDatetime | None = None
     starting: dict[int, AwareDatetime] = Field(default_factory=dict)
     phase_deadline: AwareDatetime | None = None

@@ -11,6 +11,7 @@ behaviour breaks"), on the time-skipping server with the stand-in platform of
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -244,3 +245,40 @@ async def test_promoted_agent_is_the_same_agent_after_continue_as_new(
     assert before.last_rejection == carry.last_rejection
     assert platform.restarts == [] and platform.starts == 0  # nothing re-provisioned
     await shut_down(h)
+
+
+async def test_signals_sent_in_a_row_apply_in_order(env, platform) -> None:
+    """``scale``, ``pause``, ``resume`` sent back to back (a script, the Web UI) reach the
+    agent in one workflow task: each is checked against the state the ones before it leave,
+    so the operator's last word wins (``resume`` was refused as 'while it is READY' before)."""
+    tq = f"tq-{uuid.uuid4()}"
+
+    def worker() -> Worker:
+        # No cache, so no sticky queue: the next task goes to whichever worker polls `tq`.
+        return new_worker(env.client, workflows=[AgentLifecycle], activities=platform.activities(),
+                          task_queue=tq, max_cached_workflows=0)  # fmt: skip
+
+    s = spec(max_replicas=3)
+    async with worker():
+        h = await env.client.start_workflow(
+            AgentLifecycle.run, AgentLifecycleInput(**s.model_dump()), id=f"agent/{s.agent_id}",
+            task_queue=tq,
+        )  # fmt: skip
+        await wait_state(h, S.READY)
+    # No worker polls: the three signals wait together for the next workflow task.
+    await h.signal(AgentLifecycle.scale, {"replicas": 2})
+    await h.signal(AgentLifecycle.pause, {"reason": "r1"})
+    await h.signal(AgentLifecycle.resume, {"reason": "r2"})
+    async with worker():
+
+        async def resumed() -> AgentStatus:
+            st = await status(h)
+            assert path(st)[1:] == [
+                (S.READY, S.PAUSED), (S.PAUSED, S.INITIALIZING), (S.INITIALIZING, S.READY)
+            ]  # fmt: skip
+            return st
+
+        st = await assert_eventually(resumed, timeout=30)
+        assert st.last_rejection is None and st.counters.rejected_requests == 0
+        assert st.desired_replicas == 2 and len(st.replicas) == 2
+        await shut_down(h)

@@ -84,6 +84,11 @@ LABELS_PATCH = "labels-search-attribute"
 """Patch id: an agent with ``labels`` sets ``FleetOpsLabels`` (``k=v`` keywords) at start, so
 maintenance plans can select it by label."""
 
+SIGNAL_ORDER_PATCH = "signals-checked-when-applied"
+"""Patch id: an operator signal that arrives while earlier commands wait is checked when it is
+applied, against the state those commands leave (``pause`` then ``resume`` ends running), not
+against the state at arrival."""
+
 
 @dataclass
 class _Command:
@@ -464,10 +469,12 @@ class AgentLifecycle(DeploymentOwner, AgentOperations, ProbedLifecycle):
         replicas = req.replicas if isinstance(req, ScaleRequest) else None
         reason = req.reason if isinstance(req, OperatorRequest) else ""
         who = req.requested_by if isinstance(req, OperatorRequest) else ""
-        error = action_error(self._state, self._spec, action, replicas, self._deploying)
-        if error is not None:
-            self._reject(error)
-            return
+        if not (self._commands and workflow.patched(SIGNAL_ORDER_PATCH)):
+            # Nothing waits: check now. Otherwise `_apply` checks it in its turn.
+            error = action_error(self._state, self._spec, action, replicas, self._deploying)
+            if error is not None:
+                self._reject(error)
+                return
         self._commands.append(_Command(action, replicas, reason, who))
 
     def _reject(self, error: str) -> None:

@@ -247,7 +247,10 @@ class ProbedLifecycle:
         if self._state != S.DEGRADED or self._degraded_since is None:
             return None
         limit = self._spec.health.recovery_timeout_seconds
-        return self._degraded_since + timedelta(seconds=limit)
+        try:
+            return self._degraded_since + timedelta(seconds=limit)
+        except OverflowError:  # a carried time near datetime.max: no deadline to keep
+            return None
 
     def _record(self, report: WatchReport) -> bool:
         """Take a report's evidence into state; False if it does not fit the replicas."""
