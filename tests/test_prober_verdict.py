@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from fleetops.models import ProbeResult
-from fleetops.prober import WatchedReplica, WatchRequest, verdict
+from fleetops.prober import WatchedReplica, WatchRequest, lease_workflow_id, verdict
 
 
 def req(**kw: Any) -> WatchRequest:
@@ -42,6 +42,7 @@ def results(*healthy: bool, in_flight: int = 0) -> list[ProbeResult]:
         ({"failing": [1], "serving": False}, results(True, False), {1: 0}, "recovered"),
         ({"serving": False}, results(True, True), {}, "healthy"),  # DEGRADED/ERROR -> READY
         ({}, results(True, True, in_flight=2), {}, "busy"),  # READY -> PROCESSING
+        ({}, results(True, True, in_flight=1), {}, "busy"),  # one request is busy
         ({"busy": True}, results(True, True), {}, "idle"),  # PROCESSING -> READY
         ({"startup": True, "serving": False}, results(True, False), {}, None),
         ({"startup": True, "serving": False}, results(True, True), {}, "healthy"),
@@ -98,3 +99,8 @@ def test_status_view_shows_the_age_of_prober_results() -> None:
     found = re.search(r"last reported by the prober: (\S+) \((\d+) s ago\)", text)
     assert found is not None, text
     assert found[1] == f"{at:%H:%M:%S}" and 42 <= int(found[2]) <= 44
+
+
+def test_a_hosts_lease_is_named_after_it() -> None:
+    """``prober-host/<host_id>``: the id ``hold_host`` checks its caller against."""
+    assert lease_workflow_id("worker-1-a3f") == "prober-host/worker-1-a3f"
