@@ -10,12 +10,18 @@ new value, and the old one its replicas may still run with).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.secret_stores import SecretResolver
 from fleetops.constants import agent_workflow_id
 from fleetops.models import AgentStatus
+
+SecretValues = Callable[[str], Awaitable[list[str]]]
+"""``agent_id -> the values to mask in text about that agent`` (its secrets' recent and pinned
+versions): :class:`AgentSecretValues` in the worker."""
 
 
 class AgentSecretValues:

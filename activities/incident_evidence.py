@@ -34,7 +34,7 @@ from activities.agent_metrics import (
     scrape_all,
     summarize,
 )
-from activities.llm import SecretValues
+from activities.agent_secrets import SecretValues
 from activities.platform.base import IncidentOps, Platform, PlatformError
 from fleetops.constants import agent_workflow_id
 from fleetops.converter import invalid_input

@@ -23,7 +23,6 @@ Sources:
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +34,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities._text import shorten
+from activities.agent_secrets import SecretValues
 from activities.llm_answer import restore_names
 from activities.llm_telemetry import OPERATION, PROVIDER, llm_metrics, usage_attributes
 from activities.llm_wire import BadResponse, ChatCompletion, Reply, heartbeating
@@ -47,9 +47,6 @@ from fleetops.llm_guards import redact
 from fleetops.llm_prompt import estimate_tokens, new_fence
 from fleetops.settings import LlmSettings
 
-SecretValues = Callable[[str], Awaitable[list[str]]]
-"""``agent_id -> the agent's current secret values``, masked in every prompt about it
-(:class:`activities.agent_secrets.AgentSecretValues` in the worker)."""
 MAX_LLM_RETRY_AFTER_SECONDS = 300.0
 """Longest ``Retry-After`` honoured, in seconds (a longer one is capped)."""
 _BODY_CHARS = 300

@@ -392,9 +392,9 @@ async def test_a_prober_process_is_supervised(dev_env, farm, caplog) -> None:
 
 
 PARENT = """
-import subprocess, sys, time
+import os, subprocess, sys, time
 child = subprocess.Popen([sys.executable, "-m", "worker", "prober-host", *sys.argv[1:],
-                          "--parent-pid", str(__import__("os").getpid())], stdout=subprocess.PIPE)
+                          "--parent-pid", str(os.getpid())], stdout=subprocess.PIPE)
 print(child.pid, flush=True)
 print(child.stdout.readline().decode().strip(), flush=True)
 time.sleep(600)

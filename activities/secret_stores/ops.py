@@ -301,10 +301,11 @@ version, or a plain write whose replicas were not restarted)."""
 def mask_values(store: SecretStore, refs: list[SecretRef]) -> list[str]:
     """Every value ``refs`` may have had lately, to mask in text about the agent.
 
-    For each path, its readable versions, newest first (at most :data:`MASKED_VERSIONS`, the
-    current and pinned ones included), and of each the referenced keys' values, each also
-    without surrounding whitespace (a value written with a newline is logged without it). A
-    path or version that is gone (deleted, destroyed) gives nothing: there is no value to read.
+    For each path, its pinned and current versions, then its newest :data:`MASKED_VERSIONS`
+    readable versions (newest first, each version read once), and of each the referenced
+    keys' values, each also without surrounding whitespace (a value written with a newline is
+    logged without it). A path or version that is gone (deleted, destroyed) gives nothing:
+    there is no value to read.
 
     Raises:
         SecretStoreError: a store failure other than ``SecretNotFound`` (unavailable, forbidden).
